@@ -1,0 +1,65 @@
+# Voucherstream — the two commands that matter: `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+CACHE  ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/voucherstream
+# The virtualenv lives in the user's cache, keyed by the lock file and the Python version, so a
+# fresh clone with the same lock reuses it (and pip's wheel cache makes a new one quick).
+VENV_KEY := $(shell cat requirements.lock pyproject.toml 2>/dev/null | $(PYTHON) -c "import sys,hashlib; print(hashlib.sha256(sys.stdin.buffer.read()+sys.version.encode()).hexdigest()[:12])")
+VENV   ?= $(CACHE)/venv-$(VENV_KEY)
+PY     := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)
+STACK  := deploy/local/stack.sh
+
+.PHONY: help venv up down status topics migrate run test test-unit lock compose-config clean
+
+help: ## this list
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@echo "[make] creating the virtualenv $(VENV)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/pip install -q --upgrade pip >/dev/null
+	@$(VENV)/bin/pip install -q -c requirements.lock -r <($(PYTHON) -c "import tomllib;d=tomllib.load(open('pyproject.toml','rb'))['project'];print('\n'.join(d['dependencies']+d['optional-dependencies']['dev']))")
+	@touch $@
+
+venv: $(VENV)/.installed ## install the Python dependencies (cached)
+	@ln -sfn $(VENV) .venv
+
+up: ## start Kafka, PostgreSQL and Prometheus natively (idempotent)
+	@$(STACK) up
+
+down: ## stop what `make up` started
+	@$(STACK) down
+
+status: ## what is running
+	@$(STACK) status
+
+topics: venv ## create or update every registry topic (idempotent)
+	@$(PY) -m shared.topics
+
+run: venv ## the main job: the local stack, the topics, then the services
+	@$(STACK) up
+	@$(PY) -m shared.topics
+	@echo "[make] the stack is up and the topics exist; the services land with their issues (see README)."
+
+test: venv ## the whole suite on the real stack; starts what it needs and stops what it started
+	@bash tests/run.sh $(PY)
+
+test-unit: venv ## only the unit tests (no Kafka, no PostgreSQL)
+	@$(PY) -m pytest tests/unit -q
+
+lock: ## regenerate requirements.lock from pyproject.toml
+	@rm -rf $(CACHE)/lock-venv && $(PYTHON) -m venv $(CACHE)/lock-venv
+	@$(CACHE)/lock-venv/bin/pip install -q ".[dev]" && $(CACHE)/lock-venv/bin/pip freeze --exclude voucherstream \
+	  | sed '1i # Locked transitive set for `pip install -c requirements.lock`. Regenerate with `make lock`.' > requirements.lock
+
+compose-config: ## validate docker-compose.yml (needs docker compose or Debian's docker-compose)
+	@if docker compose version >/dev/null 2>&1; then docker compose config -q; \
+	 elif command -v docker-compose >/dev/null; then docker-compose -f docker-compose.yml config -q; \
+	 else echo "no docker compose here: apt-get install docker-compose"; exit 1; fi && echo "docker-compose.yml is valid"
+
+clean: ## remove local runtime state (Kafka data, logs); keeps the caches
+	@$(STACK) down
+	@rm -rf .local

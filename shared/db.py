@@ -1,0 +1,135 @@
+"""PostgreSQL: one asyncpg pool per service, bound to the service's own schema, and numbered SQL
+migrations applied once each, inside a transaction.
+
+Migrations are plain ``NNN_name.sql`` files: first the shared ones (``shared/migrations``: the
+outbox), then the service's own (``services/<name>/migrations``). Each is recorded in
+``<schema>.schema_migrations`` with a checksum; an applied file that was edited afterwards is an
+error, not a silent drift. Concurrent instances serialise on an advisory lock, so two replicas
+starting together apply each migration once.
+
+(Why not a library: the well-kept migration tools — alembic, yoyo, dbmate — drive psycopg or a
+binary of their own; the services talk asyncpg only, and this file is the whole need.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from shared.settings import PostgresSettings
+
+log = logging.getLogger(__name__)
+
+SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_FILE_RE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    id: str  # "shared/001_outbox" or "consent/001_ledger"
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def check_schema(schema: str) -> str:
+    if not _SCHEMA_RE.match(schema):
+        raise ValueError(f"invalid schema name {schema!r}: lowercase letters, digits and '_' only")
+    return schema
+
+
+def discover(*folders: tuple[str, Path]) -> list[Migration]:
+    """Reads ``(label, folder)`` pairs in order; within a folder, files sort by their number."""
+    found: list[Migration] = []
+    for label, folder in folders:
+        files = sorted(p for p in folder.glob("*.sql"))
+        seen: set[str] = set()
+        for path in files:
+            m = _FILE_RE.match(path.name)
+            if not m:
+                raise ValueError(f"migration file {path} is not named NNN_name.sql")
+            if m.group(1) in seen:
+                raise ValueError(f"two migrations numbered {m.group(1)} in {folder}")
+            seen.add(m.group(1))
+            found.append(Migration(f"{label}/{path.stem}", path.read_text()))
+    return found
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(settings: PostgresSettings, schema: str, *, application_name: str = "voucherstream",
+                      min_size: int | None = None, max_size: int | None = None) -> asyncpg.Pool:
+    """A pool whose connections see ``schema`` first on their search path. Retries while the
+    server is starting (a service may start before its database)."""
+    check_schema(schema)
+    delay = 0.2
+    for attempt in range(1, 31):
+        try:
+            return await asyncpg.create_pool(
+                settings.dsn.get_secret_value(),
+                min_size=min_size or settings.pool_min,
+                max_size=max_size or settings.pool_max,
+                command_timeout=settings.command_timeout_s,
+                init=_init_connection,
+                server_settings={"search_path": f"{schema},public", "application_name": application_name},
+            )
+        except (OSError, asyncpg.CannotConnectNowError, asyncpg.PostgresConnectionError) as exc:
+            if attempt == 30:
+                raise
+            log.warning("postgres not reachable, retrying", extra={"error": repr(exc), "retry_in_s": delay})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    raise AssertionError("unreachable")
+
+
+async def migrate(pool: asyncpg.Pool, schema: str, migrations: list[Migration]) -> list[str]:
+    """Applies the migrations not yet applied in ``schema``; returns the ids it applied."""
+    check_schema(schema)
+    applied_now: list[str] = []
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"migrate:{schema}")
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await conn.execute(
+                f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations ('
+                " id text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+        for migration in migrations:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"migrate:{schema}")
+                done = await conn.fetchval(
+                    f'SELECT checksum FROM "{schema}".schema_migrations WHERE id = $1', migration.id)
+                if done is not None:
+                    if done != migration.checksum:
+                        raise RuntimeError(
+                            f"migration {migration.id} was edited after it was applied to schema {schema}; "
+                            "add a new migration instead")
+                    continue
+                await conn.execute(f'SET LOCAL search_path TO "{schema}", public')
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    f'INSERT INTO "{schema}".schema_migrations (id, checksum) VALUES ($1, $2)',
+                    migration.id, migration.checksum)
+                applied_now.append(migration.id)
+    if applied_now:
+        log.info("migrations applied", extra={"schema": schema, "migrations": applied_now})
+    return applied_now
+
+
+async def drop_schema(pool: asyncpg.Pool, schema: str) -> None:
+    check_schema(schema)
+    async with pool.acquire() as conn:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

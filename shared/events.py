@@ -1,0 +1,549 @@
+"""The event contract: a CloudEvents 1.0 structured-mode JSON envelope and one pydantic model
+per event type.
+
+Every Kafka message value is an envelope::
+
+    {"specversion": "1.0", "id": "...", "type": "shop.cart.abandoned.v1", "source": "...",
+     "time": "2026-11-29T10:00:00Z", "subject": "<key>", "datacontenttype": "application/json",
+     "data": {...}}
+
+Rules the models enforce:
+- money is integer minor units plus an ISO-4217 code (:class:`Money`), never a float;
+- times are timezone-aware and normalised to UTC; a naive time is an error;
+- customer ids are pseudonymous shop ids: an e-mail address, spaces or other contact-like
+  text is refused, so personal data cannot enter through the key;
+- unknown fields are tolerated (and dropped), a missing or ill-typed required field is an error
+  whose message names the field path.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+
+import orjson
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+SPECVERSION = "1.0"
+CONTENT_TYPE = "application/json"
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+"""A timezone-aware instant, normalised to UTC. Naive datetimes are refused."""
+
+CustomerId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$",
+        description="The shop's pseudonymous customer id (letters, digits, '.', '_', ':', '-'). "
+        "Never an e-mail address or a name.",
+    ),
+]
+Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")]
+MinorUnits = Annotated[int, Field(strict=True, ge=0, description="Integer minor units (cents)")]
+CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO-4217 code, e.g. USD")]
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+class Purpose(StrEnum):
+    """What a customer consents to. Channels are purposes of their own."""
+
+    PROFILING = "profiling"
+    PERSONALIZED_OFFERS = "personalized_offers"
+    EMAIL = "email"
+    SMS = "sms"
+    PUSH = "push"
+    THIRD_PARTY_SHARING = "third_party_sharing"
+
+
+class Channel(StrEnum):
+    EMAIL = "email"
+    SMS = "sms"
+    PUSH = "push"
+    ONSITE = "onsite"
+
+
+class Money(BaseModel):
+    """An amount in integer minor units of an ISO-4217 currency (``{"amount": 2000, "currency": "USD"}``
+    is 20.00 USD)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    amount: MinorUnits
+    currency: CurrencyCode
+
+    def __str__(self) -> str:
+        return f"{self.amount / 100:.2f} {self.currency}"
+
+
+class Record(BaseModel):
+    """Base of every payload model: frozen, unknown fields tolerated and dropped."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class Event(Record):
+    """Base of the ``data`` of one event type. ``TYPE`` is the versioned CloudEvents type."""
+
+    TYPE: ClassVar[str]
+    KEY_FIELD: ClassVar[str] = "customer_id"
+
+    def key(self) -> str:
+        """The Kafka message key (also the envelope's ``subject``)."""
+        return str(getattr(self, self.KEY_FIELD))
+
+
+# --------------------------------------------------------------------------- inbound shop events
+
+
+class Birthday(Record):
+    """Month and day only: the engine never keeps a year of birth."""
+
+    month: int = Field(ge=1, le=12)
+    day: int = Field(ge=1, le=31)
+
+    @model_validator(mode="after")
+    def _valid_day(self) -> Birthday:
+        longest = {2: 29, 4: 30, 6: 30, 9: 30, 11: 30}.get(self.month, 31)
+        if self.day > longest:
+            raise ValueError(f"day {self.day} does not exist in month {self.month}")
+        return self
+
+
+class LineItem(Record):
+    sku: Identifier
+    brand: str | None = Field(default=None, max_length=128)
+    category: str | None = Field(default=None, max_length=128)
+    unit_price: Money
+    quantity: int = Field(strict=True, ge=1, le=100_000)
+
+
+def _same_currency(total: Money, items: list[LineItem], what: str) -> None:
+    for i, item in enumerate(items):
+        if item.unit_price.currency != total.currency:
+            raise ValueError(
+                f"items[{i}].unit_price.currency {item.unit_price.currency} differs from "
+                f"{what}.currency {total.currency}"
+            )
+
+
+class CustomerRegistered(Event):
+    TYPE = "shop.customer.registered.v1"
+
+    customer_id: CustomerId
+    birthday: Birthday | None = None
+    preferred_channel: Channel | None = None
+    registered_at: UtcDatetime
+
+
+class CustomerUpdated(Event):
+    """A change of the facts the engine may keep. Absent fields are unchanged."""
+
+    TYPE = "shop.customer.updated.v1"
+
+    customer_id: CustomerId
+    birthday: Birthday | None = None
+    preferred_channel: Channel | None = None
+    updated_at: UtcDatetime
+
+
+class OrderPlaced(Event):
+    TYPE = "shop.order.placed.v1"
+
+    order_id: Identifier
+    customer_id: CustomerId
+    total: Money
+    items: list[LineItem] = Field(default_factory=list, max_length=1000)
+    placed_at: UtcDatetime
+
+    @model_validator(mode="after")
+    def _currencies(self) -> OrderPlaced:
+        _same_currency(self.total, self.items, "total")
+        return self
+
+
+class CartAbandoned(Event):
+    TYPE = "shop.cart.abandoned.v1"
+
+    cart_id: Identifier
+    customer_id: CustomerId
+    value: Money
+    items: list[LineItem] = Field(default_factory=list, max_length=1000)
+    abandoned_at: UtcDatetime
+
+    @model_validator(mode="after")
+    def _currencies(self) -> CartAbandoned:
+        _same_currency(self.value, self.items, "value")
+        return self
+
+
+class ConsentChanged(Event):
+    """A customer granted or withdrew consent for one purpose (cookie banner, preference centre)."""
+
+    TYPE = "shop.consent.changed.v1"
+
+    customer_id: CustomerId
+    purpose: Purpose
+    granted: bool = Field(strict=True)
+    policy_version: str = Field(min_length=1, max_length=64)
+    source: str = Field(min_length=1, max_length=64, description="where the customer decided, e.g. cookie-banner")
+    occurred_at: UtcDatetime
+
+
+# --------------------------------------------------------------------------- consent and privacy
+
+
+class PurposeState(Record):
+    granted: bool
+    since: UtcDatetime
+    policy_version: str
+
+
+class ConsentState(Event):
+    """A customer's whole current consent, one entry per purpose they ever decided on.
+    Published on the compacted ``consent-state`` topic; a tombstone means the customer was erased."""
+
+    TYPE = "voucherstream.consent.state.v1"
+
+    customer_id: CustomerId
+    purposes: dict[Purpose, PurposeState] = Field(default_factory=dict)
+    updated_at: UtcDatetime
+
+    def granted(self, purpose: Purpose) -> bool:
+        state = self.purposes.get(purpose)
+        return bool(state and state.granted)
+
+
+class ErasureRequested(Event):
+    TYPE = "voucherstream.privacy.erasure.requested.v1"
+
+    request_id: Identifier
+    customer_id: CustomerId
+    requested_at: UtcDatetime
+
+
+class ErasureCompleted(Event):
+    TYPE = "voucherstream.privacy.erasure.completed.v1"
+
+    request_id: Identifier
+    customer_id: CustomerId
+    service: Identifier
+    completed_at: UtcDatetime
+    erased: dict[str, int] = Field(default_factory=dict, description="rows erased or pseudonymised, per table")
+
+
+class ExportRequested(Event):
+    TYPE = "voucherstream.privacy.export.requested.v1"
+
+    request_id: Identifier
+    customer_id: CustomerId
+    requested_at: UtcDatetime
+
+
+class ExportCompleted(Event):
+    TYPE = "voucherstream.privacy.export.completed.v1"
+
+    request_id: Identifier
+    customer_id: CustomerId
+    service: Identifier
+    completed_at: UtcDatetime
+    data: dict[str, Any] = Field(default_factory=dict, description="everything the service holds on the customer")
+
+
+# --------------------------------------------------------------------------- segmentation
+
+
+class SegmentEntered(Event):
+    """A customer entered a segment. ``facts`` and ``caused_by`` are the explanation."""
+
+    TYPE = "voucherstream.segment.entered.v1"
+
+    customer_id: CustomerId
+    segment: Identifier
+    rule_version: str = Field(min_length=1, max_length=64)
+    trigger_key: str = Field(
+        min_length=1, max_length=200, description="what made this entry unique, e.g. birthday:2026 or cart:c-17"
+    )
+    facts: dict[str, Any] = Field(default_factory=dict)
+    caused_by: list[str] = Field(default_factory=list, description="ids of the events that caused it")
+    preferred_channel: Channel | None = None
+    evaluated_at: UtcDatetime
+
+
+# --------------------------------------------------------------------------- issuance
+
+
+class LedgerSnapshot(Record):
+    """A campaign's budget ledger right after a change; ``seq`` grows by one per change."""
+
+    currency: CurrencyCode
+    limit: MinorUnits
+    reserved: MinorUnits
+    spent: MinorUnits
+    seq: int = Field(strict=True, ge=0)
+
+
+class OfferSummary(Record):
+    kind: Literal["percentage", "fixed_amount", "gift_card"]
+    percent: int | None = Field(default=None, ge=1, le=100)
+    amount: Money | None = Field(default=None, description="fixed amount, percentage cap, or gift-card balance")
+    min_order: Money | None = None
+    brand: str | None = None
+    category: str | None = None
+    skus: list[str] = Field(default_factory=list)
+
+
+class VoucherIssued(Event):
+    """Never carries the code itself."""
+
+    TYPE = "voucherstream.voucher.issued.v1"
+
+    voucher_id: Identifier
+    campaign_id: Identifier
+    customer_id: CustomerId
+    variant: str
+    channel: Channel
+    trigger_key: str
+    max_discount: Money
+    expires_at: UtcDatetime
+    issued_at: UtcDatetime
+    ledger: LedgerSnapshot
+
+
+class IssuanceDenied(Event):
+    TYPE = "voucherstream.issuance.denied.v1"
+
+    campaign_id: Identifier
+    customer_id: CustomerId
+    reason: Identifier
+    trigger_key: str
+    variant: str | None = None
+    denied_at: UtcDatetime
+
+
+class DeliveryRequested(Event):
+    """For the shop's e-mail, SMS and push senders: the only event that carries a code."""
+
+    TYPE = "voucherstream.delivery.requested.v1"
+
+    voucher_id: Identifier
+    campaign_id: Identifier
+    customer_id: CustomerId
+    channel: Literal[Channel.EMAIL, Channel.SMS, Channel.PUSH]
+    code: str = Field(min_length=4, max_length=64)
+    offer: OfferSummary
+    expires_at: UtcDatetime
+
+
+class VoucherRedeemed(Event):
+    TYPE = "voucherstream.voucher.redeemed.v1"
+
+    redemption_id: Identifier
+    voucher_id: Identifier
+    campaign_id: Identifier
+    customer_id: CustomerId
+    variant: str
+    channel: Channel
+    discount: Money
+    order_amount: Money
+    redeemed_at: UtcDatetime
+    ledger: LedgerSnapshot
+
+
+class RedemptionRolledBack(Event):
+    TYPE = "voucherstream.redemption.rolled_back.v1"
+
+    redemption_id: Identifier
+    voucher_id: Identifier
+    campaign_id: Identifier
+    customer_id: CustomerId
+    returned: Money
+    rolled_back_at: UtcDatetime
+    ledger: LedgerSnapshot
+
+
+class VoucherExpired(Event):
+    TYPE = "voucherstream.voucher.expired.v1"
+
+    voucher_id: Identifier
+    campaign_id: Identifier
+    customer_id: CustomerId
+    released: Money
+    expired_at: UtcDatetime
+    ledger: LedgerSnapshot
+
+
+class VoucherRevoked(Event):
+    TYPE = "voucherstream.voucher.revoked.v1"
+
+    voucher_id: Identifier
+    campaign_id: Identifier
+    customer_id: CustomerId
+    reason: Identifier
+    released: Money
+    revoked_at: UtcDatetime
+    ledger: LedgerSnapshot
+
+
+class Variant(Record):
+    name: Identifier
+    weight: int = Field(strict=True, ge=0, le=10_000)
+
+
+class CampaignChanged(Event):
+    TYPE = "voucherstream.campaign.changed.v1"
+    KEY_FIELD = "campaign_id"
+
+    campaign_id: Identifier
+    name: str = Field(min_length=1, max_length=200)
+    status: Literal["active", "paused", "ended"]
+    segment: Identifier
+    offer: OfferSummary
+    budget_limit: Money
+    variants: list[Variant] = Field(default_factory=list)
+    holdout_percent: int = Field(default=0, ge=0, le=100)
+    updated_at: UtcDatetime
+
+
+# --------------------------------------------------------------------------- analytics
+
+
+class BudgetCounters(Event):
+    TYPE = "voucherstream.budget.counters.v1"
+    KEY_FIELD = "campaign_id"
+
+    campaign_id: Identifier
+    ledger: LedgerSnapshot
+    issued: int = Field(ge=0)
+    redeemed: int = Field(ge=0)
+    denied: dict[str, int] = Field(default_factory=dict)
+    updated_at: UtcDatetime
+
+
+class BudgetThresholdCrossed(Event):
+    TYPE = "voucherstream.budget.threshold_crossed.v1"
+    KEY_FIELD = "campaign_id"
+
+    campaign_id: Identifier
+    threshold_percent: Literal[50, 80, 100]
+    ledger: LedgerSnapshot
+    crossed_at: UtcDatetime
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.TYPE: cls
+    for cls in (
+        CustomerRegistered, CustomerUpdated, OrderPlaced, CartAbandoned, ConsentChanged,
+        ConsentState, ErasureRequested, ErasureCompleted, ExportRequested, ExportCompleted,
+        SegmentEntered, VoucherIssued, IssuanceDenied, DeliveryRequested, VoucherRedeemed,
+        RedemptionRolledBack, VoucherExpired, VoucherRevoked, CampaignChanged, BudgetCounters,
+        BudgetThresholdCrossed,
+    )
+}
+
+
+# --------------------------------------------------------------------------- envelope
+
+
+class Envelope(BaseModel):
+    """CloudEvents 1.0, structured mode. Extension attributes are tolerated."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    specversion: Literal["1.0"]
+    id: str = Field(min_length=1, max_length=200)
+    type: str = Field(min_length=1, max_length=200)
+    source: str = Field(min_length=1, max_length=500)
+    time: UtcDatetime
+    subject: str | None = Field(default=None, max_length=200)
+    datacontenttype: Literal["application/json"] = CONTENT_TYPE
+    data: dict[str, Any]
+
+
+class ContractError(ValueError):
+    """A message that does not honour the contract. ``reason`` is machine-readable:
+    ``undecodable``, ``invalid_envelope``, ``unknown_type``, ``unexpected_type``, ``invalid_data``
+    or ``unexpected_tombstone``; ``detail`` names the offending field."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """``data.items[0].quantity: Input should be greater than or equal to 1``; never echoes input
+    values, which may be personal data."""
+    parts = []
+    for err in exc.errors(include_input=False, include_url=False):
+        path = prefix
+        for loc in err["loc"]:
+            if isinstance(loc, int):
+                path += f"[{loc}]"
+            elif loc not in ("function-after[_to_utc(), datetime]",):
+                path += f".{loc}" if path else str(loc)
+        parts.append(f"{path or prefix or 'value'}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def encode(event: Event, *, source: str, event_id: str | None = None, time: datetime | None = None) -> bytes:
+    """Wraps ``event`` in an envelope and serialises it to JSON bytes."""
+    return orjson.dumps(
+        {
+            "specversion": SPECVERSION,
+            "id": event_id or str(uuid.uuid4()),
+            "type": event.TYPE,
+            "source": source,
+            "time": (time or now_utc()).astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "subject": event.key(),
+            "datacontenttype": CONTENT_TYPE,
+            "data": event.model_dump(mode="json", exclude_none=True),
+        }
+    )
+
+
+def decode(value: bytes | None, accepted: tuple[type[Event], ...] | None = None) -> tuple[Envelope, Event]:
+    """Parses and validates one message value. ``accepted`` limits the event types a topic carries.
+    Raises :class:`ContractError` with a precise reason."""
+    if value is None:
+        raise ContractError("unexpected_tombstone", "a null value (tombstone) on a topic that is not compacted")
+    try:
+        raw = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise ContractError("undecodable", f"not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ContractError("invalid_envelope", f"expected a JSON object, got {type(raw).__name__}")
+    try:
+        envelope = Envelope.model_validate(raw)
+    except ValidationError as exc:
+        raise ContractError("invalid_envelope", describe_validation_error(exc)) from None
+    model = EVENT_TYPES.get(envelope.type)
+    if model is None:
+        raise ContractError("unknown_type", f"type {envelope.type!r} is not part of the contract")
+    if accepted is not None and model not in accepted:
+        names = ", ".join(m.TYPE for m in accepted)
+        raise ContractError("unexpected_type", f"type {envelope.type!r} does not belong on this topic (expects {names})")
+    try:
+        event = model.model_validate(envelope.data)
+    except ValidationError as exc:
+        raise ContractError("invalid_data", describe_validation_error(exc, "data")) from None
+    return envelope, event

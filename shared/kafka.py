@@ -1,0 +1,375 @@
+"""Kafka plumbing on aiokafka: an idempotent producer, a batch consumer loop with dead letters.
+
+The loop's contract, which every service relies on:
+
+- ``getmany`` a batch, decode and validate every record against the topic's contract;
+- a record that cannot be decoded or validated goes to ``<topic>.dlq`` with the reason, the error,
+  the source topic, partition and offset in its headers, and the loop goes on;
+- the handler gets the whole batch of valid messages (one database transaction, typically);
+- offsets are committed only after the handler returned, once per batch, never per message;
+- a transient failure (database or broker unreachable, serialization conflict) retries the same
+  batch with backoff, forever, without committing: nothing is lost and the service never dies;
+- any other exception in the handler is isolated: the batch is handled again one message at a
+  time and only the message that still fails is dead-lettered (``handler_error``);
+- a rebalance waits for the batch in flight to be committed before partitions are revoked.
+
+Handlers must therefore be idempotent: a crash between the database commit and the offset
+commit redelivers the batch (exactly-once lives in PostgreSQL, see ``shared.outbox``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+
+from shared.events import ContractError, Envelope, Event, decode
+from shared.metrics import Metrics
+from shared.settings import KafkaSettings
+from shared.topics import DLQ_SUFFIX, Topic, topic as registry_topic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One decoded, validated record. ``event`` and ``envelope`` are ``None`` for a tombstone."""
+
+    topic: str  # the registry name (without any test prefix)
+    partition: int
+    offset: int
+    key: str | None
+    envelope: Envelope | None
+    event: Event | None
+    timestamp_ms: int
+    raw: bytes | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def is_tombstone(self) -> bool:
+        return self.event is None
+
+
+Handler = Callable[[list[Message]], Awaitable[None]]
+
+
+class TransientError(Exception):
+    """Raise from a handler to have the batch retried rather than dead-lettered."""
+
+
+_TRANSIENT_PG = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Failures of the infrastructure, not of the message: retrying later can succeed."""
+    return isinstance(exc, (TransientError, OSError, TimeoutError, asyncio.TimeoutError, KafkaError, *_TRANSIENT_PG))
+
+
+def client_id(service: str) -> str:
+    return f"{service}-{socket.gethostname()}-{os.getpid()}"
+
+
+async def start_producer(settings: KafkaSettings, service: str, **overrides) -> AIOKafkaProducer:
+    """An idempotent producer (acks=all): a retried send never duplicates or reorders a partition."""
+    options = dict(
+        bootstrap_servers=settings.bootstrap,
+        client_id=client_id(service),
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=settings.linger_ms,
+        max_batch_size=256 * 1024,
+        request_timeout_ms=30_000,
+    )
+    options.update(overrides)
+    producer = AIOKafkaProducer(**options)
+    await producer.start()
+    return producer
+
+
+async def send_all(producer: AIOKafkaProducer, records: Iterable[tuple[str, bytes | None, bytes | None, list]]) -> None:
+    """Sends ``(topic, key, value, headers)`` records, batched by the producer, and waits until the
+    broker acknowledged every one (raises on the first failure)."""
+    futures = [await producer.send(t, key=k, value=v, headers=h or None) for t, k, v, h in records]
+    if futures:
+        await asyncio.gather(*futures)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    topic: str  # the source topic as named on the broker
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    reason: str
+    error: str
+
+
+def dlq_headers(dead: DeadLetter, group: str) -> list[tuple[str, bytes]]:
+    return [
+        ("dlq.reason", dead.reason.encode()),
+        ("dlq.error", dead.error[:2000].encode()),
+        ("dlq.source.topic", dead.topic.encode()),
+        ("dlq.source.partition", str(dead.partition).encode()),
+        ("dlq.source.offset", str(dead.offset).encode()),
+        ("dlq.consumer.group", group.encode()),
+        ("dlq.time", datetime.now(UTC).isoformat().encode()),
+    ]
+
+
+class BatchConsumer:
+    """Consumes registry topics in batches for one consumer group. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        settings: KafkaSettings,
+        group_id: str,
+        topics: Sequence[str],
+        handler: Handler,
+        producer: AIOKafkaProducer,
+        metrics: Metrics,
+        auto_offset_reset: str = "earliest",
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self.settings = settings
+        self.group_id = group_id
+        self.topics: dict[str, Topic] = {settings.topic(name): registry_topic(name) for name in topics}
+        self.handler = handler
+        self.producer = producer
+        self.metrics = metrics
+        self.auto_offset_reset = auto_offset_reset
+        self.max_backoff_s = max_backoff_s
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._last_lag = 0.0
+        self.batches_committed = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        """Asks the loop to finish the batch in flight and return."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap,
+            group_id=self.group_id,
+            client_id=client_id(self.metrics.service),
+            enable_auto_commit=False,
+            auto_offset_reset=self.auto_offset_reset,
+            session_timeout_ms=self.settings.session_timeout_ms,
+            heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
+            max_poll_interval_ms=self.settings.max_poll_interval_ms,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        consumer.subscribe(topics=list(self.topics), listener=_CommitBeforeRevoke(self))
+        self._consumer = consumer
+        await self._start_with_retry(consumer)
+        log.info("consumer started", extra={"group": self.group_id, "topics": list(self.topics)})
+        try:
+            while not self._stopping.is_set():
+                batch = await consumer.getmany(timeout_ms=self.settings.poll_timeout_ms,
+                                               max_records=self.settings.max_batch)
+                if batch:
+                    async with self._lock:
+                        try:
+                            await self._process(consumer, batch)
+                        except _Abandoned:
+                            log.info("stopping while a batch was being retried; it will be redelivered",
+                                     extra={"group": self.group_id})
+                            break
+                await self._update_lag(consumer)
+        finally:
+            self._consumer = None
+            await consumer.stop()
+            log.info("consumer stopped", extra={"group": self.group_id})
+
+    async def _start_with_retry(self, consumer: AIOKafkaConsumer) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await consumer.start()
+                return
+            except KafkaError as exc:
+                if self._stopping.is_set():
+                    raise
+                log.warning("kafka not reachable, retrying", extra={"error": repr(exc), "retry_in_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff_s)
+
+    # ------------------------------------------------------------------ one batch
+
+    async def _process(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        started = time.perf_counter()
+        messages: list[Message] = []
+        dead: list[DeadLetter] = []
+        for tp, records in batch.items():
+            spec = self.topics[tp.topic]
+            for record in records:
+                try:
+                    messages.append(self._decode(spec, record))
+                except ContractError as exc:
+                    dead.append(DeadLetter(record.topic, record.partition, record.offset, record.key, record.value,
+                                           exc.reason, exc.detail))
+        if dead:
+            await self._retrying(lambda: self._dead_letter(dead))
+        if messages:
+            await self._handle(messages)
+        offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in batch.items()}
+        try:
+            await consumer.commit(offsets)
+            self.batches_committed += 1
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group rebalanced under us: the new owner re-reads the batch; handlers are idempotent.
+            log.warning("offset commit refused after a rebalance; the batch will be redelivered",
+                        extra={"group": self.group_id, "error": repr(exc)})
+        for tp, records in batch.items():
+            base = self.topics[tp.topic].name
+            handled = len(records) - sum(1 for d in dead if d.topic == tp.topic and d.partition == tp.partition)
+            if handled:
+                self.metrics.consumed.labels(self.metrics.service, base, "handled").inc(handled)
+        self.metrics.batch_size.labels(self.metrics.service).observe(len(messages) + len(dead))
+        self.metrics.batch_duration.labels(self.metrics.service).observe(time.perf_counter() - started)
+
+    def _decode(self, spec: Topic, record: ConsumerRecord) -> Message:
+        key = record.key.decode("utf-8", "replace") if record.key is not None else None
+        if record.value is None and spec.compacted:
+            return Message(spec.name, record.partition, record.offset, key, None, None, record.timestamp, None)
+        envelope, event = decode(record.value, spec.events)
+        if key is not None and event.key() != key:
+            raise ContractError("key_mismatch", f"message key does not match data.{event.KEY_FIELD}")
+        return Message(spec.name, record.partition, record.offset, key, envelope, event, record.timestamp, record.value)
+
+    async def _handle(self, messages: list[Message]) -> None:
+        try:
+            await self._retrying(lambda: self.handler(messages))
+            return
+        except _NotTransient as failure:
+            if len(messages) == 1:
+                await self._dead_letter_handled(messages[0], failure.__cause__)
+                return
+            log.warning("batch failed; handling its messages one by one to isolate the culprit",
+                        extra={"group": self.group_id, "error": repr(failure.__cause__), "size": len(messages)})
+        for message in messages:
+            try:
+                await self._retrying(lambda m=message: self.handler([m]))
+            except _NotTransient as failure:
+                await self._dead_letter_handled(message, failure.__cause__)
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[None]]) -> None:
+        """Runs ``attempt`` until it succeeds; transient failures back off and retry, anything else
+        is raised as :class:`_NotTransient`."""
+        delay = 0.1
+        while True:
+            try:
+                await attempt()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - classified just below
+                if not is_transient(exc):
+                    raise _NotTransient() from exc
+                if self._stopping.is_set():
+                    raise _Abandoned() from exc
+                self.metrics.handler_retries.labels(self.metrics.service, type(exc).__name__).inc()
+                log.warning("transient failure, retrying the batch",
+                            extra={"group": self.group_id, "error": repr(exc), "retry_in_s": round(delay, 2)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff_s)
+
+    # ------------------------------------------------------------------ dead letters
+
+    async def _dead_letter(self, dead: list[DeadLetter]) -> None:
+        records = [
+            (self.settings.topic(self.topics[d.topic].dlq), d.key, d.value, dlq_headers(d, self.group_id))
+            for d in dead
+        ]
+        await send_all(self.producer, records)
+        for d in dead:
+            base = self.topics[d.topic].name
+            self.metrics.dead_letters.labels(self.metrics.service, base, d.reason).inc()
+            self.metrics.consumed.labels(self.metrics.service, base, "dead_lettered").inc()
+            log.warning("dead-lettered a message", extra={"topic": base, "partition": d.partition,
+                                                         "offset": d.offset, "reason": d.reason, "error": d.error})
+
+    async def _dead_letter_handled(self, message: Message, exc: BaseException | None) -> None:
+        """A valid message whose handling fails for a reason that retrying will not fix."""
+        log.error("handler failed on a message; dead-lettering it", exc_info=exc,
+                  extra={"topic": message.topic, "partition": message.partition, "offset": message.offset})
+        detail = f"{type(exc).__name__}: {exc}" if exc else "unknown"
+        dead = DeadLetter(self.settings.topic(message.topic), message.partition, message.offset,
+                          message.key.encode() if message.key is not None else None, message.raw,
+                          "handler_error", detail)
+        await self._retrying(lambda: self._dead_letter([dead]))
+
+    # ------------------------------------------------------------------ lag
+
+    async def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
+        now = time.monotonic()
+        if now - self._last_lag < 1.0:
+            return
+        self._last_lag = now
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            if end is None:
+                continue
+            try:
+                position = await consumer.position(tp)
+            except (IllegalStateError, KafkaError):
+                continue
+            self.metrics.consumer_lag.labels(self.metrics.service, self.topics[tp.topic].name, str(tp.partition)).set(
+                max(end - position, 0))
+
+    def forget_lag(self, partitions: Iterable[TopicPartition]) -> None:
+        for tp in partitions:
+            spec = self.topics.get(tp.topic)
+            if spec is not None:
+                try:
+                    self.metrics.consumer_lag.remove(self.metrics.service, spec.name, str(tp.partition))
+                except KeyError:
+                    pass
+
+
+class _NotTransient(Exception):
+    """Internal: wraps a handler failure that retrying will not fix."""
+
+
+class _Abandoned(Exception):
+    """Internal: a stop was requested while a batch was failing transiently; nothing is committed."""
+
+
+class _CommitBeforeRevoke(ConsumerRebalanceListener):
+    """Makes a rebalance wait until the batch in flight is handled and its offsets committed."""
+
+    def __init__(self, owner: BatchConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        async with self.owner._lock:
+            self.owner.forget_lag(revoked)
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        log.info("partitions assigned", extra={"group": self.owner.group_id,
+                                               "partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)})
+
+
+def is_dlq(name: str) -> bool:
+    return name.endswith(DLQ_SUFFIX)

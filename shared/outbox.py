@@ -1,0 +1,267 @@
+"""The transactional outbox and its relay.
+
+A service writes the events that announce a state change into its ``outbox`` table *in the same
+PostgreSQL transaction* as the change (:func:`enqueue`). :class:`OutboxRelay` publishes unsent rows
+to Kafka in id order and marks them sent. Guarantees:
+
+- **nothing lost**: a row is marked sent only after the broker acknowledged it (acks=all);
+- **in order per key**: rows are published in id order, with an explicit partition (Kafka's
+  murmur2 of the key) through an idempotent producer. Writers of one key serialise on that key's
+  state row before they enqueue (every service's state change does), so ids follow commit order
+  per key;
+- **once**: every record carries ``outbox.source`` and ``outbox.id`` headers. After a crash or a
+  failed round (published, not yet marked sent), the relay reads back the tail of the partitions
+  its unsent rows map to and marks the ones already there as sent instead of publishing them
+  again;
+- **one relay at a time** per schema (an advisory lock), so replicas of a service never interleave.
+
+The relay wakes on ``LISTEN <schema>.outbox`` (a trigger notifies on insert) and polls as a
+fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import murmur2
+
+from shared.events import Event, encode
+from shared.kafka import is_transient
+from shared.metrics import Metrics
+from shared.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    topic: str  # registry name; the relay adds the deployment's topic prefix
+    key: str
+    value: bytes | None  # None: a tombstone
+
+
+def event_record(topic: str, event: Event, *, source: str, event_id: str | None = None) -> OutboxRecord:
+    return OutboxRecord(topic, event.key(), encode(event, source=source, event_id=event_id))
+
+
+def tombstone(topic: str, key: str) -> OutboxRecord:
+    return OutboxRecord(topic, key, None)
+
+
+async def enqueue(conn: asyncpg.Connection, records: Sequence[OutboxRecord]) -> None:
+    """Writes ``records`` to the outbox. Call inside the transaction that makes the change."""
+    if not records:
+        return
+    await conn.executemany(
+        "INSERT INTO outbox (topic, key, value) VALUES ($1, $2, $3)",
+        [(r.topic, r.key.encode(), r.value) for r in records],
+    )
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """Kafka's default partitioner for keyed records (murmur2, positive, modulo)."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        dsn: str,
+        producer: AIOKafkaProducer,
+        kafka: KafkaSettings,
+        schema: str,
+        metrics: Metrics,
+        batch_size: int = 500,
+        poll_interval_s: float = 1.0,
+        recovery_scan_limit: int = 20_000,
+        sent_retention_s: float = 3600.0,
+    ) -> None:
+        self.pool = pool
+        self.dsn = dsn
+        self.producer = producer
+        self.kafka = kafka
+        self.schema = schema
+        self.metrics = metrics
+        self.batch_size = batch_size
+        self.poll_interval_s = poll_interval_s
+        self.recovery_scan_limit = recovery_scan_limit
+        self.sent_retention_s = sent_retention_s
+        self.source = f"{schema}"
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._needs_recovery = True
+        self._partitions: dict[str, int] = {}
+        self._last_purge = 0.0
+        self.published = 0
+        self.recovered = 0  # rows found already on Kafka after a crash and marked sent, not re-sent
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        listener = await self._listen()
+        delay = 0.1
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if listener is None or listener.is_closed():
+                        listener = await self._listen()
+                    n = await self.publish_once()
+                    delay = 0.1
+                    if n >= self.batch_size:
+                        continue
+                    await self._purge_sent()
+                except Exception as exc:  # noqa: BLE001 - the relay must outlive the database and the broker
+                    self._needs_recovery = True
+                    level = logging.WARNING if is_transient(exc) else logging.ERROR
+                    log.log(level, "outbox relay round failed, retrying", exc_info=not is_transient(exc),
+                            extra={"schema": self.schema, "error": repr(exc), "retry_in_s": delay})
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval_s)
+                except TimeoutError:
+                    pass
+        finally:
+            if listener is not None and not listener.is_closed():
+                await listener.close(timeout=2)
+
+    async def _listen(self) -> asyncpg.Connection | None:
+        try:
+            conn = await asyncpg.connect(self.dsn)
+            await conn.add_listener(f"{self.schema}.outbox", lambda *_: self._wake.set())
+            return conn
+        except Exception as exc:  # noqa: BLE001 - polling still works without notifications
+            log.warning("outbox relay cannot LISTEN; polling only", extra={"error": repr(exc)})
+            return None
+
+    async def _partition_count(self, topic: str) -> int:
+        if topic not in self._partitions:
+            parts = await self.producer.partitions_for(topic)
+            if not parts:
+                raise RuntimeError(f"topic {topic} does not exist (run `make topics`)")
+            self._partitions[topic] = len(parts)
+        return self._partitions[topic]
+
+    async def publish_once(self) -> int:
+        """Publishes up to ``batch_size`` unsent rows; returns how many it handled."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtext($1))", f"outbox:{self.schema}"):
+                return 0  # another instance of the service is relaying
+            rows = await conn.fetch(
+                "SELECT id, topic, key, value, created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+                self.batch_size,
+            )
+            if not rows:
+                self.metrics.outbox_pending.labels(self.metrics.service).set(0)
+                return 0
+            placed = []
+            for row in rows:
+                topic = self.kafka.topic(row["topic"])
+                partition = partition_for(row["key"], await self._partition_count(topic))
+                placed.append((row, topic, partition))
+            already: set[int] = set()
+            if self._needs_recovery:
+                already = await self._already_published(placed)
+                self._needs_recovery = False
+            futures = []
+            for row, topic, partition in placed:
+                if row["id"] in already:
+                    continue
+                headers = [("outbox.source", self.source.encode()), ("outbox.id", str(row["id"]).encode())]
+                futures.append(await self.producer.send(topic, key=row["key"], value=row["value"],
+                                                        partition=partition, headers=headers))
+            if futures:
+                await asyncio.gather(*futures)
+            ids = [row["id"] for row, _, _ in placed]
+            await conn.execute("UPDATE outbox SET sent_at = clock_timestamp() WHERE id = ANY($1::bigint[])", ids)
+            pending = await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL AND NOT (id = ANY($1::bigint[]))", ids)
+        now = time.time()
+        for row, topic, _ in placed:
+            self.metrics.outbox_published.labels(self.metrics.service, row["topic"]).inc()
+            self.metrics.outbox_delay.labels(self.metrics.service).observe(max(now - row["created_at"].timestamp(), 0))
+        self.metrics.outbox_pending.labels(self.metrics.service).set(pending)
+        self.published += len(placed) - len(already)
+        self.recovered += len(already)
+        if already:
+            log.info("outbox recovery: rows already on Kafka were marked sent, not published again",
+                     extra={"schema": self.schema, "rows": len(already)})
+        return len(placed)
+
+    async def _already_published(self, placed: Iterable[tuple]) -> set[int]:
+        """Which of these unsent rows are already on their partition (published by a round that
+        failed or crashed before marking them sent)."""
+        wanted: dict[TopicPartition, set[int]] = defaultdict(set)
+        for row, topic, partition in placed:
+            wanted[TopicPartition(topic, partition)].add(row["id"])
+        found: set[int] = set()
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.kafka.bootstrap, enable_auto_commit=False,
+                                    group_id=None, client_id=f"{self.source}-outbox-recovery")
+        await consumer.start()
+        try:
+            tps = list(wanted)
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            begins = await consumer.beginning_offsets(tps)
+            for tp in tps:
+                found |= await self._scan_tail(consumer, tp, begins[tp], ends[tp], wanted[tp])
+        finally:
+            await consumer.stop()
+        return found
+
+    async def _scan_tail(self, consumer: AIOKafkaConsumer, tp: TopicPartition, begin: int, end: int,
+                         unsent: set[int]) -> set[int]:
+        """Reads the partition backwards in windows until it meets one of our rows that is already
+        marked sent (everything before it was settled), the start, or the scan limit."""
+        found: set[int] = set()
+        window = max(self.batch_size * 2, 100)
+        upper = end
+        scanned = 0
+        while upper > begin and scanned < self.recovery_scan_limit:
+            lower = max(begin, upper - window)
+            consumer.seek(tp, lower)
+            settled = False
+            position = lower
+            while position < upper:
+                batch = await consumer.getmany(tp, timeout_ms=1000, max_records=window)
+                records = batch.get(tp, [])
+                if not records:
+                    break
+                for record in records:
+                    if record.offset >= upper:
+                        break
+                    headers = dict(record.headers or ())
+                    if headers.get("outbox.source") == self.source.encode():
+                        oid = int(headers["outbox.id"])
+                        if oid in unsent:
+                            found.add(oid)
+                        else:
+                            settled = True
+                position = records[-1].offset + 1
+            scanned += upper - lower
+            if settled:
+                break
+            upper = lower
+        return found
+
+    async def _purge_sent(self) -> None:
+        if time.monotonic() - self._last_purge < 60:
+            return
+        self._last_purge = time.monotonic()
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1)",
+                self.sent_retention_s,
+            )

@@ -1,0 +1,56 @@
+"""Settings shared by every service. Each service adds its own class with its own env prefix
+(``CONSENT_``, ``ISSUANCE_`` ...); the infrastructure below is read from ``VOUCHERSTREAM_*`` so one
+environment configures all four. Every default works on the local stack (`make up`)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VOUCHERSTREAM_KAFKA_", extra="ignore")
+
+    bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = Field("", description="prepended to every topic name (tests, shared clusters)")
+    max_batch: int = Field(500, ge=1, description="records per getmany batch")
+    poll_timeout_ms: int = Field(100, ge=1)
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    max_poll_interval_ms: int = Field(300_000, ge=1000)
+    linger_ms: int = Field(5, ge=0)
+
+    def topic(self, name: str) -> str:
+        return self.topic_prefix + name
+
+
+class PostgresSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VOUCHERSTREAM_POSTGRES_", extra="ignore")
+
+    dsn: SecretStr = SecretStr("postgresql://voucherstream:voucherstream@127.0.0.1:5432/voucherstream")
+    pool_min: int = Field(2, ge=1)
+    pool_max: int = Field(10, ge=1)
+    command_timeout_s: float = Field(30.0, gt=0)
+
+
+class ServiceSettings(BaseSettings):
+    """Base of each service's settings; subclasses set ``env_prefix`` and ``service``."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    service: str = "voucherstream"
+    schema_name: str = Field("", description="PostgreSQL schema; defaults to the service name")
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=1, le=65535)
+    log_level: str = "INFO"
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+
+    @property
+    def schema(self) -> str:
+        return self.schema_name or self.service
+
+    @property
+    def group_id(self) -> str:
+        """The consumer group: the service's one identifier (plus the topic prefix in tests)."""
+        return self.kafka.topic_prefix + self.service

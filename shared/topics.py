@@ -1,0 +1,263 @@
+"""The topic registry: every topic's name, key, partitions, cleanup policy, retention and the
+event types it carries. `make topics` (``python -m shared.topics``) creates or updates them.
+
+Every customer-keyed topic has the same partition count, so a stream processor that reads
+several of them together (segmentation joins the shop topics with ``consent-state``) sees a
+customer's events on the same partition number everywhere. Campaign-keyed topics share theirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import dataclass, field
+from typing import Literal
+
+from shared import events as ev
+
+DAY_MS = 24 * 3600 * 1000
+CUSTOMER_PARTITIONS = 6
+CAMPAIGN_PARTITIONS = 6
+DLQ_PARTITIONS = 1
+DLQ_SUFFIX = ".dlq"
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    key: Literal["customer_id", "campaign_id"]
+    events: tuple[type[ev.Event], ...]
+    description: str
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+    partitions: int = CUSTOMER_PARTITIONS
+    compacted: bool = False
+    retention_ms: int = 30 * DAY_MS
+    extra_config: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dlq(self) -> str:
+        return self.name + DLQ_SUFFIX
+
+    def config(self) -> dict[str, str]:
+        """Topic-level configuration as Kafka takes it."""
+        if self.compacted:
+            conf = {
+                "cleanup.policy": "compact",
+                # Bounded: a tombstone or an overwritten value is compacted away within an hour,
+                # so erased customers leave no state behind for long.
+                "max.compaction.lag.ms": str(3600 * 1000),
+                "min.compaction.lag.ms": "0",
+                "delete.retention.ms": str(DAY_MS),
+                "segment.ms": str(3600 * 1000),
+                "min.cleanable.dirty.ratio": "0.1",
+            }
+        else:
+            conf = {"cleanup.policy": "delete", "retention.ms": str(self.retention_ms)}
+        return conf | self.extra_config
+
+
+SHOP = ("shop",)
+
+TOPICS: tuple[Topic, ...] = (
+    # Inbound shop events: a short retention is the privacy default.
+    Topic("customer-registered", "customer_id", (ev.CustomerRegistered,), "a customer signed up",
+          SHOP, ("segmentation",), retention_ms=7 * DAY_MS),
+    Topic("customer-updated", "customer_id", (ev.CustomerUpdated,), "a customer changed birthday or preferred channel",
+          SHOP, ("segmentation",), retention_ms=7 * DAY_MS),
+    Topic("order-placed", "customer_id", (ev.OrderPlaced,), "a customer placed an order",
+          SHOP, ("segmentation",), retention_ms=7 * DAY_MS),
+    Topic("cart-abandoned", "customer_id", (ev.CartAbandoned,), "a customer left a cart",
+          SHOP, ("segmentation",), retention_ms=7 * DAY_MS),
+    Topic("consent-changed", "customer_id", (ev.ConsentChanged,), "a customer granted or withdrew consent for a purpose",
+          SHOP, ("consent",), retention_ms=7 * DAY_MS),
+    # Consent and privacy.
+    Topic("consent-state", "customer_id", (ev.ConsentState,), "a customer's whole current consent (compacted)",
+          ("consent",), ("segmentation", "issuance"), compacted=True),
+    Topic("erasure-requested", "customer_id", (ev.ErasureRequested,), "erase a customer everywhere",
+          ("consent",), ("segmentation", "issuance", "analytics")),
+    Topic("erasure-completed", "customer_id", (ev.ErasureCompleted,), "a service confirms an erasure",
+          ("segmentation", "issuance", "analytics", "consent"), ("consent",)),
+    Topic("export-requested", "customer_id", (ev.ExportRequested,), "export everything held on a customer",
+          ("consent",), ("segmentation", "issuance", "analytics")),
+    Topic("export-completed", "customer_id", (ev.ExportCompleted,), "a service's part of an export",
+          ("segmentation", "issuance", "analytics", "consent"), ("consent",)),
+    # Segmentation.
+    Topic("segment-entered", "customer_id", (ev.SegmentEntered,), "a customer entered a segment, with the explanation",
+          ("segmentation",), ("issuance",)),
+    # Issuance.
+    Topic("voucher-issued", "customer_id", (ev.VoucherIssued,), "a voucher was issued (no code)",
+          ("issuance",), ("analytics",)),
+    Topic("issuance-denied", "customer_id", (ev.IssuanceDenied,), "a voucher was refused, with the reason",
+          ("issuance",), ("analytics",)),
+    Topic("delivery-requested", "customer_id", (ev.DeliveryRequested,), "send this code through this channel",
+          ("issuance",), ("shop",), retention_ms=7 * DAY_MS),
+    Topic("voucher-redeemed", "customer_id", (ev.VoucherRedeemed,), "a voucher was redeemed at checkout",
+          ("issuance",), ("analytics",)),
+    Topic("redemption-rolled-back", "customer_id", (ev.RedemptionRolledBack,), "a redemption was rolled back",
+          ("issuance",), ("analytics",)),
+    Topic("voucher-expired", "customer_id", (ev.VoucherExpired,), "a voucher expired and released its reservation",
+          ("issuance",), ("analytics",)),
+    Topic("voucher-revoked", "customer_id", (ev.VoucherRevoked,), "a voucher was revoked (e.g. consent withdrawn)",
+          ("issuance",), ("analytics",)),
+    Topic("campaign-changed", "campaign_id", (ev.CampaignChanged,), "a campaign's current definition (compacted)",
+          ("issuance",), ("analytics",), partitions=CAMPAIGN_PARTITIONS, compacted=True),
+    # Analytics.
+    Topic("budget-counters", "campaign_id", (ev.BudgetCounters,), "live budget counters per campaign (compacted)",
+          ("analytics",), ("shop",), partitions=CAMPAIGN_PARTITIONS, compacted=True),
+    Topic("budget-threshold-crossed", "campaign_id", (ev.BudgetThresholdCrossed,), "50/80/100 % of a budget reached",
+          ("analytics",), ("shop",), partitions=CAMPAIGN_PARTITIONS),
+)
+
+BY_NAME: dict[str, Topic] = {t.name: t for t in TOPICS}
+
+
+def topic(name: str) -> Topic:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"{name!r} is not in the topic registry") from None
+
+
+def dlq_topic(source: Topic) -> Topic:
+    """Dead letters keep the source key and raw value, with the reason in headers."""
+    return Topic(source.dlq, source.key, (), f"dead letters of {source.name}", source.consumers, ("operators",),
+                 partitions=DLQ_PARTITIONS, retention_ms=30 * DAY_MS)
+
+
+def all_topics(prefix: str = "") -> list[tuple[str, Topic]]:
+    """Every topic and dead-letter topic, with names under ``prefix`` (tests use one each)."""
+    out = []
+    for t in TOPICS:
+        out.append((prefix + t.name, t))
+        if t.consumers and t.consumers != ("shop",):
+            out.append((prefix + t.dlq, dlq_topic(t)))
+    return out
+
+
+async def ensure_topics(bootstrap: str, prefix: str = "", *, report=print) -> dict[str, str]:
+    """Creates missing topics, raises partition counts that are too low and sets each topic's
+    configuration. Idempotent. Returns ``{name: "created" | "updated" | "unchanged"}``."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="voucherstream-topics")
+    await admin.start()
+    outcome: dict[str, str] = {}
+    try:
+        wanted = all_topics(prefix)
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(name, t.partitions, 1, topic_configs=t.config()) for name, t in wanted if name not in existing]
+        if missing:
+            resp = await admin.create_topics(missing)
+            for name, code, *rest in resp.topic_errors:
+                if code not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS (a concurrent creator)
+                    raise RuntimeError(f"creating topic {name} failed with Kafka error {code}: {rest}")
+            for t in missing:
+                outcome[t.name] = "created"
+            await _wait_for_leaders(admin, [t.name for t in missing])
+        present = [(name, t) for name, t in wanted if name in existing]
+        if present:
+            described = {d["topic"]: d for d in await admin.describe_topics([n for n, _ in present])}
+            grow = {}
+            for name, t in present:
+                have = len(described[name]["partitions"])
+                if have < t.partitions:
+                    grow[name] = NewPartitions(total_count=t.partitions)
+                elif have > t.partitions:
+                    report(f"warning: {name} has {have} partitions, the registry says {t.partitions}; "
+                           "Kafka cannot shrink a topic, leaving it")
+            if grow:
+                await admin.create_partitions(grow)
+            resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name, _ in present]
+            current = await admin.describe_configs(resources)
+            have_conf: dict[str, dict[str, str]] = {}
+            for resp in current:
+                for res in resp.resources:
+                    _, _, _, res_name, entries = res[:5]
+                    have_conf[res_name] = {e[0]: e[1] for e in entries}
+            changes = []
+            for name, t in present:
+                want = t.config()
+                if any(have_conf.get(name, {}).get(k) != v for k, v in want.items()):
+                    changes.append(ConfigResource(ConfigResourceType.TOPIC, name, configs=want))
+                    outcome[name] = "updated"
+                else:
+                    outcome[name] = "updated" if name in grow else "unchanged"
+            if changes:
+                await admin.alter_configs(changes)
+    finally:
+        await admin.close()
+    return outcome
+
+
+async def _wait_for_leaders(admin, names: list[str], timeout_s: float = 15.0) -> None:
+    """New topics are usable once every partition has a leader; producing earlier only retries."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        described = await admin.describe_topics(names)
+        if all(d["error_code"] == 0 and d["partitions"] and all(p["leader"] >= 0 for p in d["partitions"])
+               for d in described):
+            return
+        if loop.time() > deadline:
+            raise RuntimeError(f"topics without a leader after {timeout_s} s: {names}")
+        await asyncio.sleep(0.1)
+
+
+async def delete_topics(bootstrap: str, prefix: str) -> None:
+    """Deletes the topics under ``prefix`` (test clean-up). Refuses an empty prefix."""
+    if not prefix:
+        raise ValueError("refusing to delete the production topics (empty prefix)")
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="voucherstream-topics")
+    await admin.start()
+    try:
+        names = [n for n in await admin.list_topics() if n.startswith(prefix)]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+def markdown_table() -> str:
+    lines = ["| topic | key | partitions | retention | carries | produced by | consumed by |",
+             "|---|---|---|---|---|---|---|"]
+    for t in TOPICS:
+        kind = "compacted" if t.compacted else f"{int(t.config()['retention.ms']) // DAY_MS} days"
+        types = ", ".join(f"`{e.TYPE}`" for e in t.events)
+        lines.append(f"| `{t.name}` | `{t.key}` | {t.partitions} | {kind} | {types} | "
+                     f"{', '.join(t.producers)} | {', '.join(t.consumers)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from shared.settings import KafkaSettings
+
+    parser = argparse.ArgumentParser(prog="python -m shared.topics", description=__doc__.splitlines()[0])
+    parser.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: VOUCHERSTREAM_KAFKA_BOOTSTRAP or 127.0.0.1:9092)")
+    parser.add_argument("--prefix", default=None, help="create every topic under this name prefix")
+    parser.add_argument("--markdown", action="store_true", help="print the registry as the README's table and exit")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown_table())
+        return 0
+    kafka = KafkaSettings()
+    bootstrap = args.bootstrap or kafka.bootstrap
+    prefix = kafka.topic_prefix if args.prefix is None else args.prefix
+    try:
+        outcome = asyncio.run(ensure_topics(bootstrap, prefix))
+    except Exception as exc:  # noqa: BLE001 - a CLI reports, it does not trace back
+        print(f"error: could not create the topics on {bootstrap}: {exc}", file=sys.stderr)
+        return 1
+    for name, t in all_topics(prefix):
+        kind = "compacted" if t.compacted else f"retention {int(t.config()['retention.ms']) // DAY_MS} d"
+        print(f"{outcome.get(name, '?'):9}  {name:34} {t.partitions:2} partitions  key {t.key:11}  {kind}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Fixtures on the real local stack (`make up`): each test gets its own topic prefix and its own
+PostgreSQL schema, so tests never see each other's data."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from shared import db, topics
+from shared.settings import KafkaSettings, PostgresSettings
+from tests.support import unique
+
+BOOTSTRAP = os.environ.get("VOUCHERSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+
+
+@pytest.fixture
+def kafka_settings() -> KafkaSettings:
+    """Settings whose topic prefix is unique to this test (topics not created yet)."""
+    return KafkaSettings(bootstrap=BOOTSTRAP, topic_prefix=unique("test-") + ".", poll_timeout_ms=50)
+
+
+@pytest.fixture
+async def kafka(kafka_settings: KafkaSettings):
+    """Every registry topic (and dead-letter topic) created under this test's prefix."""
+    await topics.ensure_topics(kafka_settings.bootstrap, kafka_settings.topic_prefix, report=lambda *_: None)
+    yield kafka_settings
+    await topics.delete_topics(kafka_settings.bootstrap, kafka_settings.topic_prefix)
+
+
+@pytest.fixture
+def postgres_settings() -> PostgresSettings:
+    return PostgresSettings()
+
+
+@pytest.fixture
+async def pg_schema(postgres_settings: PostgresSettings):
+    """A fresh schema, migrated with the shared migrations; dropped afterwards."""
+    schema = unique("test_")
+    pool = await db.create_pool(postgres_settings, schema, min_size=1, max_size=4)
+    await db.migrate(pool, schema, db.discover(("shared", db.SHARED_MIGRATIONS)))
+    yield schema, pool
+    await db.drop_schema(pool, schema)
+    await pool.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    # Tests under integration/ and e2e/ talk to the real stack; mark them so `-m "not kafka"` works.
+    for item in items:
+        path = str(item.fspath)
+        if "/integration/" in path or "/e2e/" in path:
+            names = set(getattr(item, "fixturenames", ()))
+            if names & {"kafka", "kafka_settings"}:
+                item.add_marker(pytest.mark.kafka)
+            if names & {"pg_schema", "postgres_settings"}:
+                item.add_marker(pytest.mark.postgres)

@@ -1,0 +1,159 @@
+"""Crashes on the real broker and database: a consumer killed between its database commit and its
+offset commit, and an outbox relay stopped mid-way."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+from shared import events as ev
+from shared.kafka import BatchConsumer, send_all, start_producer
+from shared.metrics import Metrics
+from shared.outbox import OutboxRecord, OutboxRelay, enqueue
+from tests.support import read_topic, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def consent(customer: str, i: int) -> ev.ConsentChanged:
+    return ev.ConsentChanged(customer_id=customer, purpose="email", granted=i % 2 == 0, policy_version=f"v{i}",
+                             source="test", occurred_at=datetime.now(UTC))
+
+
+async def test_a_consumer_killed_before_its_commit_rereads_the_batch_and_the_write_stays_single(kafka, pg_schema):
+    schema, pool = pg_schema
+    await pool.execute("CREATE TABLE seen (event_id text PRIMARY KEY, customer_id text NOT NULL)")
+    await pool.execute("CREATE TABLE deliveries (n int NOT NULL); INSERT INTO deliveries VALUES (0)")
+    topic = kafka.topic("consent-changed")
+    producer = await start_producer(kafka, "test")
+    await send_all(producer, [(topic, f"c-{i % 7}".encode(), ev.encode(consent(f"c-{i % 7}", i), source="test"), None)
+                              for i in range(60)])
+    group = kafka.topic_prefix + "crashy"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.integration.crashy_consumer", "--prefix", kafka.topic_prefix,
+        "--schema", schema, "--group", group, "--hang-after-commit",
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, env=os.environ | {"PYTHONPATH": str(ROOT)})
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert line.startswith(b"COMMITTED"), line
+    first_batch = int(line.split()[1])
+    os.kill(proc.pid, signal.SIGKILL)  # after the database commit, before the offset commit
+    await proc.wait()
+    assert await pool.fetchval("SELECT count(*) FROM seen") == first_batch
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.integration.crashy_consumer", "--prefix", kafka.topic_prefix,
+        "--schema", schema, "--group", group,
+        cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, env=os.environ | {"PYTHONPATH": str(ROOT)})
+    try:
+        await wait_for(lambda: pool.fetchval("SELECT count(*) FROM seen"), timeout=30)
+        await wait_for(lambda: _equals(pool.fetchval("SELECT count(*) FROM seen"), 60), timeout=30,
+                       what="all 60 events written")
+        deliveries = await wait_for(lambda: _at_least(pool.fetchval("SELECT n FROM deliveries"), 60 + first_batch),
+                                    timeout=30, what="the killed batch redelivered")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+        await producer.stop()
+    # The killed batch was delivered twice, yet every event is stored exactly once.
+    assert deliveries >= 60 + first_batch
+    assert await pool.fetchval("SELECT count(*) FROM seen") == 60
+
+
+async def _equals(value, expected):
+    return (await value) == expected
+
+
+async def _at_least(value, expected):
+    got = await value
+    return got if got >= expected else None
+
+
+class _CountingProducer:
+    """Delegates to the real producer; sets ``tripped`` after ``after`` sends."""
+
+    def __init__(self, producer, after: int) -> None:
+        self.producer, self.after, self.sent = producer, after, 0
+        self.tripped = asyncio.Event()
+
+    async def send(self, *args, **kwargs):
+        self.sent += 1
+        if self.sent >= self.after:
+            self.tripped.set()
+        return await self.producer.send(*args, **kwargs)
+
+    async def partitions_for(self, topic):
+        return await self.producer.partitions_for(topic)
+
+
+async def test_the_outbox_relay_publishes_every_row_once_and_in_order_across_a_stop_mid_way(kafka, pg_schema):
+    schema, pool = pg_schema
+    keys = [f"cust-{k}" for k in range(25)]
+    total = 3000
+    async with pool.acquire() as conn, conn.transaction():
+        await enqueue(conn, [OutboxRecord("erasure-requested", keys[i % len(keys)], f"{i}".encode())
+                             for i in range(total)])
+    producer = await start_producer(kafka, "test")
+    dsn = "postgresql://voucherstream:voucherstream@127.0.0.1:5432/voucherstream"
+
+    # First relay: stopped (cancelled, like a crash) while its round is in flight.
+    counting = _CountingProducer(producer, after=1200)
+    first = OutboxRelay(pool=pool, dsn=dsn, producer=counting, kafka=kafka, schema=schema, metrics=Metrics("t"),
+                        batch_size=500)
+    task = asyncio.create_task(first.run())
+    await asyncio.wait_for(counting.tripped.wait(), 30)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    unsent_after_stop = await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+    assert 0 < unsent_after_stop < total
+
+    # Second relay: recovers and finishes.
+    metrics = Metrics("t2")
+    second = OutboxRelay(pool=pool, dsn=dsn, producer=producer, kafka=kafka, schema=schema, metrics=metrics,
+                         batch_size=500)
+    task = asyncio.create_task(second.run())
+    await wait_for(lambda: _equals(pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"), 0),
+                   timeout=30, what="every row marked sent")
+    second.stop()
+    await asyncio.wait_for(task, 10)
+    await producer.stop()
+
+    records = await read_topic(kafka.bootstrap, kafka.topic("erasure-requested"), expect=total)
+    records = await read_topic(kafka.bootstrap, kafka.topic("erasure-requested"))  # and nothing more
+    ids = [int(dict(r.headers)["outbox.id"]) for r in records]
+    assert len(ids) == total, f"{len(ids) - len(set(ids))} duplicates"
+    assert len(set(ids)) == total
+    per_key = defaultdict(list)
+    for r in records:
+        per_key[r.key].append(int(r.value))
+    for key, values in per_key.items():
+        assert values == sorted(values), f"{key} out of order"
+    # The round the first relay never finished was on Kafka already: recovered, not re-sent.
+    assert second.recovered > 0
+    assert second.published + second.recovered == unsent_after_stop
+
+
+async def test_migrations_apply_once_and_an_edited_one_is_refused(postgres_settings, pg_schema, tmp_path):
+    from shared import db
+
+    schema, pool = pg_schema
+    (tmp_path / "001_things.sql").write_text("CREATE TABLE things (id int PRIMARY KEY);")
+    migrations = db.discover(("shared", db.SHARED_MIGRATIONS), ("svc", tmp_path))
+    assert await db.migrate(pool, schema, migrations) == ["svc/001_things"]
+    assert await db.migrate(pool, schema, migrations) == []
+    # Two instances starting together: each migration still runs once.
+    (tmp_path / "002_more.sql").write_text("CREATE TABLE more_things (id int PRIMARY KEY);")
+    migrations = db.discover(("shared", db.SHARED_MIGRATIONS), ("svc", tmp_path))
+    results = await asyncio.gather(db.migrate(pool, schema, migrations), db.migrate(pool, schema, migrations))
+    assert sorted(results, key=len) == [[], ["svc/002_more"]]
+    (tmp_path / "001_things.sql").write_text("CREATE TABLE things (id bigint PRIMARY KEY);")
+    try:
+        await db.migrate(pool, schema, db.discover(("svc", tmp_path)))
+    except RuntimeError as exc:
+        assert "was edited after it was applied" in str(exc)
+    else:
+        raise AssertionError("an edited migration was accepted")

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# `make test`: starts the parts of the local stack the suite needs, runs it, and stops exactly
+# what it started (a broker or database that was already running is left running).
+set -uo pipefail
+PY="${1:?usage: tests/run.sh PYTHON}"
+cd "$(dirname "$0")/.."
+STATE=.local
+mkdir -p "$STATE"
+before=$(ls "$STATE"/started.* 2>/dev/null | sort)
+
+cleanup() {
+  local after
+  after=$(ls "$STATE"/started.* 2>/dev/null | sort)
+  for marker in $after; do
+    if ! grep -qx "$marker" <<<"$before"; then
+      case "$marker" in
+        *kafka) deploy/local/stack.sh down-one kafka ;;
+        *postgres) deploy/local/stack.sh down-one postgres ;;
+        *prometheus) deploy/local/stack.sh down-one prometheus ;;
+      esac
+    fi
+  done
+}
+trap cleanup EXIT
+
+t0=$SECONDS
+deploy/local/stack.sh up kafka postgres || exit 1
+echo "[test] stack ready in $((SECONDS - t0)) s"
+# shellcheck disable=SC2086
+"$PY" -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-}
+status=$?
+echo "[test] suite finished in $((SECONDS - t0)) s with exit code $status"
+exit $status

@@ -1,0 +1,73 @@
+"""Helpers for tests on the real stack: polling, reading topics back, kcat."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import uuid
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+    """Polls an async or sync predicate until it returns a truthy value."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def read_topic(bootstrap: str, topic: str, *, expect: int | None = None, timeout: float = 15.0):
+    """Every record of ``topic`` from the start to its current end (or until ``expect`` records)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        async def partitions():
+            cluster = await consumer._client.fetch_all_metadata()
+            return cluster.partitions_for_topic(topic)
+
+        parts = await wait_for(partitions, timeout=timeout, what=f"metadata of {topic}")
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        out = []
+        while True:
+            ends = await consumer.end_offsets(tps)
+            positions = {tp: await consumer.position(tp) for tp in tps}
+            caught_up = all(positions[tp] >= ends[tp] for tp in tps)
+            if (expect is None and caught_up) or (expect is not None and len(out) >= expect):
+                return out
+            if loop.time() > deadline:
+                if expect is not None:
+                    raise AssertionError(f"{topic}: expected {expect} records, got {len(out)} in {timeout} s")
+                return out
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                out.extend(records)
+    finally:
+        await consumer.stop()
+
+
+def kcat(*args: str, input: bytes | None = None, timeout: float = 30.0) -> str:
+    """Runs Debian's kcat, a Kafka client nobody here wrote."""
+    exe = shutil.which("kcat") or shutil.which("kafkacat")
+    if exe is None:
+        raise RuntimeError("kcat is not installed (make up installs it)")
+    done = subprocess.run([exe, *args], input=input, capture_output=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"kcat {' '.join(args)} failed: {done.stderr.decode()}")
+    return done.stdout.decode()
