@@ -61,8 +61,10 @@ kafka_fetch() {
   log "fetching Apache Kafka $KAFKA_VERSION jars from Maven Central into $KAFKA_LIBS"
   local tmp="$KAFKA_LIBS.tmp.$$"
   rm -rf "$tmp"
-  mvn -q -B -Dstyle.color=never -f "$ROOT/deploy/local/kafka/pom.xml" dependency:copy-dependencies \
-      -DoutputDirectory="$tmp" -DincludeScope=runtime >&2 || die "could not fetch the Kafka jars with Maven"
+  mkdir -p "$CACHE"
+  mvn -q -B -f "$ROOT/deploy/local/kafka/pom.xml" dependency:copy-dependencies \
+      -DoutputDirectory="$tmp" -DincludeScope=runtime >"$CACHE/maven.log" 2>&1 \
+    || { tail -30 "$CACHE/maven.log" >&2; die "could not fetch the Kafka jars with Maven (log: $CACHE/maven.log)"; }
   rm -rf "$KAFKA_LIBS" && mv "$tmp" "$KAFKA_LIBS" && touch "$KAFKA_LIBS/.complete"
 }
 
