@@ -56,6 +56,8 @@ CustomerId = Annotated[
     ),
 ]
 Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")]
+Text = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+"""Short free text without control characters (PostgreSQL refuses NUL; logs hate newlines)."""
 MinorUnits = Annotated[int, Field(strict=True, ge=0, description="Integer minor units (cents)")]
 CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO-4217 code, e.g. USD")]
 
@@ -131,8 +133,8 @@ class Birthday(Record):
 
 class LineItem(Record):
     sku: Identifier
-    brand: str | None = Field(default=None, max_length=128)
-    category: str | None = Field(default=None, max_length=128)
+    brand: Annotated[str, Field(max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")] | None = None
+    category: Annotated[str, Field(max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")] | None = None
     unit_price: Money
     quantity: int = Field(strict=True, ge=1, le=100_000)
 
@@ -204,8 +206,8 @@ class ConsentChanged(Event):
     customer_id: CustomerId
     purpose: Purpose
     granted: bool = Field(strict=True)
-    policy_version: str = Field(min_length=1, max_length=64)
-    source: str = Field(min_length=1, max_length=64, description="where the customer decided, e.g. cookie-banner")
+    policy_version: Text
+    source: Text = Field(description="where the customer decided, e.g. cookie-banner")
     occurred_at: UtcDatetime
 
 

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -45,10 +45,12 @@ class OutboxRecord:
     topic: str  # registry name; the relay adds the deployment's topic prefix
     key: str
     value: bytes | None  # None: a tombstone
+    headers: tuple[tuple[str, str], ...] = ()
 
 
-def event_record(topic: str, event: Event, *, source: str, event_id: str | None = None) -> OutboxRecord:
-    return OutboxRecord(topic, event.key(), encode(event, source=source, event_id=event_id))
+def event_record(topic: str, event: Event, *, source: str, event_id: str | None = None,
+                 headers: tuple[tuple[str, str], ...] = ()) -> OutboxRecord:
+    return OutboxRecord(topic, event.key(), encode(event, source=source, event_id=event_id), headers)
 
 
 def tombstone(topic: str, key: str) -> OutboxRecord:
@@ -60,8 +62,8 @@ async def enqueue(conn: asyncpg.Connection, records: Sequence[OutboxRecord]) -> 
     if not records:
         return
     await conn.executemany(
-        "INSERT INTO outbox (topic, key, value) VALUES ($1, $2, $3)",
-        [(r.topic, r.key.encode(), r.value) for r in records],
+        "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4)",
+        [(r.topic, r.key.encode(), r.value, [list(h) for h in r.headers]) for r in records],
     )
 
 
@@ -84,6 +86,7 @@ class OutboxRelay:
         poll_interval_s: float = 1.0,
         recovery_scan_limit: int = 20_000,
         sent_retention_s: float = 3600.0,
+        on_published: Callable[[str, dict[str, str], float], None] | None = None,
     ) -> None:
         self.pool = pool
         self.dsn = dsn
@@ -95,6 +98,7 @@ class OutboxRelay:
         self.poll_interval_s = poll_interval_s
         self.recovery_scan_limit = recovery_scan_limit
         self.sent_retention_s = sent_retention_s
+        self.on_published = on_published  # (registry topic, row headers, ack time) for service metrics
         self.source = f"{schema}"
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -161,7 +165,7 @@ class OutboxRelay:
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtext($1))", f"outbox:{self.schema}"):
                 return 0  # another instance of the service is relaying
             rows = await conn.fetch(
-                "SELECT id, topic, key, value, created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+                "SELECT id, topic, key, value, headers, created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1",
                 self.batch_size,
             )
             if not rows:
@@ -180,7 +184,8 @@ class OutboxRelay:
             for row, topic, partition in placed:
                 if row["id"] in already:
                     continue
-                headers = [("outbox.source", self.source.encode()), ("outbox.id", str(row["id"]).encode())]
+                headers = [(k, v.encode()) for k, v in row["headers"]]
+                headers += [("outbox.source", self.source.encode()), ("outbox.id", str(row["id"]).encode())]
                 futures.append(await self.producer.send(topic, key=row["key"], value=row["value"],
                                                         partition=partition, headers=headers))
             if futures:
@@ -192,6 +197,8 @@ class OutboxRelay:
         for row, topic, _ in placed:
             self.metrics.outbox_published.labels(self.metrics.service, row["topic"]).inc()
             self.metrics.outbox_delay.labels(self.metrics.service).observe(max(now - row["created_at"].timestamp(), 0))
+            if self.on_published is not None and row["headers"]:
+                self.on_published(row["topic"], dict(row["headers"]), now)
         self.metrics.outbox_pending.labels(self.metrics.service).set(pending)
         self.published += len(placed) - len(already)
         self.recovered += len(already)

@@ -1,0 +1,153 @@
+"""The consent service's HTTP API (FastAPI; the OpenAPI document is served at /openapi.json)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Header, HTTPException, Path, status
+from pydantic import BaseModel, Field
+
+from services.consent import ledger, privacy, store
+from services.consent.handlers import Change, ConsentHandlers
+from shared import events as ev
+from shared.processing import register
+
+CustomerPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")]
+RequestPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")]
+
+
+class ConsentChangeIn(BaseModel):
+    """Same rules as the ``consent-changed`` topic. ``event_id`` (or an ``Idempotency-Key`` header)
+    makes a retried call add nothing."""
+
+    customer_id: ev.CustomerId
+    purpose: ev.Purpose
+    granted: bool = Field(strict=True)
+    policy_version: ev.Text
+    source: ev.Text
+    occurred_at: ev.UtcDatetime
+    event_id: ev.Identifier | None = None
+
+
+class ConsentStateOut(BaseModel):
+    customer_id: str
+    purposes: dict[ev.Purpose, ev.PurposeState]
+
+
+class LedgerEntryOut(BaseModel):
+    event_id: str
+    purpose: ev.Purpose
+    granted: bool
+    policy_version: str
+    source: str
+    occurred_at: datetime
+    received_at: datetime
+    via: Literal["kafka", "http"]
+
+
+class HistoryOut(BaseModel):
+    customer_id: str
+    ledger: list[LedgerEntryOut]
+
+
+class PrivacyRequestIn(BaseModel):
+    customer_id: ev.CustomerId
+
+
+class ServiceProgress(BaseModel):
+    status: Literal["pending", "completed"]
+    completed_at: str | None
+
+
+class PrivacyRequestOut(BaseModel):
+    request_id: str
+    kind: Literal["export", "erasure"]
+    status: Literal["pending", "completed"]
+    requested_at: datetime
+    completed_at: datetime | None
+    services: dict[str, ServiceProgress]
+    bundle: dict[str, Any] | None = Field(None, description="exports only: the whole export once every service answered")
+
+
+class RegisterOut(BaseModel):
+    controller_note: str
+    activities: list[dict[str, Any]]
+    undeclared_services: list[str]
+
+
+def routes(app: FastAPI, service) -> None:
+    handlers: ConsentHandlers = service.handlers
+
+    @app.post("/v1/consents", status_code=status.HTTP_201_CREATED, response_model=ConsentStateOut,
+              tags=["consent"], summary="Record a consent decision")
+    async def record_consent(body: ConsentChangeIn,
+                             idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> ConsentStateOut:
+        event_id = body.event_id or (f"http:{idempotency_key}" if idempotency_key else f"http:{uuid.uuid4()}")
+        change = ev.ConsentChanged(**body.model_dump(exclude={"event_id"}))
+        async with service.pool.acquire() as conn, conn.transaction():
+            outcome = await handlers.record_changes(conn, [Change(event_id, change)], via="http",
+                                                    received_at=ev.now_utc())
+        return ConsentStateOut(customer_id=body.customer_id, purposes=outcome.states[body.customer_id])
+
+    @app.get("/v1/customers/{customer_id}/consents", response_model=ConsentStateOut, tags=["consent"],
+             summary="A customer's current consent, derived from the ledger")
+    async def current(customer_id: CustomerPath) -> ConsentStateOut:
+        async with service.pool.acquire() as conn:
+            decisions = (await store.decisions(conn, [customer_id])).get(customer_id, [])
+        return ConsentStateOut(customer_id=customer_id, purposes=ledger.current_state(decisions))
+
+    @app.get("/v1/customers/{customer_id}/consents/history", response_model=HistoryOut, tags=["consent"],
+             summary="Every consent decision ever recorded for the customer (the proof)")
+    async def history(customer_id: CustomerPath) -> HistoryOut:
+        async with service.pool.acquire() as conn:
+            rows = await store.history(conn, customer_id)
+        return HistoryOut(customer_id=customer_id, ledger=[LedgerEntryOut(**dict(r)) for r in rows])
+
+    @app.post("/v1/privacy/exports", status_code=status.HTTP_202_ACCEPTED, response_model=PrivacyRequestOut,
+              tags=["privacy"], summary="Start an access/portability export across every service")
+    async def start_export(body: PrivacyRequestIn) -> PrivacyRequestOut:
+        async with service.pool.acquire() as conn:
+            async with conn.transaction():
+                request_id = await handlers.request_export(conn, body.customer_id)
+            return await _request_out(conn, request_id, "export")
+
+    @app.get("/v1/privacy/exports/{request_id}", response_model=PrivacyRequestOut, tags=["privacy"],
+             summary="An export's progress per service and, once complete, the bundle")
+    async def get_export(request_id: RequestPath) -> PrivacyRequestOut:
+        async with service.pool.acquire() as conn:
+            return await _request_out(conn, request_id, "export")
+
+    @app.post("/v1/privacy/erasures", status_code=status.HTTP_202_ACCEPTED, response_model=PrivacyRequestOut,
+              tags=["privacy"], summary="Erase a customer in every service")
+    async def start_erasure(body: PrivacyRequestIn) -> PrivacyRequestOut:
+        async with service.pool.acquire() as conn:
+            async with conn.transaction():
+                request_id = await handlers.request_erasure(conn, body.customer_id)
+            return await _request_out(conn, request_id, "erasure")
+
+    @app.get("/v1/privacy/erasures/{request_id}", response_model=PrivacyRequestOut, tags=["privacy"],
+             summary="An erasure's status per service, with times")
+    async def get_erasure(request_id: RequestPath) -> PrivacyRequestOut:
+        async with service.pool.acquire() as conn:
+            return await _request_out(conn, request_id, "erasure")
+
+    @app.get("/v1/privacy/register", response_model=RegisterOut, tags=["privacy"],
+             summary="The register of processing, as each service declares it in code")
+    async def processing_register() -> RegisterOut:
+        return RegisterOut(**register(service.settings.privacy_services))
+
+    async def _request_out(conn, request_id: str, kind: str) -> PrivacyRequestOut:
+        row = await store.request(conn, request_id, kind)
+        if row is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no {kind} request {request_id}")
+        parts = await store.parts(conn, request_id)
+        expected = list(row["expected"])
+        complete = row["completed_at"] is not None
+        bundle = None
+        if kind == "export" and complete:
+            bundle = privacy.export_bundle(request_id, row["customer_id"], expected, parts, row["completed_at"])
+        return PrivacyRequestOut(request_id=request_id, kind=kind, status="completed" if complete else "pending",
+                                 requested_at=row["requested_at"], completed_at=row["completed_at"],
+                                 services=privacy.progress(expected, parts), bundle=bundle)

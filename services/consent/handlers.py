@@ -1,0 +1,176 @@
+"""The consent service's use cases, shared by the Kafka consumer and the HTTP API: each takes a
+connection inside a transaction, so the state change and its outbox events commit together."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from services.consent import ledger, privacy, store
+from services.consent.settings import ConsentSettings
+from shared import events as ev
+from shared.outbox import OutboxRecord, enqueue, event_record, tombstone
+
+log = logging.getLogger(__name__)
+SOURCE = "voucherstream/consent"
+RECEIVED_AT = "voucherstream.received-at"  # outbox header: when the deciding event was received
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    event_id: str
+    change: ev.ConsentChanged
+
+
+@dataclass(slots=True)
+class Outcome:
+    appended: int = 0
+    duplicates: int = 0
+    ignored_erased: int = 0
+    states: dict[str, dict[ev.Purpose, ev.PurposeState]] | None = None
+
+
+class ConsentHandlers:
+    def __init__(self, settings: ConsentSettings, metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.key = settings.pseudonym_key.get_secret_value().encode()
+
+    def subject(self, customer_id: str) -> str:
+        return privacy.subject_hash(self.key, customer_id)
+
+    # ------------------------------------------------------------------ consent changes
+
+    async def record_changes(self, conn: asyncpg.Connection, changes: list[Change], *, via: str,
+                             received_at: datetime) -> Outcome:
+        """Appends the changes to the ledger (idempotent by event id) and publishes the new
+        ``consent-state`` of every customer whose state changed."""
+        outcome = Outcome(states={})
+        if not changes:
+            return outcome
+        customers = sorted({c.change.customer_id for c in changes})
+        await store.lock_customers(conn, customers)
+        erased = await store.latest_erasures(conn, [self.subject(c) for c in customers])
+        kept = [c for c in changes
+                if not ledger.superseded_by_erasure(c.change.occurred_at, erased.get(self.subject(c.change.customer_id)))]
+        outcome.ignored_erased = len(changes) - len(kept)
+        before = await store.decisions(conn, customers)
+        rows = [(c.event_id, c.change.customer_id, c.change.purpose.value, c.change.granted, c.change.policy_version,
+                 c.change.source, c.change.occurred_at, received_at, via) for c in kept]
+        added = await store.append(conn, rows)
+        outcome.appended = len(added)
+        outcome.duplicates = len(kept) - len(added)
+        after = await store.decisions(conn, customers) if added else before
+        records: list[OutboxRecord] = []
+        for cid in customers:
+            old, new = ledger.current_state(before.get(cid, [])), ledger.current_state(after.get(cid, []))
+            outcome.states[cid] = new
+            if new != old:
+                state = ledger.state_event(cid, new, ev.now_utc())
+                records.append(event_record("consent-state", state, source=SOURCE,
+                                            headers=((RECEIVED_AT, f"{received_at.timestamp():.6f}"),)))
+        await enqueue(conn, records)
+        for row in added:
+            self.metrics.consents.labels(row["purpose"], "granted" if row["granted"] else "withdrawn").inc()
+        if outcome.ignored_erased:
+            self.metrics.consent_ignored.labels("erased_customer").inc(outcome.ignored_erased)
+        if outcome.duplicates:
+            self.metrics.consent_ignored.labels("duplicate").inc(outcome.duplicates)
+        return outcome
+
+    # ------------------------------------------------------------------ privacy requests
+
+    async def request_erasure(self, conn: asyncpg.Connection, customer_id: str) -> str:
+        """Records the request, erases the consent service's own rows, tombstones
+        ``consent-state`` and asks every other service, all in one transaction."""
+        request_id = str(uuid.uuid4())
+        now = ev.now_utc()
+        await store.lock_customers(conn, [customer_id])
+        await store.create_request(conn, request_id, "erasure", self.subject(customer_id),
+                                   self.settings.privacy_services, now)
+        erased = await store.erase_customer(conn, customer_id)
+        erased["privacy_requests(exports)"] = await store.forget_exports_of(conn, self.subject(customer_id))
+        await enqueue(conn, [
+            event_record("erasure-requested", ev.ErasureRequested(request_id=request_id, customer_id=customer_id,
+                                                                 requested_at=now), source=SOURCE),
+            tombstone("consent-state", customer_id),
+            event_record("erasure-completed", ev.ErasureCompleted(request_id=request_id, customer_id=customer_id,
+                                                                 service="consent", completed_at=ev.now_utc(),
+                                                                 erased=erased), source=SOURCE),
+        ])
+        self.metrics.privacy_requests.labels("erasure").inc()
+        return request_id
+
+    async def request_export(self, conn: asyncpg.Connection, customer_id: str) -> str:
+        request_id = str(uuid.uuid4())
+        now = ev.now_utc()
+        await store.lock_customers(conn, [customer_id])
+        await store.create_request(conn, request_id, "export", self.subject(customer_id),
+                                   self.settings.privacy_services, now, customer_id=customer_id)
+        await enqueue(conn, [
+            event_record("export-requested", ev.ExportRequested(request_id=request_id, customer_id=customer_id,
+                                                               requested_at=now), source=SOURCE),
+            event_record("export-completed", ev.ExportCompleted(request_id=request_id, customer_id=customer_id,
+                                                               service="consent", completed_at=ev.now_utc(),
+                                                               data=await self.export_part(conn, customer_id)),
+                         source=SOURCE),
+        ])
+        self.metrics.privacy_requests.labels("export").inc()
+        return request_id
+
+    async def export_part(self, conn: asyncpg.Connection, customer_id: str) -> dict[str, Any]:
+        current = ledger.current_state((await store.decisions(conn, [customer_id])).get(customer_id, []))
+        history = await store.history(conn, customer_id)
+        return {
+            "customer_id": customer_id,
+            "current_consent": {p.value: s.model_dump(mode="json") for p, s in current.items()},
+            "ledger": [{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in dict(r).items()}
+                       for r in history],
+        }
+
+    async def record_answers(self, conn: asyncpg.Connection, answers: list[ev.ErasureCompleted | ev.ExportCompleted]) -> None:
+        """Stores each service's answer once; completes a request when every expected service
+        answered. A completed erasure also drops the published outbox rows keyed by the customer."""
+        by_request: dict[str, list] = defaultdict(list)
+        for a in answers:
+            by_request[a.request_id].append(a)
+        for request_id in sorted(by_request):
+            request = await store.lock_request(conn, request_id)
+            if request is None:
+                log.warning("answer for an unknown privacy request ignored", extra={"request_id": request_id})
+                self.metrics.consent_ignored.labels("unknown_privacy_request").inc(len(by_request[request_id]))
+                continue
+            for a in by_request[request_id]:
+                detail = a.erased if isinstance(a, ev.ErasureCompleted) else a.data
+                await store.add_part(conn, request_id, a.service, a.completed_at, detail)
+            if request["completed_at"] is not None:
+                continue
+            parts = await store.parts(conn, request_id)
+            if privacy.is_complete(list(request["expected"]), parts):
+                now = ev.now_utc()
+                await store.complete_request(conn, request_id, now)
+                age = (now - request["requested_at"]).total_seconds()
+                self.metrics.privacy_completed.labels(request["kind"]).observe(age)
+                if request["kind"] == "erasure":
+                    await store.forget_outbox(conn, by_request[request_id][0].customer_id)
+
+    # ------------------------------------------------------------------ Kafka
+
+    async def on_batch(self, pool: asyncpg.Pool, messages) -> None:
+        received_at = ev.now_utc()
+        changes = [Change(m.envelope.id, m.event) for m in messages if m.topic == "consent-changed"]
+        answers = [m.event for m in messages if m.topic in ("erasure-completed", "export-completed")]
+        async with pool.acquire() as conn, conn.transaction():
+            await self.record_changes(conn, changes, via="kafka", received_at=received_at)
+            await self.record_answers(conn, answers)
+
+    def observe_published(self, topic: str, headers: dict[str, str], acked_at: float) -> None:
+        if topic == "consent-state" and RECEIVED_AT in headers:
+            self.metrics.consent_propagation.observe(max(acked_at - float(headers[RECEIVED_AT]), 0.0))
+

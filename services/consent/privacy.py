@@ -1,0 +1,49 @@
+"""Pure privacy-request decisions: pseudonyms, progress, bundles."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+def subject_hash(key: bytes, customer_id: str) -> str:
+    """A keyed hash of a customer id: lets us recognise the customer again (proof of erasure,
+    replays) without keeping the id. Irreversible without the key."""
+    return hmac.new(key, customer_id.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    service: str
+    completed_at: datetime
+    detail: dict[str, Any]
+
+
+def progress(expected: list[str], parts: dict[str, Part]) -> dict[str, dict[str, Any]]:
+    """Per expected service: ``pending`` or ``completed`` with its time. Answers from services
+    that are not expected are ignored (they cannot complete a request)."""
+    out = {}
+    for service in expected:
+        part = parts.get(service)
+        out[service] = ({"status": "completed", "completed_at": part.completed_at.isoformat()}
+                        if part else {"status": "pending", "completed_at": None})
+    return out
+
+
+def is_complete(expected: list[str], parts: dict[str, Part]) -> bool:
+    return all(service in parts for service in expected)
+
+
+def export_bundle(request_id: str, customer_id: str | None, expected: list[str], parts: dict[str, Part],
+                  generated_at: datetime) -> dict[str, Any]:
+    """The access/portability answer: one machine-readable document, a section per service."""
+    return {
+        "request_id": request_id,
+        "customer_id": customer_id,
+        "generated_at": generated_at.isoformat(),
+        "format": "voucherstream.export.v1",
+        "services": {s: parts[s].detail for s in expected},
+    }

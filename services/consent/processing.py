@@ -1,0 +1,26 @@
+"""What the consent service keeps about customers, for the register of processing."""
+
+from shared.processing import Processing
+
+DECLARATIONS = (
+    Processing(
+        service="consent",
+        activity="consent ledger",
+        personal_data=("customer id (pseudonymous)", "consent decisions per purpose", "policy version seen",
+                       "where and when the decision was made"),
+        purpose="prove the customer's consent for each processing purpose and derive the current state",
+        lawful_basis="legal obligation (GDPR Art. 6(1)(c) with Art. 7(1): the controller must demonstrate consent)",
+        retention="while the customer is a customer; erased on request, leaving only a keyed hash of the id",
+        recipients=("segmentation and issuance (the derived state, on consent-state)",),
+    ),
+    Processing(
+        service="consent",
+        activity="privacy requests",
+        personal_data=("keyed hash of the customer id", "request and completion times",
+                       "each service's export part until the export is collected"),
+        purpose="answer access, portability and erasure requests and prove that they were answered",
+        lawful_basis="legal obligation (GDPR Art. 12, 15, 17, 20)",
+        retention="export parts 30 days; erasure proofs for as long as the accountability duty lasts",
+        recipients=("the customer (exports)",),
+    ),
+)

@@ -1,0 +1,167 @@
+"""The runtime every service shares: PostgreSQL pool and migrations, the producer, the outbox
+relay, consumers and periodic jobs as supervised background tasks, and an HTTP app with
+``/healthz``, ``/readyz`` and ``/metrics``. Nothing connects at import time: :meth:`Service.start`
+builds everything and :meth:`Service.stop` closes it, in the HTTP app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from shared import db, logs
+from shared.kafka import BatchConsumer, Handler, start_producer
+from shared.metrics import Metrics, metrics_endpoint
+from shared.outbox import OutboxRelay
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    """Base of the four services. Subclasses add consumers and jobs in :meth:`on_start` and
+    routes in :meth:`routes`."""
+
+    migrations: Path | None = None
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics(settings.service)
+        self.pool: asyncpg.Pool | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.relay: OutboxRelay | None = None
+        self.consumers: list[BatchConsumer] = []
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = asyncio.Event()
+        self.started = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        s = self.settings
+        self.pool = await db.create_pool(s.postgres, s.schema, application_name=s.service)
+        folders = [("shared", db.SHARED_MIGRATIONS)]
+        if self.migrations is not None:
+            folders.append((s.service, self.migrations))
+        await db.migrate(self.pool, s.schema, db.discover(*folders))
+        self.producer = await start_producer(s.kafka, s.service)
+        self.relay = OutboxRelay(pool=self.pool, dsn=s.postgres.dsn.get_secret_value(), producer=self.producer,
+                                 kafka=s.kafka, schema=s.schema, metrics=self.metrics)
+        self.spawn("outbox-relay", self.relay.run)
+        await self.on_start()
+        self.started = True
+        log.info("service started", extra={"service": s.service})
+
+    async def on_start(self) -> None:
+        """Add consumers (:meth:`consume`) and jobs (:meth:`every`)."""
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for consumer in self.consumers:
+            consumer.stop()
+        if self.relay is not None:
+            self.relay.stop()
+        if self._tasks:
+            done, pending = await asyncio.wait(self._tasks, timeout=30)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self.producer is not None:
+            await self.producer.stop()
+        if self.pool is not None:
+            await self.pool.close()
+        self.started = False
+        log.info("service stopped", extra={"service": self.settings.service})
+
+    def consume(self, topics: list[str], handler: Handler, *, group_suffix: str = "") -> BatchConsumer:
+        assert self.producer is not None, "consume() belongs in on_start()"
+        consumer = BatchConsumer(settings=self.settings.kafka, group_id=self.settings.group_id + group_suffix,
+                                 topics=topics, handler=handler, producer=self.producer, metrics=self.metrics)
+        self.consumers.append(consumer)
+        self.spawn(f"consumer:{','.join(topics)}", consumer.run)
+        return consumer
+
+    def every(self, name: str, seconds: float, job: Callable[[], Awaitable[None]]) -> None:
+        async def loop() -> None:
+            while not self._stopping.is_set():
+                try:
+                    await job()
+                except Exception:  # noqa: BLE001 - a failed round is logged and retried next time
+                    log.exception("periodic job failed", extra={"job": name})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+        self.spawn(name, loop)
+
+    def spawn(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Runs ``run`` until the service stops; if it crashes it is logged and restarted."""
+
+        async def supervised() -> None:
+            delay = 0.5
+            while not self._stopping.is_set():
+                try:
+                    await run()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - restart rather than run on silently without it
+                    log.exception("background task crashed; restarting", extra={"task": name, "retry_in_s": delay})
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+
+        self._tasks.append(asyncio.create_task(supervised(), name=name))
+
+    # ------------------------------------------------------------------ HTTP
+
+    def routes(self, app: FastAPI) -> None:
+        """Add the service's own routes."""
+
+    def http(self, *, manage_lifecycle: bool = True, **fastapi_kwargs) -> FastAPI:
+        @contextlib.asynccontextmanager
+        async def lifespan(_: FastAPI):
+            if manage_lifecycle:
+                await self.start()
+            try:
+                yield
+            finally:
+                if manage_lifecycle:
+                    await self.stop()
+
+        app = FastAPI(lifespan=lifespan, **fastapi_kwargs)
+        app.add_route("/metrics", metrics_endpoint(self.metrics), include_in_schema=False)
+
+        @app.get("/healthz", include_in_schema=False)
+        async def healthz() -> dict:
+            return {"status": "ok"}
+
+        @app.get("/readyz", include_in_schema=False)
+        async def readyz() -> JSONResponse:
+            ok = self.started and self.pool is not None
+            if ok:
+                try:
+                    async with self.pool.acquire(timeout=2) as conn:
+                        await conn.fetchval("SELECT 1")
+                except Exception:  # noqa: BLE001 - not ready is the answer
+                    ok = False
+            return JSONResponse({"status": "ready" if ok else "not ready"}, status_code=200 if ok else 503)
+
+        self.routes(app)
+        return app
+
+
+def run(service: Service, **fastapi_kwargs) -> None:
+    """``python -m services.<name>``: JSON logs, the HTTP server, graceful stop on SIGTERM/SIGINT."""
+    s = service.settings
+    logs.configure(s.service, s.log_level)
+    app = service.http(**fastapi_kwargs)
+    config = uvicorn.Config(app, host=s.http_host, port=s.http_port, log_config=None, access_log=False,
+                            lifespan="on", timeout_graceful_shutdown=30)
+    uvicorn.Server(config).run()

@@ -1,0 +1,109 @@
+"""Consent on the real broker and database: the ledger, consent-state, the HTTP API."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from shared import events as ev
+from shared.kafka import send_all, start_producer
+from tests.support import read_topic, wait_for
+
+T0 = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
+
+
+def change(customer, purpose, granted, minutes, version="v3"):
+    return ev.ConsentChanged(customer_id=customer, purpose=purpose, granted=granted, policy_version=version,
+                             source="preference-centre", occurred_at=T0 + timedelta(minutes=minutes))
+
+
+async def publish(kafka, items):
+    producer = await start_producer(kafka, "shop")
+    try:
+        await send_all(producer, [(kafka.topic("consent-changed"), e.customer_id.encode(),
+                                   ev.encode(e, source="shop", event_id=eid), None) for eid, e in items])
+    finally:
+        await producer.stop()
+
+
+async def states(kafka, customer, expect):
+    records = await read_topic(kafka.bootstrap, kafka.topic("consent-state"), expect=expect)
+    out = []
+    for r in records:
+        if r.key == customer.encode():
+            out.append(None if r.value is None else ev.decode(r.value)[1])
+    return out
+
+
+async def ledger_count(service, customer):
+    return await service.pool.fetchval("SELECT count(*) FROM consent_ledger WHERE customer_id = $1", customer)
+
+
+async def test_grant_withdraw_regrant_is_followed_by_consent_state(consent, kafka):
+    await publish(kafka, [("e1", change("c-1", "email", True, 0))])
+    await wait_for(lambda: _eq(ledger_count(consent, "c-1"), 1), what="grant in ledger")
+    await publish(kafka, [("e2", change("c-1", "email", False, 1))])
+    await wait_for(lambda: _eq(ledger_count(consent, "c-1"), 2), what="withdrawal in ledger")
+    await publish(kafka, [("e3", change("c-1", "email", True, 2, version="v4"))])
+    got = await states(kafka, "c-1", expect=3)
+    assert [s.purposes[ev.Purpose.EMAIL].granted for s in got] == [True, False, True]
+    assert got[-1].purposes[ev.Purpose.EMAIL].policy_version == "v4"
+
+
+async def test_a_duplicate_adds_no_row_and_a_late_older_event_does_not_override(consent, kafka):
+    await publish(kafka, [("d1", change("c-2", "profiling", False, 10)), ("d1", change("c-2", "profiling", False, 10))])
+    await wait_for(lambda: _eq(ledger_count(consent, "c-2"), 1), what="first event")
+    await publish(kafka, [("d0", change("c-2", "profiling", True, 0))])  # decided earlier, arrives later
+    await wait_for(lambda: _eq(ledger_count(consent, "c-2"), 2), what="late event kept in the ledger")
+    await publish(kafka, [("d1", change("c-2", "profiling", False, 10))])  # and a redelivery
+    await publish(kafka, [("d2", change("c-2", "sms", True, 11))])
+    await wait_for(lambda: _eq(ledger_count(consent, "c-2"), 3), what="the sms grant")
+    got = await states(kafka, "c-2", expect=2)
+    # Two state changes only: the first decision, then the sms grant; the late event changed nothing.
+    assert len(got) == 2
+    assert got[-1].purposes[ev.Purpose.PROFILING].granted is False
+    assert got[-1].purposes[ev.Purpose.SMS].granted is True
+    r = await consent.client.get("/v1/customers/c-2/consents")
+    assert r.json()["purposes"]["profiling"]["granted"] is False
+
+
+async def test_the_ledger_is_append_only(consent, kafka):
+    await publish(kafka, [("a1", change("c-3", "push", True, 0))])
+    await wait_for(lambda: _eq(ledger_count(consent, "c-3"), 1), what="the row")
+    for sql in ("UPDATE consent_ledger SET granted = false", "DELETE FROM consent_ledger"):
+        try:
+            await consent.pool.execute(sql)
+        except Exception as exc:  # noqa: BLE001
+            assert "append-only" in str(exc)
+        else:
+            raise AssertionError(f"{sql} was allowed")
+
+
+async def test_the_http_api_records_consent_idempotently_and_shows_the_history(consent, kafka):
+    body = {"customer_id": "c-4", "purpose": "personalized_offers", "granted": True, "policy_version": "v3",
+            "source": "checkout", "occurred_at": "2026-11-29T10:00:00+01:00"}
+    first = await consent.client.post("/v1/consents", json=body, headers={"Idempotency-Key": "k-1"})
+    again = await consent.client.post("/v1/consents", json=body, headers={"Idempotency-Key": "k-1"})
+    assert first.status_code == again.status_code == 201
+    assert first.json()["purposes"]["personalized_offers"]["granted"] is True
+    history = (await consent.client.get("/v1/customers/c-4/consents/history")).json()["ledger"]
+    assert len(history) == 1 and history[0]["via"] == "http"
+    assert history[0]["occurred_at"].startswith("2026-11-29T09:00:00")
+    bad = await consent.client.post("/v1/consents", json=body | {"purpose": "telepathy"})
+    assert bad.status_code == 422
+    assert "purpose" in bad.text
+    got = await states(kafka, "c-4", expect=1)
+    assert got[0].purposes[ev.Purpose.PERSONALIZED_OFFERS].granted is True
+
+
+async def test_an_unknown_purpose_on_the_topic_is_a_dead_letter_with_its_reason(consent, kafka):
+    raw = ev.encode(change("c-5", "email", True, 0), source="shop").replace(b'"email"', b'"carrier-pigeon"')
+    producer = await start_producer(kafka, "shop")
+    await send_all(producer, [(kafka.topic("consent-changed"), b"c-5", raw, None)])
+    await producer.stop()
+    dead = await read_topic(kafka.bootstrap, kafka.topic("consent-changed.dlq"), expect=1)
+    assert dict(dead[0].headers)["dlq.reason"] == b"invalid_data"
+    assert b"data.purpose" in dict(dead[0].headers)["dlq.error"]
+
+
+async def _eq(value, expected):
+    return (await value) == expected

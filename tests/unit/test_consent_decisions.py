@@ -1,0 +1,65 @@
+from datetime import UTC, datetime, timedelta
+
+from services.consent.ledger import Decision, current_state, superseded_by_erasure
+from services.consent.privacy import Part, export_bundle, is_complete, progress, subject_hash
+from services.consent.settings import ConsentSettings
+from shared.events import Purpose
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def d(purpose, granted, minutes, seq, version="v1"):
+    return Decision(Purpose(purpose), granted, version, T0 + timedelta(minutes=minutes), seq)
+
+
+def test_the_latest_decision_by_event_time_wins_per_purpose():
+    state = current_state([d("email", True, 0, 1), d("email", False, 10, 2), d("sms", True, 5, 3)])
+    assert state[Purpose.EMAIL].granted is False
+    assert state[Purpose.SMS].granted is True
+    assert state[Purpose.EMAIL].since == T0 + timedelta(minutes=10)
+
+
+def test_a_late_older_decision_does_not_override_a_newer_one():
+    state = current_state([d("profiling", False, 10, 1), d("profiling", True, 0, 2, version="v0")])
+    assert state[Purpose.PROFILING].granted is False
+    assert state[Purpose.PROFILING].policy_version == "v1"
+
+
+def test_decisions_at_the_same_instant_are_settled_by_recording_order():
+    state = current_state([d("push", True, 0, 7), d("push", False, 0, 8)])
+    assert state[Purpose.PUSH].granted is False
+
+
+def test_no_decisions_means_no_consent_at_all():
+    assert current_state([]) == {}
+
+
+def test_decisions_from_before_an_erasure_cannot_bring_the_customer_back():
+    erased = T0 + timedelta(days=1)
+    assert superseded_by_erasure(T0, erased)
+    assert not superseded_by_erasure(erased + timedelta(seconds=1), erased)
+    assert not superseded_by_erasure(T0, None)
+
+
+def test_a_request_completes_only_when_every_expected_service_answered():
+    parts = {"consent": Part("consent", T0, {}), "stranger": Part("stranger", T0, {})}
+    assert not is_complete(["consent", "issuance"], parts)
+    assert progress(["consent", "issuance"], parts) == {
+        "consent": {"status": "completed", "completed_at": T0.isoformat()},
+        "issuance": {"status": "pending", "completed_at": None},
+    }
+    parts["issuance"] = Part("issuance", T0, {"vouchers": 2})
+    assert is_complete(["consent", "issuance"], parts)
+    bundle = export_bundle("r1", "c1", ["consent", "issuance"], parts, T0)
+    assert set(bundle["services"]) == {"consent", "issuance"}
+
+
+def test_subject_hashes_are_keyed_and_stable():
+    assert subject_hash(b"k1", "c-1") == subject_hash(b"k1", "c-1")
+    assert subject_hash(b"k1", "c-1") != subject_hash(b"k2", "c-1")
+    assert "c-1" not in subject_hash(b"k1", "c-1")
+
+
+def test_the_expected_privacy_services_come_from_configuration(monkeypatch):
+    monkeypatch.setenv("CONSENT_PRIVACY_SERVICES", "consent, segmentation,issuance,consent")
+    assert ConsentSettings().privacy_services == ["consent", "segmentation", "issuance"]
