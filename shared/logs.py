@@ -11,7 +11,7 @@ import orjson
 
 REDACTED_FIELDS = frozenset({"code", "codes", "api_key", "key_secret", "password", "dsn", "email", "phone",
                              "name", "address", "birthday", "customer_id"})
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):

@@ -16,6 +16,7 @@ import uvicorn
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from shared import db, logs
 from shared.kafka import BatchConsumer, Handler, start_producer
@@ -24,6 +25,13 @@ from shared.outbox import OutboxRelay
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+NOT_FOUND = {404: {"model": ErrorOut, "description": "No such resource"}}
 
 
 class Service:
@@ -135,6 +143,7 @@ class Service:
                 if manage_lifecycle:
                     await self.stop()
 
+        fastapi_kwargs.setdefault("responses", {400: {"model": ErrorOut, "description": "The body is not JSON"}})
         app = FastAPI(lifespan=lifespan, **fastapi_kwargs)
         app.add_route("/metrics", metrics_endpoint(self.metrics), include_in_schema=False)
 

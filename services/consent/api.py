@@ -13,6 +13,7 @@ from services.consent import ledger, privacy, store
 from services.consent.handlers import Change, ConsentHandlers
 from shared import events as ev
 from shared.processing import register
+from shared.service import NOT_FOUND
 
 CustomerPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")]
 RequestPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")]
@@ -113,7 +114,7 @@ def routes(app: FastAPI, service) -> None:
                 request_id = await handlers.request_export(conn, body.customer_id)
             return await _request_out(conn, request_id, "export")
 
-    @app.get("/v1/privacy/exports/{request_id}", response_model=PrivacyRequestOut, tags=["privacy"],
+    @app.get("/v1/privacy/exports/{request_id}", response_model=PrivacyRequestOut, tags=["privacy"], responses=NOT_FOUND,
              summary="An export's progress per service and, once complete, the bundle")
     async def get_export(request_id: RequestPath) -> PrivacyRequestOut:
         async with service.pool.acquire() as conn:
@@ -127,7 +128,7 @@ def routes(app: FastAPI, service) -> None:
                 request_id = await handlers.request_erasure(conn, body.customer_id)
             return await _request_out(conn, request_id, "erasure")
 
-    @app.get("/v1/privacy/erasures/{request_id}", response_model=PrivacyRequestOut, tags=["privacy"],
+    @app.get("/v1/privacy/erasures/{request_id}", response_model=PrivacyRequestOut, tags=["privacy"], responses=NOT_FOUND,
              summary="An erasure's status per service, with times")
     async def get_erasure(request_id: RequestPath) -> PrivacyRequestOut:
         async with service.pool.acquire() as conn:

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# `make run`: the local stack, the topics, then every service that exists, as native processes.
+# Logs go to .local/logs/<service>.log; Ctrl-C stops the services it started (the stack stays up:
+# `make down` stops it).
+set -uo pipefail
+PY="${1:?usage: deploy/local/run.sh PYTHON}"
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$ROOT"
+LOGS=.local/logs
+mkdir -p "$LOGS"
+SERVICES=()
+for s in consent segmentation issuance analytics; do
+  [[ -f "services/$s/__main__.py" ]] && SERVICES+=("$s")
+done
+
+deploy/local/stack.sh up || exit 1
+"$PY" -m shared.topics >/dev/null || { echo "[run] could not create the topics" >&2; exit 1; }
+echo "[run] topics ready"
+
+PIDS=()
+stop() {
+  echo
+  echo "[run] stopping ${SERVICES[*]}"
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
+  echo "[run] stopped; the stack is still up (make down stops it)"
+  exit 0
+}
+trap stop INT TERM
+
+declare -A PORT=([consent]=8001 [segmentation]=8002 [issuance]=8003 [analytics]=8004)
+PRIVACY=$(IFS=,; echo "${SERVICES[*]}")
+for s in "${SERVICES[@]}"; do
+  CONSENT_PRIVACY_SERVICES="$PRIVACY" "$PY" -m "services.$s" >"$LOGS/$s.log" 2>&1 &
+  PIDS+=($!)
+done
+for s in "${SERVICES[@]}"; do
+  for _ in $(seq 1 150); do
+    curl -fs "http://127.0.0.1:${PORT[$s]}/readyz" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  if curl -fs "http://127.0.0.1:${PORT[$s]}/readyz" >/dev/null 2>&1; then
+    echo "[run] $s ready on http://127.0.0.1:${PORT[$s]}  (API docs: /docs, metrics: /metrics, log: $LOGS/$s.log)"
+  else
+    echo "[run] $s did not become ready; see $LOGS/$s.log" >&2
+    stop
+  fi
+done
+echo "[run] running ${SERVICES[*]}; Ctrl-C to stop"
+while true; do
+  for i in "${!PIDS[@]}"; do
+    if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
+      echo "[run] ${SERVICES[$i]} exited; see $LOGS/${SERVICES[$i]}.log" >&2
+      stop
+    fi
+  done
+  sleep 1
+done
