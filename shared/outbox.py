@@ -4,7 +4,8 @@ A service writes the events that announce a state change into its ``outbox`` tab
 PostgreSQL transaction* as the change (:func:`enqueue`). :class:`OutboxRelay` publishes unsent rows
 to Kafka in id order and marks them sent. Guarantees:
 
-- **nothing lost**: a row is marked sent only after the broker acknowledged it (acks=all);
+- **nothing lost**: a row is deleted (marked sent for good) only after the broker acknowledged it
+  (acks=all), in the transaction that read it;
 - **in order per key**: rows are published in id order, with an explicit partition (Kafka's
   murmur2 of the key) through an idempotent producer. Writers of one key serialise on that key's
   state row before they enqueue (every service's state change does), so ids follow commit order
@@ -32,6 +33,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
+from shared import sealing
 from shared.events import Event, encode
 from shared.kafka import is_transient
 from shared.metrics import Metrics
@@ -46,25 +48,32 @@ class OutboxRecord:
     key: str
     value: bytes | None  # None: a tombstone
     headers: tuple[tuple[str, str], ...] = ()
+    sealed: bool = False  # stored encrypted; the relay opens it as it publishes
 
 
 def event_record(topic: str, event: Event, *, source: str, event_id: str | None = None,
-                 headers: tuple[tuple[str, str], ...] = ()) -> OutboxRecord:
-    return OutboxRecord(topic, event.key(), encode(event, source=source, event_id=event_id), headers)
+                 headers: tuple[tuple[str, str], ...] = (), sealed: bool = False) -> OutboxRecord:
+    return OutboxRecord(topic, event.key(), encode(event, source=source, event_id=event_id), headers, sealed)
 
 
 def tombstone(topic: str, key: str) -> OutboxRecord:
     return OutboxRecord(topic, key, None)
 
 
-async def enqueue(conn: asyncpg.Connection, records: Sequence[OutboxRecord]) -> None:
-    """Writes ``records`` to the outbox. Call inside the transaction that makes the change."""
+async def enqueue(conn: asyncpg.Connection, records: Sequence[OutboxRecord], seal_key: bytes | None = None) -> None:
+    """Writes ``records`` to the outbox. Call inside the transaction that makes the change.
+    Sealed records need ``seal_key`` (the relay gets the same key)."""
     if not records:
         return
-    await conn.executemany(
-        "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4)",
-        [(r.topic, r.key.encode(), r.value, [list(h) for h in r.headers]) for r in records],
-    )
+    rows = []
+    for r in records:
+        value = r.value
+        if r.sealed:
+            if seal_key is None:
+                raise ValueError("a sealed outbox record needs a seal key")
+            value = sealing.seal(seal_key, value or b"", r.key.encode())
+        rows.append((r.topic, r.key.encode(), value, [list(h) for h in r.headers], r.sealed))
+    await conn.executemany("INSERT INTO outbox (topic, key, value, headers, sealed) VALUES ($1, $2, $3, $4, $5)", rows)
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -85,8 +94,8 @@ class OutboxRelay:
         batch_size: int = 500,
         poll_interval_s: float = 1.0,
         recovery_scan_limit: int = 20_000,
-        sent_retention_s: float = 3600.0,
         on_published: Callable[[str, dict[str, str], float], None] | None = None,
+        seal_key: bytes | None = None,
     ) -> None:
         self.pool = pool
         self.dsn = dsn
@@ -97,14 +106,13 @@ class OutboxRelay:
         self.batch_size = batch_size
         self.poll_interval_s = poll_interval_s
         self.recovery_scan_limit = recovery_scan_limit
-        self.sent_retention_s = sent_retention_s
         self.on_published = on_published  # (registry topic, row headers, ack time) for service metrics
+        self.seal_key = seal_key
         self.source = f"{schema}"
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._needs_recovery = True
         self._partitions: dict[str, int] = {}
-        self._last_purge = 0.0
         self.published = 0
         self.recovered = 0  # rows found already on Kafka after a crash and marked sent, not re-sent
 
@@ -124,7 +132,6 @@ class OutboxRelay:
                     delay = 0.1
                     if n >= self.batch_size:
                         continue
-                    await self._purge_sent()
                 except Exception as exc:  # noqa: BLE001 - the relay must outlive the database and the broker
                     self._needs_recovery = True
                     level = logging.WARNING if is_transient(exc) else logging.ERROR
@@ -165,7 +172,8 @@ class OutboxRelay:
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtext($1))", f"outbox:{self.schema}"):
                 return 0  # another instance of the service is relaying
             rows = await conn.fetch(
-                "SELECT id, topic, key, value, headers, created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+                "SELECT id, topic, key, value, headers, sealed, created_at FROM outbox WHERE sent_at IS NULL"
+                " ORDER BY id LIMIT $1",
                 self.batch_size,
             )
             if not rows:
@@ -186,13 +194,18 @@ class OutboxRelay:
                     continue
                 headers = [(k, v.encode()) for k, v in row["headers"]]
                 headers += [("outbox.source", self.source.encode()), ("outbox.id", str(row["id"]).encode())]
-                futures.append(await self.producer.send(topic, key=row["key"], value=row["value"],
+                value = row["value"]
+                if row["sealed"]:
+                    value = sealing.unseal(self.seal_key, value, row["key"])
+                futures.append(await self.producer.send(topic, key=row["key"], value=value,
                                                         partition=partition, headers=headers))
             if futures:
                 await asyncio.gather(*futures)
             ids = [row["id"] for row, _, _ in placed]
-            await conn.execute("UPDATE outbox SET sent_at = clock_timestamp() WHERE id = ANY($1::bigint[])", ids)
-            pending = await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL AND NOT (id = ANY($1::bigint[]))", ids)
+            # Sent rows are deleted, not kept: Kafka is the log, and a published row would otherwise
+            # keep a customer's id (or a sealed code) in the database after an erasure.
+            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", ids)
+            pending = await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
         now = time.time()
         for row, topic, _ in placed:
             self.metrics.outbox_published.labels(self.metrics.service, row["topic"]).inc()
@@ -262,13 +275,3 @@ class OutboxRelay:
                 break
             upper = lower
         return found
-
-    async def _purge_sent(self) -> None:
-        if time.monotonic() - self._last_purge < 60:
-            return
-        self._last_purge = time.monotonic()
-        async with self.pool.acquire() as conn:
-            await conn.execute(
-                "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1)",
-                self.sent_retention_s,
-            )

@@ -39,6 +39,7 @@ class Service:
     routes in :meth:`routes`."""
 
     migrations: Path | None = None
+    outbox_seal_key: bytes | None = None  # services that enqueue sealed records set it
 
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
@@ -62,7 +63,7 @@ class Service:
         await db.migrate(self.pool, s.schema, db.discover(*folders))
         self.producer = await start_producer(s.kafka, s.service)
         self.relay = OutboxRelay(pool=self.pool, dsn=s.postgres.dsn.get_secret_value(), producer=self.producer,
-                                 kafka=s.kafka, schema=s.schema, metrics=self.metrics)
+                                 kafka=s.kafka, schema=s.schema, metrics=self.metrics, seal_key=self.outbox_seal_key)
         self.spawn("outbox-relay", self.relay.run)
         await self.on_start()
         self.started = True

@@ -43,6 +43,7 @@ class ServiceSettings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=1, le=65535)
     log_level: str = "INFO"
+    consumer_group: str = Field("", description="overrides the consumer group (default: the service name)")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
 
@@ -53,4 +54,4 @@ class ServiceSettings(BaseSettings):
     @property
     def group_id(self) -> str:
         """The consumer group: the service's one identifier (plus the topic prefix in tests)."""
-        return self.kafka.topic_prefix + self.service
+        return self.kafka.topic_prefix + (self.consumer_group or self.service)

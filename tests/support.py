@@ -71,3 +71,17 @@ def kcat(*args: str, input: bytes | None = None, timeout: float = 30.0) -> str:
     if done.returncode != 0:
         raise RuntimeError(f"kcat {' '.join(args)} failed: {done.stderr.decode()}")
     return done.stdout.decode()
+
+
+async def group_members(bootstrap: str, group: str) -> tuple[str, int]:
+    """The consumer group's state and its number of members."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (resp,) = await admin.describe_consumer_groups([group])
+        _, _, state, _, _, members = resp.groups[0][:6]
+        return state, len(members)
+    finally:
+        await admin.close()

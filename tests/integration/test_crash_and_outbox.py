@@ -100,14 +100,18 @@ async def test_the_outbox_relay_publishes_every_row_once_and_in_order_across_a_s
     producer = await start_producer(kafka, "test")
     dsn = "postgresql://voucherstream:voucherstream@127.0.0.1:5432/voucherstream"
 
-    # First relay: stopped (cancelled, like a crash) while its round is in flight.
-    counting = _CountingProducer(producer, after=1200)
+    # First relay, with its own producer: stopped (cancelled, like a crash) while its round is in
+    # flight. Its producer is then closed, so whatever it had sent lands before the second starts,
+    # as it would for a process that died.
+    first_producer = await start_producer(kafka, "test-first")
+    counting = _CountingProducer(first_producer, after=1200)
     first = OutboxRelay(pool=pool, dsn=dsn, producer=counting, kafka=kafka, schema=schema, metrics=Metrics("t"),
                         batch_size=500)
     task = asyncio.create_task(first.run())
     await asyncio.wait_for(counting.tripped.wait(), 30)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+    await first_producer.stop()
     unsent_after_stop = await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
     assert 0 < unsent_after_stop < total
 

@@ -1,0 +1,42 @@
+"""Wiring of the issuance service: the consumer of segment-entered, consent-state and the privacy
+requests; the expiry job; the HTTP API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from services.issuance import api
+from services.issuance.handlers import CampaignAdmin, IssuanceHandlers
+from services.issuance.metrics import IssuanceMetrics
+from services.issuance.settings import IssuanceSettings
+from shared.service import Service
+
+
+class IssuanceService(Service):
+    migrations = Path(__file__).parent / "migrations"
+
+    def __init__(self, settings: IssuanceSettings) -> None:
+        super().__init__(settings)
+        self.settings: IssuanceSettings = settings
+        self.metrics = IssuanceMetrics(settings.service)
+        self.handlers = IssuanceHandlers(settings, self.metrics)
+        self.admin = CampaignAdmin(self.handlers)
+        self.outbox_seal_key = self.handlers.outbox_key
+
+    async def on_start(self) -> None:
+        self.consume(["consent-state", "segment-entered", "erasure-requested", "export-requested"],
+                     lambda batch: self.handlers.on_batch(self.pool, batch))
+        self.every("expiry", self.settings.expiry_interval_s, self.expire)
+
+    async def expire(self) -> None:
+        while await self.handlers.expire_due(self.pool) >= self.settings.expiry_batch:
+            pass
+
+    def routes(self, app: FastAPI) -> None:
+        api.routes(app, self)
+
+
+def create_app(settings: IssuanceSettings | None = None) -> IssuanceService:
+    return IssuanceService(settings or IssuanceSettings())

@@ -1,0 +1,22 @@
+from prometheus_client import Counter, Gauge, Histogram
+
+from shared.metrics import LATENCY_BUCKETS, Metrics
+
+
+class IssuanceMetrics(Metrics):
+    def __init__(self, service: str = "issuance", registry=None) -> None:
+        super().__init__(service, registry)
+        r = self.registry
+        self.issued = Counter("voucherstream_vouchers_issued_total", "Vouchers issued",
+                              ["campaign", "variant", "channel"], registry=r)
+        self.denied = Counter("voucherstream_issuance_denied_total", "Issuance refusals, by reason",
+                              ["campaign", "reason"], registry=r)
+        self.closed = Counter("voucherstream_vouchers_closed_total", "Vouchers expired or revoked",
+                              ["campaign", "status"], registry=r)
+        self.ledger = Gauge("voucherstream_budget_minor_units", "Budget ledger per campaign (minor units)",
+                            ["campaign", "field"], registry=r)
+        self.segment_to_voucher = Histogram(
+            "voucherstream_segment_to_voucher_seconds",
+            "From a segment-entered record's timestamp to the voucher's commit", buckets=LATENCY_BUCKETS, registry=r)
+        self.partner_codes = Counter("voucherstream_partner_codes_generated_total", "Partner codes generated",
+                                     ["campaign"], registry=r)

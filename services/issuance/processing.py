@@ -1,0 +1,19 @@
+"""What the issuance service keeps about customers, for the register of processing."""
+
+from shared.processing import Processing
+
+DECLARATIONS = (
+    Processing(
+        service="issuance",
+        activity="personalized vouchers",
+        personal_data=("customer id (pseudonymous)", "vouchers issued to the customer (campaign, variant, channel, "
+                       "amounts, dates; codes only as keyed hashes)", "issuance decisions and their reasons",
+                       "whether the customer consents to personalized offers and to each contact channel"),
+        purpose="issue single-use vouchers to consenting customers through a channel they agreed to, within budget",
+        lawful_basis="consent (GDPR Art. 6(1)(a)): personalized_offers and the channel's purpose",
+        retention="vouchers and decisions while the campaign's accounts must be kept; on erasure the customer id "
+                  "is replaced by an irreversible pseudonym and the amounts stay",
+        recipients=("the shop's e-mail, SMS and push senders (delivery-requested: customer id, channel, code)",
+                    "analytics (voucher events without codes)"),
+    ),
+)

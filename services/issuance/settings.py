@@ -1,0 +1,19 @@
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+class IssuanceSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ISSUANCE_", extra="ignore")
+
+    service: str = "issuance"
+    http_port: int = 8003
+    code_hash_key: SecretStr = Field(SecretStr("local-dev-code-hash-key-change-me"),
+                                     description="HMAC key: codes are stored only as HMACs under it")
+    code_seal_key: SecretStr = Field(SecretStr("local-dev-code-seal-key-change-me"),
+                                     description="seals on-site codes (AES-GCM) so the on-site API can show them")
+    pseudonym_key: SecretStr = Field(SecretStr("local-dev-pseudonym-key-change-me"),
+                                     description="HMAC key of the pseudonyms that replace erased customers' ids")
+    expiry_interval_s: float = Field(10.0, gt=0, description="how often vouchers past validity are expired")
+    expiry_batch: int = Field(1000, ge=1)

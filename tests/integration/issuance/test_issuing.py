@@ -1,0 +1,138 @@
+"""Issuing on the real broker and database."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from shared import events as ev
+from tests.integration.issuance.conftest import USD, campaign, consent_state, entered, publish
+from tests.support import read_topic, wait_for
+
+
+async def count(service, sql: str, *args) -> int:
+    return await service.pool.fetchval(sql, *args)
+
+
+async def decided(service, n: int) -> None:
+    await wait_for(lambda: _ge(count(service, "SELECT count(*) FROM issuance_attempts"), n), timeout=30,
+                   what=f"{n} issuance decisions")
+
+
+async def _eq(value, n):
+    return (await value) == n
+
+
+async def _ge(value, n):
+    return (await value) >= n
+
+
+async def test_consent_and_channel_decide_who_gets_what_and_only_delivery_carries_the_code(issuance, kafka):
+    assert (await issuance.client.post("/v1/campaigns", json=campaign())).status_code == 201
+    await publish(kafka, "consent-state", [
+        consent_state("c-all", "personalized_offers", "email", "sms"),
+        consent_state("c-no-offers", "email", "sms"),
+        consent_state("c-sms-only", "personalized_offers", "sms"),
+    ])
+    await wait_for(lambda: _ge(count(issuance, "SELECT count(*) FROM customer_consent"), 3), what="consents")
+    await publish(kafka, "segment-entered", [
+        entered("c-all", preferred="email"), entered("c-no-offers", preferred="email"),
+        entered("c-sms-only", preferred="email"), entered("c-unknown"),
+    ])
+    await decided(issuance, 4)
+    issued = {ev.decode(r.value)[1].customer_id: ev.decode(r.value)[1]
+              for r in await read_topic(kafka.bootstrap, kafka.topic("voucher-issued"), expect=2)}
+    denied = {ev.decode(r.value)[1].customer_id: ev.decode(r.value)[1].reason
+              for r in await read_topic(kafka.bootstrap, kafka.topic("issuance-denied"), expect=2)}
+    assert issued["c-all"].channel == "email"
+    assert issued["c-sms-only"].channel == "sms"  # preferred e-mail has no consent: the next consented channel
+    assert denied == {"c-no-offers": "no_consent", "c-unknown": "no_consent"}
+    deliveries = [ev.decode(r.value)[1] for r in await read_topic(kafka.bootstrap, kafka.topic("delivery-requested"), expect=2)]
+    assert {d.customer_id: d.channel for d in deliveries} == {"c-all": "email", "c-sms-only": "sms"}
+    for record in await read_topic(kafka.bootstrap, kafka.topic("voucher-issued")):
+        for d in deliveries:
+            assert d.code.encode() not in record.value
+    # Each event carries the ledger right after its own reservation, with its own sequence number.
+    assert sorted((v.ledger.seq, v.ledger.reserved) for v in issued.values()) == [(1, 2000), (2, 4000)]
+
+    # No table holds a spendable code: every text, bytea and json column is scanned for each one.
+    for d in deliveries:
+        assert await columns_containing(issuance.pool, d.code) == []
+
+
+async def columns_containing(pool, needle: str) -> list[str]:
+    schema = await pool.fetchval("SELECT current_schema()")
+    cols = await pool.fetch(
+        "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = $1"
+        " AND data_type IN ('text', 'character varying', 'bytea', 'jsonb', 'json', 'ARRAY')", schema)
+    hits = []
+    for c in cols:
+        col = f'"{c["column_name"]}"'
+        expr = f"encode({col}, 'escape')" if c["data_type"] == "bytea" else f"{col}::text"
+        if await pool.fetchval(f'SELECT count(*) FROM "{c["table_name"]}" WHERE {expr} LIKE $1', f"%{needle}%"):
+            hits.append(f'{c["table_name"]}.{c["column_name"]}')
+    return hits
+
+
+async def test_a_withdrawal_revokes_unredeemed_vouchers_and_releases_the_budget(issuance, kafka):
+    await issuance.client.post("/v1/campaigns", json=campaign())
+    await publish(kafka, "consent-state", [consent_state("c-w", "personalized_offers", "email")])
+    await wait_for(lambda: _ge(count(issuance, "SELECT count(*) FROM customer_consent"), 1), what="consent")
+    await publish(kafka, "segment-entered", [entered("c-w")])
+    await decided(issuance, 1)
+    await publish(kafka, "consent-state", [consent_state("c-w", "email")])  # personalized_offers withdrawn
+    revoked = ev.decode((await read_topic(kafka.bootstrap, kafka.topic("voucher-revoked"), expect=1))[0].value)[1]
+    assert revoked.reason == "consent_withdrawn" and revoked.released.amount == 2000
+    assert revoked.ledger.reserved == 0 and revoked.ledger.seq == 2
+    budget = (await issuance.client.get("/v1/campaigns/cart-20/budget")).json()
+    assert budget["reserved"] == 0 and budget["remaining"] == 200_000
+
+
+async def test_vouchers_past_validity_expire_and_release_their_reservation(issuance, kafka):
+    ends = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    await issuance.client.post("/v1/campaigns", json=campaign(validity={"ends_at": ends}))
+    await publish(kafka, "consent-state", [consent_state("c-e", "personalized_offers", "email")])
+    await wait_for(lambda: _ge(count(issuance, "SELECT count(*) FROM customer_consent"), 1), what="consent")
+    await publish(kafka, "segment-entered", [entered("c-e")])
+    await decided(issuance, 1)
+    expired = ev.decode((await read_topic(kafka.bootstrap, kafka.topic("voucher-expired"), expect=1, timeout=20))[0].value)[1]
+    assert expired.released.amount == 2000 and expired.ledger.reserved == 0
+    assert await count(issuance, "SELECT count(*) FROM vouchers WHERE status = 'expired'") == 1
+
+
+async def test_campaign_definitions_are_validated_with_precise_errors_and_pause_stops_issuing(issuance, kafka):
+    bad = await issuance.client.post("/v1/campaigns", json=campaign(currency="EUR"))
+    assert bad.status_code == 422 and "offer is in USD, the campaign in EUR" in bad.text
+    assert (await issuance.client.post("/v1/campaigns", json=campaign())).status_code == 201
+    assert (await issuance.client.post("/v1/campaigns", json=campaign())).status_code == 409
+    paused = await issuance.client.post("/v1/campaigns/cart-20/pause")
+    assert paused.json()["status"] == "paused"
+    await publish(kafka, "consent-state", [consent_state("c-p", "personalized_offers", "email")])
+    await publish(kafka, "segment-entered", [entered("c-p")])
+    await asyncio.sleep(2)
+    assert await count(issuance, "SELECT count(*) FROM issuance_attempts") == 0
+    changes = [ev.decode(r.value)[1] for r in await read_topic(kafka.bootstrap, kafka.topic("campaign-changed"), expect=2)]
+    assert [c.status for c in changes] == ["active", "paused"]
+    too_low = await issuance.client.put("/v1/campaigns/cart-20", json=campaign(
+        budget={"limit": {"amount": 1000, "currency": USD}}, offer={"kind": "fixed_amount",
+                                                                     "amount": {"amount": 500, "currency": USD}}))
+    assert too_low.status_code == 200  # nothing reserved yet, so a lower limit is fine
+    assert (await issuance.client.get("/v1/campaigns/cart-20/budget")).json()["limit"] == 1000
+
+
+async def test_an_erased_customer_keeps_amounts_but_loses_identity(issuance, kafka):
+    await issuance.client.post("/v1/campaigns", json=campaign())
+    await publish(kafka, "consent-state", [consent_state("c-x", "personalized_offers", "email")])
+    await wait_for(lambda: _ge(count(issuance, "SELECT count(*) FROM customer_consent"), 1), what="consent")
+    await publish(kafka, "segment-entered", [entered("c-x")])
+    await decided(issuance, 1)
+    await publish(kafka, "erasure-requested", [ev.ErasureRequested(request_id="r-1", customer_id="c-x",
+                                                                   requested_at=datetime.now(UTC))])
+    done = ev.decode((await read_topic(kafka.bootstrap, kafka.topic("erasure-completed"), expect=1))[0].value)[1]
+    assert done.service == "issuance" and done.erased["vouchers"] == 1
+    await wait_for(lambda: _eq(count(issuance, "SELECT count(*) FROM outbox"), 0), what="the outbox drained")
+    assert await columns_containing(issuance.pool, "c-x") == []
+    row = await issuance.pool.fetchrow("SELECT customer_id, status, reserved FROM vouchers")
+    assert row["customer_id"].startswith("erased-") and row["status"] == "revoked"
+    budget = (await issuance.client.get("/v1/campaigns/cart-20/budget")).json()
+    assert budget["reserved"] == 0 and budget["vouchers_issued"] == 1
