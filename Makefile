@@ -12,7 +12,7 @@ PY     := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 STACK  := deploy/local/stack.sh
 
-.PHONY: help venv up down status topics run bench-consent test test-unit lock compose-config clean
+.PHONY: help venv up down status topics run bench-consent bench-issuance test test-unit lock compose-config clean
 
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -45,6 +45,10 @@ run: venv ## the main job: the local stack, the topics, then the services (Ctrl-
 bench-consent: venv ## consent propagation p50/p99 at 500 changes/s (the consent issue's bar: p99 < 200 ms)
 	@$(STACK) up kafka postgres
 	@$(PY) -m bench.consent_propagation --rate 500 --seconds 30
+
+bench-issuance: venv ## vouchers/s at saturation and p50/p99 at 1,000 events/s, next to raw PostgreSQL inserts
+	@$(STACK) up kafka postgres
+	@$(PY) -m bench.issuance --saturation 20000 --rate 1000 --seconds 15
 
 test: venv ## the whole suite on the real stack; starts what it needs and stops what it started
 	@bash tests/run.sh $(PY)

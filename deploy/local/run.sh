@@ -46,6 +46,9 @@ for s in "${SERVICES[@]}"; do
     stop
   fi
 done
+if [[ " ${SERVICES[*]} " == *" issuance "* ]]; then
+  "$PY" -m shared.cli campaigns load deploy/campaigns/reference.yaml 2>&1 | sed 's/^/[run] campaign /'
+fi
 echo "[run] running ${SERVICES[*]}; Ctrl-C to stop"
 while true; do
   for i in "${!PIDS[@]}"; do

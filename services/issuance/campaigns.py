@@ -29,6 +29,8 @@ class PercentageOffer(Strict):
     brands: list[Label] = Field(default_factory=list)
     categories: list[Label] = Field(default_factory=list)
     skus: list[Label] = Field(default_factory=list)
+    favourite_brand: bool = Field(False, description="restrict each voucher to the brand its customer buys most "
+                                  "(the segment's favourite_brand fact)")
 
     @property
     def max_discount(self) -> Money:
@@ -216,10 +218,18 @@ def choose_channel(preferred: Channel | None, consented: set[Channel], priority:
     return None
 
 
-def offer_summary(offer: PercentageOffer | FixedAmountOffer | GiftCardOffer) -> OfferSummary:
+def personal_brand(offer, facts: dict) -> str | None:
+    """The brand a voucher is restricted to for its customer, when the offer says so."""
+    if isinstance(offer, PercentageOffer) and offer.favourite_brand:
+        brand = facts.get("favourite_brand")
+        return str(brand) if brand else None
+    return None
+
+
+def offer_summary(offer: PercentageOffer | FixedAmountOffer | GiftCardOffer, brand: str | None = None) -> OfferSummary:
     if isinstance(offer, PercentageOffer):
         return OfferSummary(kind="percentage", percent=offer.percent, amount=offer.cap,
-                            brand=offer.brands[0] if len(offer.brands) == 1 else None,
+                            brand=brand or (offer.brands[0] if len(offer.brands) == 1 else None),
                             category=offer.categories[0] if len(offer.categories) == 1 else None, skus=offer.skus)
     if isinstance(offer, FixedAmountOffer):
         return OfferSummary(kind="fixed_amount", amount=offer.amount, min_order=offer.min_order)

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from services.issuance import codes, store
 from services.issuance.budget import Ledger
-from services.issuance.campaigns import CampaignSpec, offer_summary
+from services.issuance.campaigns import CampaignSpec, offer_summary, personal_brand
 from services.issuance.metrics import IssuanceMetrics
 from services.issuance.rules import NO_CONSENT, Deny, Issue, decide
 from services.issuance.settings import IssuanceSettings
@@ -191,11 +191,10 @@ class IssuanceHandlers:
             lg = batch.step(campaign_id, batch.ledgers[campaign_id].reserve(outcome.max_discount), "issued", voucher_id)
             counts[(campaign_id, customer_id)] = counts.get((campaign_id, customer_id), 0) + 1
             attempts.append((campaign_id, customer_id, trigger, "issued", None, outcome.variant, voucher_id, now))
-            vouchers.append((voucher_id, spec, customer_id, trigger, outcome, lg))
+            vouchers.append((voucher_id, spec, customer_id, trigger, outcome, lg, e.facts))
         await store.insert_attempts(conn, attempts)
         await self._store_vouchers(conn, vouchers, now)
-        for voucher_id, spec, customer_id, trigger, outcome, lg in vouchers:
-            offer = spec.offer_for(outcome.variant)
+        for voucher_id, spec, customer_id, trigger, outcome, lg, _ in vouchers:
             batch.outbox.append(event_record("voucher-issued", ev.VoucherIssued(
                 voucher_id=voucher_id, campaign_id=spec.id, customer_id=customer_id, variant=outcome.variant,
                 channel=outcome.channel, trigger_key=trigger,
@@ -209,19 +208,21 @@ class IssuanceHandlers:
         pending = {v[0]: v for v in vouchers}
         while pending:
             rows, deliveries = [], {}
-            for voucher_id, spec, customer_id, trigger, outcome, _ in pending.values():
+            for voucher_id, spec, customer_id, trigger, outcome, _, facts in pending.values():
                 code = spec.code.generate()
                 offer = spec.offer_for(outcome.variant)
+                brand = personal_brand(offer, facts)
                 onsite = outcome.channel == ev.Channel.ONSITE
                 rows.append((voucher_id, spec.id, customer_id, None, codes.code_hash(self.hash_key, code),
                              codes.seal(self.seal_key, code, voucher_id) if onsite else None,
-                             outcome.variant, outcome.channel.value, offer.kind, spec.currency, outcome.max_discount,
+                             outcome.variant, outcome.channel.value, offer.kind, brand, spec.currency,
+                             outcome.max_discount,
                              offer.balance.amount if offer.kind == "gift_card" else None, "active", trigger, now,
                              spec.validity.expires_at(now)))
                 if not onsite:
                     deliveries[voucher_id] = event_record("delivery-requested", ev.DeliveryRequested(
                         voucher_id=voucher_id, campaign_id=spec.id, customer_id=customer_id,
-                        channel=outcome.channel, code=code, offer=offer_summary(offer),
+                        channel=outcome.channel, code=code, offer=offer_summary(offer, brand),
                         expires_at=spec.validity.expires_at(now)), source=SOURCE, sealed=True)
             collided = await store.insert_vouchers(conn, rows)
             await enqueue(conn, [r for vid, r in deliveries.items() if vid not in collided], self.outbox_key)
@@ -371,7 +372,7 @@ class CampaignAdmin:
             n = min(chunk, count - len(out))
             fresh = [spec.code.generate() for _ in range(n)]
             rows = [(str(uuid.uuid4()), spec.id, None, partner, codes.code_hash(self.handlers.hash_key, c), None,
-                     spec.variants[0].name, "partner", offer.kind, spec.currency, 0,
+                     spec.variants[0].name, "partner", offer.kind, None, spec.currency, 0,
                      offer.balance.amount if offer.kind == "gift_card" else None, "active", None, now, expires)
                     for c in fresh]
             try:

@@ -158,7 +158,7 @@ async def voucher_counts(conn: asyncpg.Connection, campaign_ids: Sequence[str],
 
 
 VOUCHER_COLUMNS = ("id", "campaign_id", "customer_id", "partner", "code_hash", "code_sealed", "variant", "channel",
-                   "kind", "currency", "reserved", "balance", "status", "trigger_key", "issued_at", "expires_at")
+                   "kind", "brand", "currency", "reserved", "balance", "status", "trigger_key", "issued_at", "expires_at")
 
 
 async def insert_vouchers(conn: asyncpg.Connection, rows: Sequence[tuple]) -> set[str]:
@@ -169,8 +169,8 @@ async def insert_vouchers(conn: asyncpg.Connection, rows: Sequence[tuple]) -> se
     cols = list(zip(*rows, strict=True))
     inserted = await conn.fetch(
         f"INSERT INTO vouchers ({', '.join(VOUCHER_COLUMNS)}) SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
-        " $4::text[], $5::bytea[], $6::bytea[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[],"
-        " $12::bigint[], $13::text[], $14::text[], $15::timestamptz[], $16::timestamptz[])"
+        " $4::text[], $5::bytea[], $6::bytea[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],"
+        " $12::bigint[], $13::bigint[], $14::text[], $15::text[], $16::timestamptz[], $17::timestamptz[])"
         " ON CONFLICT (code_hash) DO NOTHING RETURNING id", *[list(c) for c in cols])
     return {r[0] for r in rows} - {r["id"] for r in inserted}
 
@@ -200,7 +200,7 @@ async def close_vouchers(conn: asyncpg.Connection, ids: Sequence[str], status: s
 
 async def vouchers_of(conn: asyncpg.Connection, customer_id: str) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT id, campaign_id, variant, channel, kind, currency, reserved, balance, status, trigger_key, issued_at,"
+        "SELECT id, campaign_id, variant, channel, kind, brand, currency, reserved, balance, status, trigger_key, issued_at,"
         " expires_at, closed_at FROM vouchers WHERE customer_id = $1 ORDER BY issued_at", customer_id)
 
 

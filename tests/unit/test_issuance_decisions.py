@@ -112,3 +112,15 @@ def test_the_ledger_cannot_be_overrun_and_counts_every_step():
     assert (lg.reserved, lg.seq) == (2000, 5)
     with pytest.raises(ValueError):
         Ledger("c", USD, 100, 60, 50, 0, 0)
+
+
+def test_the_reference_campaigns_are_valid_definitions():
+    from pathlib import Path
+
+    import yaml
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy/campaigns/reference.yaml").read_text())
+    specs = [CampaignSpec.model_validate(c) for c in doc["campaigns"]]
+    assert {s.segment for s in specs} == {"birthday-week", "cart-abandoned-300", "spend-2000-12m"}
+    birthday = next(s for s in specs if s.segment == "birthday-week")
+    assert birthday.offer.percent == 25 and birthday.offer.favourite_brand

@@ -67,6 +67,7 @@ CREATE TABLE vouchers (
     variant       text        NOT NULL,
     channel       text        NOT NULL,                        -- email, sms, push, onsite, or partner
     kind          text        NOT NULL,
+    brand         text,                                        -- a personal restriction (favourite brand)
     currency      text        NOT NULL,
     reserved      bigint      NOT NULL CHECK (reserved >= 0),   -- what this voucher holds of the budget now
     balance       bigint,                                      -- gift cards: what is left to spend
