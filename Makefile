@@ -12,7 +12,7 @@ PY     := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 STACK  := deploy/local/stack.sh
 
-.PHONY: help venv up down status topics run bench-consent bench-issuance test test-unit lock compose-config clean
+.PHONY: help venv up down status topics run bench-consent bench-issuance bench-segmentation test test-unit lock compose-config clean
 
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -49,6 +49,10 @@ bench-consent: venv ## consent propagation p50/p99 at 500 changes/s (the consent
 bench-issuance: venv ## vouchers/s at saturation and p50/p99 at 1,000 events/s, next to raw PostgreSQL inserts
 	@$(STACK) up kafka postgres
 	@$(PY) -m bench.issuance --saturation 20000 --rate 1000 --seconds 15
+
+bench-segmentation: venv ## profile-update events/s for one faust worker next to a raw aiokafka consume
+	@$(STACK) up kafka postgres
+	@$(PY) -m bench.segmentation --events 50000 --customers 5000
 
 test: venv ## the whole suite on the real stack; starts what it needs and stops what it started
 	@bash tests/run.sh $(PY)

@@ -291,6 +291,19 @@ class SegmentEntered(Event):
     evaluated_at: UtcDatetime
 
 
+class SegmentationTick(Event):
+    """Internal to segmentation: wakes the worker that owns ``partition`` to evaluate time-based
+    rules (birthdays) for the customers of that partition, inside a stream event (faust tables
+    can only be written there)."""
+
+    TYPE = "voucherstream.segmentation.tick.v1"
+    KEY_FIELD = "partition_key"
+
+    partition_key: str = Field(pattern=r"^tick-[0-9]+$")
+    partition: int = Field(ge=0)
+    at: UtcDatetime
+
+
 # --------------------------------------------------------------------------- issuance
 
 
@@ -456,7 +469,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     for cls in (
         CustomerRegistered, CustomerUpdated, OrderPlaced, CartAbandoned, ConsentChanged,
         ConsentState, ErasureRequested, ErasureCompleted, ExportRequested, ExportCompleted,
-        SegmentEntered, VoucherIssued, IssuanceDenied, DeliveryRequested, VoucherRedeemed,
+        SegmentEntered, SegmentationTick, VoucherIssued, IssuanceDenied, DeliveryRequested, VoucherRedeemed,
         RedemptionRolledBack, VoucherExpired, VoucherRevoked, CampaignChanged, BudgetCounters,
         BudgetThresholdCrossed,
     )

@@ -25,7 +25,7 @@ DLQ_SUFFIX = ".dlq"
 @dataclass(frozen=True)
 class Topic:
     name: str
-    key: Literal["customer_id", "campaign_id"]
+    key: Literal["customer_id", "campaign_id", "partition_key"]
     events: tuple[type[ev.Event], ...]
     description: str
     producers: tuple[str, ...]
@@ -85,6 +85,9 @@ TOPICS: tuple[Topic, ...] = (
     # Segmentation.
     Topic("segment-entered", "customer_id", (ev.SegmentEntered,), "a customer entered a segment, with the explanation",
           ("segmentation",), ("issuance",)),
+    Topic("segmentation-ticks", "partition_key", (ev.SegmentationTick,),
+          "internal: wakes the owner of a partition to evaluate birthdays", ("segmentation",), ("segmentation",),
+          retention_ms=1 * DAY_MS),
     # Issuance.
     Topic("voucher-issued", "customer_id", (ev.VoucherIssued,), "a voucher was issued (no code)",
           ("issuance",), ("analytics",)),

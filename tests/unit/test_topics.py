@@ -12,6 +12,7 @@ def test_topics_read_together_share_key_and_partition_count():
         by_key.setdefault(t.key, set()).add(t.partitions)
     assert all(len(counts) == 1 for counts in by_key.values()), by_key
     assert by_key["customer_id"] == {CUSTOMER_PARTITIONS}
+    assert by_key["partition_key"] == {CUSTOMER_PARTITIONS}  # segmentation reads ticks with the customer topics
 
 
 def test_compacted_topics_bound_their_compaction_lag():

@@ -1,0 +1,6 @@
+"""python -m services.segmentation"""
+
+from services.segmentation.app import run
+
+if __name__ == "__main__":
+    run()

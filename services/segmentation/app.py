@@ -1,0 +1,309 @@
+"""Wiring of the segmentation service: a faust-streaming app (tables backed by changelog topics)
+and a small HTTP API, in one process and one event loop.
+
+One agent reads every input topic — the shop's customer topics, ``consent-state``, the privacy
+requests and the internal ticks — all keyed by customer with the same partition count, so each
+customer's consent, profile and events meet on the same partition and the same worker. The agent
+catches every failure per message and dead-letters it; it never dies on one message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from datetime import datetime
+from typing import Any
+
+import faust
+from aiokafka.partitioner import murmur2
+from fastapi import FastAPI, HTTPException, Path
+from fastapi.responses import JSONResponse
+from prometheus_client import Counter, Gauge
+
+from services.segmentation import profile as prof
+from services.segmentation import rules
+from services.segmentation.settings import SegmentationSettings
+from shared import events as ev
+from shared import logs
+from shared.kafka import DeadLetter, dlq_headers
+from shared.metrics import Metrics, metrics_endpoint
+from shared.service import ErrorOut
+from shared.topics import CUSTOMER_PARTITIONS, topic as registry_topic
+
+log = logging.getLogger(__name__)
+SOURCE = "voucherstream/segmentation"
+SHOP_TOPICS = ("customer-registered", "customer-updated", "order-placed", "cart-abandoned")
+INPUTS = SHOP_TOPICS + ("consent-state", "erasure-requested", "export-requested", "segmentation-ticks")
+
+
+class SegmentationMetrics(Metrics):
+    def __init__(self, service: str = "segmentation", registry=None) -> None:
+        super().__init__(service, registry)
+        r = self.registry
+        self.events = Counter("voucherstream_segmentation_events_total", "Events by type and outcome",
+                              ["type", "outcome"], registry=r)
+        self.entries = Counter("voucherstream_segment_entries_total", "Segment entries emitted", ["segment"], registry=r)
+        self.table_size = Gauge("voucherstream_segmentation_table_entries", "Entries in this worker's tables",
+                                ["table"], registry=r)
+        self.rules_version = Gauge("voucherstream_segmentation_rules_info", "The rule set in force", ["version"],
+                                   registry=r)
+
+
+def partition_of(key: bytes, partitions: int = CUSTOMER_PARTITIONS) -> int:
+    """Kafka's default (Java client) partitioner: murmur2 of the key. The shop must partition
+    the same way (librdkafka/kcat: ``partitioner=murmur2_random``) so a customer's events and
+    consent meet on one partition."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class SegmentationService:
+    def __init__(self, settings: SegmentationSettings) -> None:
+        self.settings = settings
+        self.metrics = SegmentationMetrics(settings.service)
+        self.ruleset = rules.load(settings.rules_file)
+        self._rules_mtime = settings.rules_file.stat().st_mtime
+        self.metrics.rules_version.labels(self.ruleset.version).set(1)
+        k = settings.kafka
+        self.app = faust.App(
+            settings.group_id,
+            broker=f"kafka://{k.bootstrap}",
+            store="memory://",
+            topic_partitions=CUSTOMER_PARTITIONS,
+            topic_replication_factor=1,
+            table_standby_replicas=settings.standby_replicas,
+            web_enabled=False,
+            autodiscover=False,
+            producer_acks=-1,
+            producer_linger=0.01,  # batch changelog and output records (one produce request per event otherwise)
+            consumer_auto_offset_reset="earliest",
+            broker_session_timeout=k.session_timeout_ms / 1000,
+            broker_heartbeat_interval=k.heartbeat_interval_ms / 1000,
+            stream_buffer_maxsize=4096,
+            logging_config=None,
+            loghandlers=[],
+        )
+        self.names = {k.topic(name): name for name in INPUTS}
+        self.source = self.app.topic(*self.names, key_serializer="raw", value_serializer="raw")
+        self.out = {name: self.app.topic(k.topic(name), key_serializer="raw", value_serializer="raw",
+                                         partitions=CUSTOMER_PARTITIONS)
+                    for name in ("segment-entered", "erasure-completed", "export-completed", "segmentation-ticks")}
+        self.consent = self.app.Table("profiling-consent", default=None, partitions=CUSTOMER_PARTITIONS,
+                                      key_type=str, value_type=str)
+        self.profiles = self.app.Table("profiles", default=None, partitions=CUSTOMER_PARTITIONS,
+                                       key_type=str, value_type=dict)
+        self.app.agent(self.source, name="segment")(self._agent)
+        self.app.timer(settings.daily_tick_interval_s)(self._daily)
+        self.app.timer(settings.rules_check_interval_s)(self._reload_rules)
+        self.app.timer(5.0)(self._gauges)
+        self.handled = 0
+        self.started = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await self.app.start()
+        self.started = True
+        log.info("service started", extra={"service": self.settings.service})
+
+    async def stop(self) -> None:
+        self.started = False
+        await self.app.stop()
+        log.info("service stopped", extra={"service": self.settings.service})
+
+    # ------------------------------------------------------------------ the agent
+
+    async def _agent(self, stream) -> None:
+        async for event in stream.events():
+            message = event.message
+            name = self.names.get(message.topic, message.topic)
+            try:
+                await self.handle(name, message.partition, message.key, message.value)
+            except ev.ContractError as exc:
+                await self.dead_letter(message, exc.reason, exc.detail)
+            except Exception as exc:  # noqa: BLE001 - one message never kills the agent
+                log.exception("segmentation failed on a message; dead-lettering it",
+                              extra={"topic": name, "partition": message.partition, "offset": message.offset})
+                await self.dead_letter(message, "handler_error", f"{type(exc).__name__}: {exc}")
+            self.handled += 1
+
+    async def dead_letter(self, message, reason: str, detail: str) -> None:
+        name = self.names.get(message.topic, message.topic)
+        dead = DeadLetter(message.topic, message.partition, message.offset, message.key, message.value, reason, detail)
+        await self.app.producer.send_and_wait(self.settings.kafka.topic(registry_topic(name).dlq), message.key,
+                                              message.value, partition=None, timestamp=None,
+                                              headers=dlq_headers(dead, self.settings.group_id))
+        self.metrics.dead_letters.labels(self.metrics.service, name, reason).inc()
+        self.metrics.events.labels(name, "dead_lettered").inc()
+
+    async def handle(self, name: str, partition: int, key: bytes | None, value: bytes | None) -> None:
+        spec = registry_topic(name)
+        if name == "consent-state" and value is None:  # tombstone: the customer was erased
+            self.forget(key.decode())
+            self.metrics.events.labels(name, "tombstone").inc()
+            return
+        _, event = ev.decode(value, spec.events)
+        if key is None or event.key() != key.decode():
+            raise ev.ContractError("key_mismatch", f"message key does not match data.{event.KEY_FIELD}")
+        if name != "segmentation-ticks" and partition_of(key) != partition:
+            raise ev.ContractError("wrong_partition", f"key belongs on partition {partition_of(key)}, not {partition}: "
+                                   "publish with Kafka's default murmur2 partitioner")
+        now = prof.utc_now()
+        if isinstance(event, ev.ConsentState):
+            self.on_consent(event)
+        elif isinstance(event, ev.ErasureRequested):
+            self.forget(event.customer_id)
+            await self.send("erasure-completed", ev.ErasureCompleted(
+                request_id=event.request_id, customer_id=event.customer_id, service="segmentation",
+                completed_at=now, erased={"profiles": 1, "consent": 1}))
+        elif isinstance(event, ev.ExportRequested):
+            await self.send("export-completed", ev.ExportCompleted(
+                request_id=event.request_id, customer_id=event.customer_id, service="segmentation",
+                completed_at=now, data={"profiling_consent_since": self.consent.get(event.customer_id),
+                                        "profile": self.profiles.get(event.customer_id)}))
+        elif isinstance(event, ev.SegmentationTick):
+            await self.on_tick(event.partition, now)
+        else:
+            await self.on_shop_event(name, event, now)
+        self.metrics.events.labels(name, "handled").inc()
+
+    def on_consent(self, state: ev.ConsentState) -> None:
+        cid = state.customer_id
+        if state.granted(ev.Purpose.PROFILING):
+            since = state.purposes[ev.Purpose.PROFILING].since.isoformat()
+            if self.consent.get(cid) != since:
+                self.consent[cid] = since
+        else:
+            self.forget(cid)  # withdrawal deletes the profile at once
+
+    def forget(self, cid: str) -> None:
+        if self.consent.get(cid) is not None:
+            del self.consent[cid]
+        if self.profiles.get(cid) is not None:
+            del self.profiles[cid]
+
+    async def on_shop_event(self, name: str, event: ev.Event, now: datetime) -> None:
+        cid = event.customer_id
+        if self.consent.get(cid) is None:
+            self.metrics.events.labels(name, "dropped_no_profiling_consent").inc()
+            return
+        before = self.profiles.get(cid) or prof.empty()
+        after = prof.apply(before, event, now)
+        after = await self.evaluate(cid, before, after, event, now)
+        self.profiles[cid] = after
+
+    async def on_tick(self, partition: int, now: datetime) -> None:
+        """Time-based rules for every customer of the partition this worker owns."""
+        for cid, profile in list(self.profiles.items()):
+            if profile is None or partition_of(cid.encode()) != partition:
+                continue
+            after = await self.evaluate(cid, profile, profile, None, now)
+            if after is not profile:
+                self.profiles[cid] = after
+
+    async def evaluate(self, cid: str, before: dict, after: dict, event: ev.Event | None, now: datetime) -> dict:
+        facts = rules.facts(before, after, event, now)
+        entries = rules.evaluate(self.ruleset, facts, set(after.get("emitted", ())))
+        if not entries:
+            return after
+        caused_by = [getattr(event, "order_id", None) or getattr(event, "cart_id", None) or "daily"] if event else ["daily"]
+        segments = dict(after.get("segments", {}))
+        for entry in entries:
+            entered = ev.SegmentEntered(customer_id=cid, segment=entry.segment, rule_version=self.ruleset.version,
+                                        trigger_key=entry.trigger_key, facts=entry.facts, caused_by=caused_by,
+                                        preferred_channel=after.get("preferred_channel"), evaluated_at=now)
+            await self.send("segment-entered", entered)
+            after = prof.remember(after, entry.trigger_key)
+            segments[entry.segment] = {"entered_at": now.isoformat(), "rule_version": self.ruleset.version,
+                                       "trigger_key": entry.trigger_key, "facts": entry.facts, "caused_by": caused_by}
+            self.metrics.entries.labels(entry.segment).inc()
+        return {**after, "segments": segments}
+
+    async def send(self, name: str, event: ev.Event) -> None:
+        await self.out[name].send(key=event.key().encode(), value=ev.encode(event, source=SOURCE))
+
+    # ------------------------------------------------------------------ timers
+
+    async def _daily(self) -> None:
+        """Asks each of this worker's partitions to evaluate time-based rules (birthdays)."""
+        ticks = self.settings.kafka.topic("segmentation-ticks")
+        owned = sorted(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == ticks)
+        for p in owned:
+            tick = ev.SegmentationTick(partition_key=f"tick-{p}", partition=p, at=prof.utc_now())
+            await self.out["segmentation-ticks"].send(key=tick.key().encode(), value=ev.encode(tick, source=SOURCE),
+                                                      partition=p)
+
+    async def _reload_rules(self) -> None:
+        try:
+            mtime = self.settings.rules_file.stat().st_mtime
+            if mtime == self._rules_mtime:
+                return
+            new = rules.load(self.settings.rules_file)
+        except (OSError, rules.RuleError) as exc:
+            log.error("rules file not reloaded; keeping the rules in force", extra={"error": str(exc)})
+            return
+        self._rules_mtime = mtime
+        self.metrics.rules_version.clear()
+        self.metrics.rules_version.labels(new.version).set(1)
+        log.info("rules reloaded", extra={"from_version": self.ruleset.version, "to_version": new.version})
+        self.ruleset = new
+
+    async def _gauges(self) -> None:
+        self.metrics.table_size.labels("profiles").set(sum(1 for v in self.profiles.values() if v is not None))
+        self.metrics.table_size.labels("profiling-consent").set(sum(1 for v in self.consent.values() if v is not None))
+
+    # ------------------------------------------------------------------ HTTP
+
+    def http(self, *, manage_lifecycle: bool = True) -> FastAPI:
+        @contextlib.asynccontextmanager
+        async def lifespan(_: FastAPI):
+            if manage_lifecycle:
+                await self.start()
+            try:
+                yield
+            finally:
+                if manage_lifecycle:
+                    await self.stop()
+
+        api = FastAPI(lifespan=lifespan, title="Voucherstream segmentation service", version="1",
+                      responses={400: {"model": ErrorOut, "description": "The body is not JSON"}})
+        api.add_route("/metrics", metrics_endpoint(self.metrics), include_in_schema=False)
+
+        @api.get("/healthz", include_in_schema=False)
+        async def healthz() -> dict:
+            return {"status": "ok"}
+
+        @api.get("/readyz", include_in_schema=False)
+        async def readyz() -> JSONResponse:
+            ok = self.started and self.app.consumer is not None and bool(self.app.consumer.assignment())
+            return JSONResponse({"status": "ready" if ok else "not ready"}, status_code=200 if ok else 503)
+
+        @api.get("/v1/customers/{customer_id}/segments", tags=["segments"],
+                 responses={404: {"model": ErrorOut, "description": "No profile on this worker"}},
+                 summary="The customer's segment memberships, each with the facts that explain it")
+        async def segments(customer_id: str = Path(min_length=1, max_length=128,
+                                                   pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")) -> dict[str, Any]:
+            profile = self.profiles.get(customer_id)
+            if profile is None:
+                raise HTTPException(404, "no profile for this customer on this worker (no profiling consent, "
+                                         "or another worker owns its partition)")
+            return {"customer_id": customer_id, "segments": profile.get("segments", {})}
+
+        return api
+
+
+def create_app(settings: SegmentationSettings | None = None) -> SegmentationService:
+    return SegmentationService(settings or SegmentationSettings())
+
+
+def run() -> None:
+    import uvicorn
+
+    service = create_app()
+    s = service.settings
+    logs.configure(s.service, s.log_level)
+    logging.getLogger("faust").setLevel(logging.WARNING)
+    logging.getLogger("mode").setLevel(logging.WARNING)
+    config = uvicorn.Config(service.http(), host=s.http_host, port=s.http_port, log_config=None, access_log=False,
+                            lifespan="on", timeout_graceful_shutdown=30)
+    uvicorn.Server(config).run()
+

@@ -1,0 +1,196 @@
+"""Segment rules: small safe expressions over profile facts and the triggering event, declared in a
+versioned YAML file (``rules.yaml``) and reloadable.
+
+An expression is parsed with Python's ``ast`` and only a whitelist of nodes is accepted —
+comparisons, ``and``/``or``/``not``, fact names, literals — so nothing a rule author writes is
+ever executed: there is no ``eval``. Every name must be a known fact; a mistake is reported with
+the rule's name when the file is loaded, not when a customer happens to hit it.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+import string
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from services.segmentation import profile as prof
+from shared import events as ev
+
+FACTS = {
+    "event": "what triggered the evaluation: customer_registered, customer_updated, order_placed, cart_abandoned, daily",
+    "birthday_in_days": "days until the next birthday (0 on the day), or None",
+    "birthday_year": "the year of the next birthday",
+    "cart_id": "the abandoned cart's id (cart_abandoned only)",
+    "cart_value": "the abandoned cart's value in minor units (cart_abandoned only)",
+    "cart_currency": "the abandoned cart's currency (cart_abandoned only)",
+    "spend_12m_usd": "spend over the last 12 months, USD minor units, after the event",
+    "spend_12m_usd_before": "the same, before the event",
+    "spend_window": "index of the 12-month window the evaluation falls in (for once-per-window triggers)",
+    "favourite_brand": "the brand bought most over the last 12 months",
+    "favourite_category": "the category bought most over the last 12 months",
+    "preferred_channel": "the channel the customer prefers",
+}
+
+_COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+            ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Is: operator.is_, ast.IsNot: operator.is_not,
+            ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b}
+
+
+class RuleError(ValueError):
+    pass
+
+
+def _check(node: ast.AST, rule: str) -> None:
+    if isinstance(node, ast.Expression):
+        _check(node.body, rule)
+    elif isinstance(node, ast.BoolOp) and isinstance(node.op, (ast.And, ast.Or)):
+        for v in node.values:
+            _check(v, rule)
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        _check(node.operand, rule)
+    elif isinstance(node, ast.Compare) and all(type(op) in _COMPARE for op in node.ops):
+        for v in (node.left, *node.comparators):
+            _check(v, rule)
+    elif isinstance(node, ast.Name):
+        if node.id not in FACTS:
+            raise RuleError(f"rule {rule}: unknown fact {node.id!r} (known: {', '.join(sorted(FACTS))})")
+    elif isinstance(node, ast.Constant) and isinstance(node.value, (int, str, bool, type(None))):
+        pass
+    elif isinstance(node, (ast.Tuple, ast.List)):
+        for v in node.elts:
+            _check(v, rule)
+    else:
+        raise RuleError(f"rule {rule}: {type(node).__name__} is not allowed in a rule expression")
+
+
+def _eval(node: ast.AST, facts: dict[str, Any]) -> Any:
+    if isinstance(node, ast.Expression):
+        return _eval(node.body, facts)
+    if isinstance(node, ast.BoolOp):
+        if isinstance(node.op, ast.And):
+            return all(_eval(v, facts) for v in node.values)
+        return any(_eval(v, facts) for v in node.values)
+    if isinstance(node, ast.UnaryOp):
+        return not _eval(node.operand, facts)
+    if isinstance(node, ast.Compare):
+        left = _eval(node.left, facts)
+        for op, right_node in zip(node.ops, node.comparators, strict=True):
+            right = _eval(right_node, facts)
+            try:
+                if not _COMPARE[type(op)](left, right):
+                    return False
+            except TypeError:  # comparing None with a number: the fact is absent, the rule does not hold
+                return False
+            left = right
+        return True
+    if isinstance(node, ast.Name):
+        return facts.get(node.id)
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, (ast.Tuple, ast.List)):
+        return tuple(_eval(v, facts) for v in node.elts)
+    raise RuleError(f"cannot evaluate {type(node).__name__}")
+
+
+@dataclass(frozen=True)
+class Rule:
+    segment: str
+    when: str
+    trigger: str
+    explain: tuple[str, ...]
+    tree: ast.Expression
+
+    def holds(self, facts: dict[str, Any]) -> bool:
+        return bool(_eval(self.tree, facts))
+
+    def trigger_key(self, facts: dict[str, Any]) -> str:
+        return self.trigger.format(**{k: facts.get(k) for k in FACTS})
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    version: str
+    rules: tuple[Rule, ...]
+
+
+def parse(text: str) -> RuleSet:
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RuleError(f"rules file is not valid YAML: {exc}") from None
+    if not isinstance(doc, dict) or "version" not in doc or not isinstance(doc.get("segments"), dict):
+        raise RuleError("rules file needs 'version' and a 'segments' mapping")
+    rules = []
+    for segment, spec in doc["segments"].items():
+        if not isinstance(spec, dict) or not {"when", "trigger"} <= set(spec):
+            raise RuleError(f"rule {segment}: needs 'when' and 'trigger'")
+        try:
+            tree = ast.parse(str(spec["when"]), mode="eval")
+        except SyntaxError as exc:
+            raise RuleError(f"rule {segment}: {exc.msg} in {spec['when']!r}") from None
+        _check(tree, segment)
+        for _, name, _, _ in string.Formatter().parse(str(spec["trigger"])):
+            if name is not None and name not in FACTS:
+                raise RuleError(f"rule {segment}: trigger uses unknown fact {name!r}")
+        explain = tuple(spec.get("explain", ()))
+        for name in explain:
+            if name not in FACTS:
+                raise RuleError(f"rule {segment}: explain lists unknown fact {name!r}")
+        rules.append(Rule(str(segment), str(spec["when"]), str(spec["trigger"]), explain, tree))
+    return RuleSet(str(doc["version"]), tuple(rules))
+
+
+def load(path: Path) -> RuleSet:
+    return parse(path.read_text())
+
+
+def facts(before: prof.Profile, after: prof.Profile, event: ev.Event | None, now: datetime) -> dict[str, Any]:
+    """The facts a rule may read, from the profile before and after the triggering event."""
+    kind = {ev.CustomerRegistered: "customer_registered", ev.CustomerUpdated: "customer_updated",
+            ev.OrderPlaced: "order_placed", ev.CartAbandoned: "cart_abandoned"}.get(type(event), "daily")
+    out: dict[str, Any] = {
+        "event": kind,
+        "spend_12m_usd": prof.spend_12m(after, "USD", now),
+        "spend_12m_usd_before": prof.spend_12m(before, "USD", now),
+        "spend_window": (now - datetime(2000, 1, 1, tzinfo=now.tzinfo)).days // 365,
+        "favourite_brand": prof.favourite(after.get("brands", {}), now),
+        "favourite_category": prof.favourite(after.get("categories", {}), now),
+        "preferred_channel": after.get("preferred_channel"),
+        "birthday_in_days": None, "birthday_year": None,
+        "cart_id": None, "cart_value": None, "cart_currency": None,
+    }
+    upcoming = prof.next_birthday(after, now.date())
+    if upcoming is not None:
+        out["birthday_in_days"] = (upcoming - now.date()).days
+        out["birthday_year"] = upcoming.year
+    if isinstance(event, ev.CartAbandoned):
+        out.update(cart_id=event.cart_id, cart_value=event.value.amount, cart_currency=event.value.currency)
+    return out
+
+
+@dataclass(frozen=True)
+class Entry:
+    segment: str
+    trigger_key: str
+    facts: dict[str, Any]
+
+
+def evaluate(ruleset: RuleSet, facts_: dict[str, Any], already: set[str]) -> list[Entry]:
+    """The segments entered now, each at most once per trigger (``already`` holds the triggers
+    this customer has emitted)."""
+    out = []
+    for rule in ruleset.rules:
+        if not rule.holds(facts_):
+            continue
+        key = f"{rule.segment}:{rule.trigger_key(facts_)}"
+        if key in already:
+            continue
+        names = rule.explain or tuple(n for n in FACTS if n in rule.when)
+        out.append(Entry(rule.segment, key, {n: facts_.get(n) for n in names}))
+    return out

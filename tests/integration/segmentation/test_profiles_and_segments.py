@@ -1,0 +1,124 @@
+"""Segmentation on the real broker: consent gate, minimal profiles, the three reference segments
+once each with their explanation, replay, withdrawal and erasure."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from services.segmentation import profile as prof
+from shared import events as ev
+from tests.integration.segmentation.conftest import consent, publish
+from tests.support import read_topic, wait_for
+
+NOW = datetime.now(UTC)
+
+
+def registered(c, month=None, day=None, channel="email"):
+    birthday = {"month": month, "day": day} if month else None
+    return ev.CustomerRegistered(customer_id=c, birthday=birthday, preferred_channel=channel, registered_at=NOW)
+
+
+def order(c, amount, oid, brand="Maison"):
+    return ev.OrderPlaced(order_id=oid, customer_id=c, total=ev.Money(amount=amount, currency="USD"), placed_at=NOW,
+                          items=[ev.LineItem(sku="p-1", brand=brand, category="perfume", quantity=1,
+                                             unit_price=ev.Money(amount=amount, currency="USD"))])
+
+
+def cart(c, amount, cart_id):
+    return ev.CartAbandoned(cart_id=cart_id, customer_id=c, value=ev.Money(amount=amount, currency="USD"),
+                            abandoned_at=NOW)
+
+
+async def entries(kafka, expect=None, timeout=20.0):
+    records = await read_topic(kafka.bootstrap, kafka.topic("segment-entered"), expect=expect, timeout=timeout)
+    return [ev.decode(r.value)[1] for r in records]
+
+
+async def test_only_consented_customers_get_minimal_profiles_and_each_segment_fires_once(segmentation, kafka):
+    soon = NOW + timedelta(days=3)
+    await publish(kafka, "consent-state", [consent("yes-1"), consent("yes-2"), consent("no-1", profiling=False)])
+    await wait_for(lambda: segmentation.consent.get("yes-2") is not None, what="consent table")
+    await publish(kafka, "customer-registered", [registered("yes-1", soon.month, soon.day), registered("yes-2"),
+                                                 registered("no-1", soon.month, soon.day), registered("nobody")])
+    await publish(kafka, "order-placed", [order("yes-2", 150_000, "o1"), order("yes-2", 60_000, "o2"),
+                                          order("yes-2", 10_000, "o3"), order("no-1", 300_000, "o4")])
+    await publish(kafka, "cart-abandoned", [cart("yes-2", 31_000, "k1"), cart("yes-2", 31_000, "k1"),
+                                            cart("yes-1", 29_000, "k2"), cart("no-1", 90_000, "k3")])
+    got = await entries(kafka, expect=3)
+    await wait_for(lambda: segmentation.handled >= 15, what="every event handled")
+    by = {(e.customer_id, e.segment): e for e in got}
+    assert set(by) == {("yes-1", "birthday-week"), ("yes-2", "spend-2000-12m"), ("yes-2", "cart-abandoned-300")}
+    birthday = by[("yes-1", "birthday-week")]
+    assert birthday.facts["birthday_in_days"] == 3 and birthday.preferred_channel == "email"
+    assert by[("yes-2", "spend-2000-12m")].facts["spend_12m_usd"] == 210_000
+    assert by[("yes-2", "cart-abandoned-300")].facts == {"cart_id": "k1", "cart_value": 31_000, "cart_currency": "USD",
+                                                         "preferred_channel": "email"}
+    assert by[("yes-2", "cart-abandoned-300")].caused_by == ["k1"]
+
+    # The tables: profiles only for the consented, holding only the listed fields.
+    assert segmentation.profiles.get("no-1") is None and segmentation.profiles.get("nobody") is None
+    for cid in ("yes-1", "yes-2"):
+        p = segmentation.profiles.get(cid)
+        assert prof.only_listed_fields(p), p.keys()
+    assert segmentation.profiles["yes-2"]["brands"] == {prof.month_key(NOW): {"Maison": 3}}
+    dropped = segmentation.metrics.render().decode()
+    assert 'voucherstream_segmentation_events_total{outcome="dropped_no_profiling_consent",type="order-placed"} 1.0' in dropped
+
+    api = await segmentation.client.get("/v1/customers/yes-2/segments")
+    assert set(api.json()["segments"]) == {"spend-2000-12m", "cart-abandoned-300"}
+    assert (await segmentation.client.get("/v1/customers/no-1/segments")).status_code == 404
+
+    # A daily tick on every owned partition re-evaluates birthdays: nothing new (once per year).
+    await segmentation._daily()
+    await wait_for(lambda: _ticks_handled(segmentation), what="ticks handled")
+    # Withdrawal deletes the profile at once.
+    await publish(kafka, "consent-state", [consent("yes-1", profiling=False)])
+    await wait_for(lambda: segmentation.profiles.get("yes-1") is None, what="profile deleted on withdrawal")
+    assert len(await entries(kafka)) == 3
+
+
+def _ticks_handled(segmentation) -> bool:
+    text = segmentation.metrics.render().decode()
+    return 'type="segmentation-ticks"' in text
+
+
+async def test_replaying_the_inputs_from_offset_0_emits_nothing_new(segmentation, kafka):
+    await publish(kafka, "consent-state", [consent("r-1")])
+    await wait_for(lambda: segmentation.consent.get("r-1") is not None, what="consent")
+    await publish(kafka, "cart-abandoned", [cart("r-1", 40_000, "k-r")])
+    await entries(kafka, expect=1)
+    handled = segmentation.handled
+    # Replay: seek every input partition of the running worker back to the beginning.
+    consumer = segmentation.app.consumer
+    for tp in list(consumer.assignment()):
+        if tp.topic in segmentation.names and segmentation.names[tp.topic] != "segmentation-ticks":
+            await consumer.seek(tp, 0)
+    await wait_for(lambda: segmentation.handled >= handled + 2, what="the replayed events")
+    assert len(await entries(kafka, timeout=3)) == 1
+
+
+async def test_erasure_deletes_the_profile_and_is_confirmed(segmentation, kafka):
+    await publish(kafka, "consent-state", [consent("e-1")])
+    await wait_for(lambda: segmentation.consent.get("e-1") is not None, what="consent")
+    await publish(kafka, "order-placed", [order("e-1", 1000, "o-e")])
+    await wait_for(lambda: segmentation.profiles.get("e-1") is not None, what="profile")
+    await publish(kafka, "erasure-requested", [ev.ErasureRequested(request_id="r1", customer_id="e-1",
+                                                                   requested_at=NOW)])
+    done = ev.decode((await read_topic(kafka.bootstrap, kafka.topic("erasure-completed"), expect=1))[0].value)[1]
+    assert done.service == "segmentation" and done.request_id == "r1"
+    assert segmentation.profiles.get("e-1") is None and segmentation.consent.get("e-1") is None
+
+
+async def test_a_malformed_event_is_dead_lettered_and_the_agent_keeps_going(segmentation, kafka):
+    from shared.kafka import send_all, start_producer
+
+    await publish(kafka, "consent-state", [consent("m-1")])
+    producer = await start_producer(kafka, "shop")
+    await send_all(producer, [(kafka.topic("order-placed"), b"m-1", b'{"specversion": "1.0"', None)])
+    await producer.stop()
+    await publish(kafka, "cart-abandoned", [cart("m-1", 50_000, "k-m")])
+    dead = await read_topic(kafka.bootstrap, kafka.topic("order-placed.dlq"), expect=1)
+    assert dict(dead[0].headers)["dlq.reason"] == b"undecodable"
+    assert [e.customer_id for e in await entries(kafka, expect=1)] == ["m-1"]

@@ -1,0 +1,82 @@
+from datetime import UTC, datetime
+
+import pytest
+
+from services.segmentation import profile as prof
+from services.segmentation import rules
+from shared import events as ev
+
+NOW = datetime(2026, 11, 29, 12, tzinfo=UTC)
+RULES = rules.load(__import__("pathlib").Path(__file__).resolve().parents[2] / "services/segmentation/rules.yaml")
+
+
+def order(amount, brand="Maison", category="perfume", month=11, qty=1, order_id="o1"):
+    return ev.OrderPlaced(order_id=order_id, customer_id="c", total=ev.Money(amount=amount, currency="USD"),
+                          items=[ev.LineItem(sku="s", brand=brand, category=category, quantity=qty,
+                                             unit_price=ev.Money(amount=amount // qty, currency="USD"))],
+                          placed_at=datetime(2026, month, 1, tzinfo=UTC))
+
+
+def run_rules(before, after, event, already=()):
+    return rules.evaluate(RULES, rules.facts(before, after, event, NOW), set(already))
+
+
+def test_profiles_keep_only_the_listed_fields_and_monthly_totals():
+    p = prof.apply(prof.empty(), ev.CustomerRegistered(customer_id="c", birthday={"month": 12, "day": 3},
+                                                        preferred_channel="sms", registered_at=NOW), NOW)
+    p = prof.apply(p, order(12000, qty=2), NOW)
+    assert prof.only_listed_fields(p)
+    assert p["birthday"] == {"month": 12, "day": 3}
+    assert p["brands"] == {"2026-11": {"Maison": 2}} and p["spend"] == {"2026-11": {"USD": 12000}}
+
+
+def test_the_favourite_brand_is_the_most_bought_over_twelve_months():
+    p = prof.empty()
+    p = prof.apply(p, order(1000, brand="Old", qty=9, month=1), datetime(2026, 1, 15, tzinfo=UTC))
+    for m in (9, 10, 11):
+        p = prof.apply(p, order(1000, brand="Maison", month=m), NOW)
+    p = prof.apply(p, order(1000, brand="Other", month=11), NOW)
+    assert prof.favourite(p["brands"], NOW) == "Old"
+    assert prof.favourite(p["brands"], datetime(2027, 1, 15, tzinfo=UTC)) == "Maison"  # January 2026 aged out
+
+
+def test_the_birthday_week_fires_once_per_year_with_its_explanation():
+    p = prof.apply(prof.empty(), ev.CustomerRegistered(customer_id="c", birthday={"month": 12, "day": 3},
+                                                        registered_at=NOW), NOW)
+    (entry,) = run_rules(p, p, None)
+    assert entry.segment == "birthday-week" and entry.trigger_key == "birthday-week:2026"
+    assert entry.facts["birthday_in_days"] == 4
+    assert run_rules(p, p, None, already={"birthday-week:2026"}) == []
+    far = prof.apply(prof.empty(), ev.CustomerRegistered(customer_id="c", birthday={"month": 6, "day": 1},
+                                                          registered_at=NOW), NOW)
+    assert run_rules(far, far, None) == []
+
+
+def test_a_300_usd_cart_fires_once_per_cart():
+    cart = ev.CartAbandoned(cart_id="k-9", customer_id="c", value=ev.Money(amount=30000, currency="USD"),
+                            abandoned_at=NOW)
+    small = cart.model_copy(update={"cart_id": "k-10", "value": ev.Money(amount=29999, currency="USD")})
+    p = prof.empty()
+    (entry,) = run_rules(p, prof.apply(p, cart, NOW), cart)
+    assert entry.trigger_key == "cart-abandoned-300:k-9" and entry.facts["cart_value"] == 30000
+    assert run_rules(p, prof.apply(p, small, NOW), small) == []
+
+
+def test_spend_fires_when_it_crosses_2000_usd_not_while_it_stays_above():
+    p = prof.apply(prof.empty(), order(150000), NOW)
+    q = prof.apply(p, order(60000, order_id="o2"), NOW)
+    (entry,) = run_rules(p, q, order(60000))
+    assert entry.segment == "spend-2000-12m" and entry.facts["spend_12m_usd"] == 210000
+    r = prof.apply(q, order(1000, order_id="o3"), NOW)
+    assert run_rules(q, r, order(1000)) == []
+
+
+@pytest.mark.parametrize("expr, message", [
+    ("__import__('os').system('true')", "Call is not allowed"),
+    ("birthday_in_days.real > 1", "Attribute is not allowed"),
+    ("shoe_size > 42", "unknown fact 'shoe_size'"),
+    ("cart_value >", "invalid syntax"),
+])
+def test_rule_expressions_are_checked_not_executed(expr, message):
+    with pytest.raises(rules.RuleError, match=message):
+        rules.parse(f"version: x\nsegments:\n  s:\n    when: \"{expr}\"\n    trigger: 'x'\n")
