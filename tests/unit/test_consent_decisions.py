@@ -63,3 +63,11 @@ def test_subject_hashes_are_keyed_and_stable():
 def test_the_expected_privacy_services_come_from_configuration(monkeypatch):
     monkeypatch.setenv("CONSENT_PRIVACY_SERVICES", "consent, segmentation,issuance,consent")
     assert ConsentSettings().privacy_services == ["consent", "segmentation", "issuance"]
+
+
+def test_the_register_lists_undeclared_services_instead_of_hiding_them():
+    from shared.processing import register
+
+    got = register(["consent", "issuance", "loyalty-app"])
+    assert {a["service"] for a in got["activities"]} == {"consent", "issuance"}
+    assert got["undeclared_services"] == ["loyalty-app"]

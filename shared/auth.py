@@ -1,0 +1,101 @@
+"""API keys with scopes, the same mechanism for every service's HTTP API.
+
+A key looks like ``vs_<id>_<secret>``; only its SHA-256 is stored (``api_keys`` in the service's
+schema), it is shown once at creation (``voucherstream keys create``), and it never appears in
+logs. Requests carry it as ``Authorization: Bearer <key>`` (or ``X-API-Key``). No or an unknown
+key is 401; a key without the route's scope is 403.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+from fastapi import HTTPException, Request
+
+SCOPES = ("checkout", "marketing", "privacy", "onsite")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: str
+    name: str
+    scopes: frozenset[str]
+
+
+def new_key() -> tuple[str, str]:
+    key_id = secrets.token_hex(4)
+    return key_id, f"vs_{key_id}_{secrets.token_urlsafe(32)}"
+
+
+def key_hash(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+async def create_key(conn: asyncpg.Connection, name: str, scopes: Sequence[str], key: str | None = None) -> tuple[str, str]:
+    """Stores a new key (or the given one, to give several services the same key); returns
+    ``(id, key)``."""
+    unknown = set(scopes) - set(SCOPES)
+    if unknown or not scopes:
+        raise ValueError(f"scopes must be among {', '.join(SCOPES)} (got {', '.join(scopes) or 'none'})")
+    if key is None:
+        key_id, key = new_key()
+    else:
+        key_id = key.split("_")[1] if key.startswith("vs_") and key.count("_") >= 2 else secrets.token_hex(4)
+    await conn.execute("INSERT INTO api_keys (id, name, key_hash, scopes) VALUES ($1, $2, $3, $4)"
+                       " ON CONFLICT (id) DO NOTHING", key_id, name, key_hash(key), sorted(set(scopes)))
+    return key_id, key
+
+
+async def revoke_key(conn: asyncpg.Connection, key_id: str) -> bool:
+    status = await conn.execute("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id)
+    return status.endswith(" 1")
+
+
+class Authenticator:
+    """Checks keys against the service's ``api_keys`` table, with a short in-process cache."""
+
+    def __init__(self, pool_getter, cache_s: float = 5.0) -> None:
+        self._pool = pool_getter
+        self.cache_s = cache_s
+        self._cache: dict[bytes, tuple[float, Principal | None]] = {}
+
+    async def principal(self, key: str) -> Principal | None:
+        digest = key_hash(key)
+        hit = self._cache.get(digest)
+        now = time.monotonic()
+        if hit and now - hit[0] < self.cache_s:
+            return hit[1]
+        row = await self._pool().fetchrow(
+            "SELECT id, name, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", digest)
+        principal = Principal(row["id"], row["name"], frozenset(row["scopes"])) if row else None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (now, principal)
+        return principal
+
+    def require(self, *scopes: str):
+        """A FastAPI dependency: the caller must hold one of ``scopes``."""
+
+        async def dependency(request: Request) -> Principal:
+            header = request.headers.get("authorization", "")
+            key = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+            if not key:
+                raise HTTPException(401, "an API key is required (Authorization: Bearer <key>)",
+                                    headers={"WWW-Authenticate": "Bearer"})
+            principal = await self.principal(key)
+            if principal is None:
+                raise HTTPException(401, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+            if not principal.scopes & set(scopes):
+                raise HTTPException(403, f"this key lacks the {' or '.join(scopes)} scope")
+            return principal
+
+        return dependency
+
+
+AUTH_RESPONSES = {401: {"description": "No API key, or an unknown one"},
+                  403: {"description": "The key lacks the scope"}}
