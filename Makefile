@@ -12,7 +12,7 @@ PY     := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 STACK  := deploy/local/stack.sh
 
-.PHONY: help venv up down status topics run bench-consent bench-issuance bench-segmentation test test-unit lock compose-config clean
+.PHONY: help venv up down status topics run bench-consent bench-issuance bench-segmentation test test-races test-unit lock compose-config clean
 
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -56,6 +56,10 @@ bench-segmentation: venv ## profile-update events/s for one faust worker next to
 
 test: venv ## the whole suite on the real stack; starts what it needs and stops what it started
 	@bash tests/run.sh $(PY)
+
+test-races: venv ## the checkout races at full length: 200 concurrent redemptions of one code, 100 rounds
+	@$(STACK) up kafka postgres
+	@CHECKOUT_RACE_ROUNDS=100 $(PY) -m pytest -q tests/integration/issuance/test_checkout_concurrency.py
 
 test-unit: venv ## only the unit tests (no Kafka, no PostgreSQL)
 	@$(PY) -m pytest tests/unit -q

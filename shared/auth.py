@@ -97,5 +97,4 @@ class Authenticator:
         return dependency
 
 
-AUTH_RESPONSES = {401: {"description": "No API key, or an unknown one"},
-                  403: {"description": "The key lacks the scope"}}
+AUTH_RESPONSES: dict = {}  # 401 and 403 are documented once for the whole app (shared.service)

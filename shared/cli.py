@@ -30,7 +30,8 @@ def fail(message: str) -> None:
 
 @campaigns_app.command("load")
 def load_campaigns(file: Path = typer.Argument(..., exists=True, readable=True, help="YAML with a 'campaigns' list"),
-                   url: str = ISSUANCE) -> None:
+                   url: str = ISSUANCE, key: str = typer.Option(..., envvar="VOUCHERSTREAM_API_KEY",
+                                                                help="an API key with the marketing scope")) -> None:
     """Create the campaigns of a YAML file, or replace their definitions if they exist."""
     try:
         doc = yaml.safe_load(file.read_text())
@@ -39,7 +40,7 @@ def load_campaigns(file: Path = typer.Argument(..., exists=True, readable=True, 
     items = doc.get("campaigns") if isinstance(doc, dict) else None
     if not isinstance(items, list):
         fail(f"{file} needs a top-level 'campaigns' list")
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {key}"}) as client:
         for item in items:
             cid = item.get("id", "?") if isinstance(item, dict) else "?"
             try:
@@ -62,10 +63,12 @@ def partner_codes(campaign: str = typer.Argument(..., help="campaign id"),
                   count: int = typer.Option(..., min=1, max=10_000_000),
                   out: Path = typer.Option(..., help="CSV file to write"),
                   chunk: int = typer.Option(20_000, min=1, max=1_000_000),
-                  url: str = ISSUANCE) -> None:
+                  url: str = ISSUANCE, key: str = typer.Option(..., envvar="VOUCHERSTREAM_API_KEY",
+                                                               help="an API key with the marketing scope")) -> None:
     """Generate non-personal partner codes into a CSV file, with a progress bar."""
     written = 0
-    with httpx.Client(base_url=url, timeout=300) as client, out.open("w") as f, Progress(
+    with httpx.Client(base_url=url, timeout=300, headers={"Authorization": f"Bearer {key}"}) as client, \
+            out.open("w") as f, Progress(
             TextColumn("partner codes"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console) as progress:
         task = progress.add_task("codes", total=count)
@@ -82,6 +85,82 @@ def partner_codes(campaign: str = typer.Argument(..., help="campaign id"),
             written += n
             progress.update(task, completed=written)
     console.print(f"wrote {written} codes to {out}")
+
+
+keys_app = typer.Typer(help="API keys (stored hashed in each service's schema; shown once).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+DB_SERVICES = ("consent", "issuance")
+
+
+async def _with_schemas(services: list[str], action, schema: str | None = None):
+    from pathlib import Path as _Path
+
+    from shared import db
+    from shared.settings import PostgresSettings
+
+    settings = PostgresSettings()
+    out = []
+    for name in services:
+        if name not in DB_SERVICES:
+            fail(f"unknown service {name!r} (services with API keys: {', '.join(DB_SERVICES)})")
+        target = schema or name
+        pool = await db.create_pool(settings, target, min_size=1, max_size=1)
+        try:
+            folder = _Path(__file__).resolve().parents[1] / "services" / name / "migrations"
+            await db.migrate(pool, target, db.discover(("shared", db.SHARED_MIGRATIONS), (name, folder)))
+            async with pool.acquire() as conn:
+                out.append(await action(conn))
+        finally:
+            await pool.close()
+    return out
+
+
+@keys_app.command("create")
+def create_key(name: str = typer.Option(..., help="who uses it, e.g. shop-checkout"),
+               scopes: str = typer.Option(..., help="comma-separated: checkout, marketing, privacy, onsite"),
+               services: str = typer.Option(",".join(DB_SERVICES), help="services that accept it"),
+               schema: str = typer.Option(None, help="the PostgreSQL schema, when one service runs under another name"),
+               quiet: bool = typer.Option(False, "--quiet", "-q", help="print only the key")) -> None:
+    """Create an API key; it is printed once and stored only as a hash."""
+    from shared import auth
+
+    wanted = [s.strip() for s in scopes.split(",") if s.strip()]
+    key_holder: dict = {}
+
+    async def action(conn):
+        key_id, key = await auth.create_key(conn, name, wanted, key_holder.get("key"))
+        key_holder.update(id=key_id, key=key)
+
+    try:
+        targets = [s.strip() for s in services.split(",") if s.strip()]
+        if schema and len(targets) != 1:
+            fail("--schema goes with exactly one service")
+        asyncio.run(_with_schemas(targets, action, schema))
+    except ValueError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot reach PostgreSQL: {exc}")
+    if quiet:
+        print(key_holder["key"])
+        return
+    console.print(f"created key {key_holder['id']} ({name}; scopes {', '.join(sorted(wanted))}; services {services})")
+    console.print("it is shown only now; store it in the client's secrets:")
+    print(key_holder["key"])
+
+
+@keys_app.command("revoke")
+def revoke_key(key_id: str = typer.Argument(..., help="the id (the part after vs_)"),
+               services: str = typer.Option(",".join(DB_SERVICES))) -> None:
+    """Revoke an API key everywhere it was accepted."""
+    from shared import auth
+
+    async def action(conn):
+        return await auth.revoke_key(conn, key_id)
+
+    done = asyncio.run(_with_schemas([s.strip() for s in services.split(",") if s.strip()], action))
+    if not any(done):
+        fail(f"no active key {key_id}")
+    console.print(f"revoked {key_id}")
 
 
 @app.command("topics")

@@ -82,6 +82,7 @@ class Channel(StrEnum):
     SMS = "sms"
     PUSH = "push"
     ONSITE = "onsite"
+    PARTNER = "partner"  # non-personal codes handed out by affiliates and influencers
 
 
 class Money(BaseModel):

@@ -144,7 +144,10 @@ class Service:
                 if manage_lifecycle:
                     await self.stop()
 
-        fastapi_kwargs.setdefault("responses", {400: {"model": ErrorOut, "description": "The body is not JSON"}})
+        fastapi_kwargs.setdefault("responses", {
+            400: {"model": ErrorOut, "description": "The body is not JSON"},
+            401: {"model": ErrorOut, "description": "No API key, or an unknown one"},
+            403: {"model": ErrorOut, "description": "The API key lacks the scope"}})
         app = FastAPI(lifespan=lifespan, **fastapi_kwargs)
         app.add_route("/metrics", metrics_endpoint(self.metrics), include_in_schema=False)
 
@@ -173,5 +176,5 @@ def run(service: Service, **fastapi_kwargs) -> None:
     logs.configure(s.service, s.log_level)
     app = service.http(**fastapi_kwargs)
     config = uvicorn.Config(app, host=s.http_host, port=s.http_port, log_config=None, access_log=False,
-                            lifespan="on", timeout_graceful_shutdown=30)
+                            lifespan="on", timeout_graceful_shutdown=30, timeout_keep_alive=30)
     uvicorn.Server(config).run()

@@ -85,3 +85,36 @@ async def group_members(bootstrap: str, group: str) -> tuple[str, int]:
         return state, len(members)
     finally:
         await admin.close()
+
+
+async def create_api_key(schema: str, scopes=("checkout", "marketing", "privacy", "onsite")) -> str:
+    """A key with ``scopes`` in a running service's schema (its migrations have run)."""
+    import asyncpg
+
+    from shared import auth
+    from shared.settings import PostgresSettings
+
+    conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value(), server_settings={"search_path": schema})
+    try:
+        _, key = await auth.create_key(conn, "tests", list(scopes))
+        return key
+    finally:
+        await conn.close()
+
+
+async def schemathesis(base_url: str, api_key: str, *, max_time: int = 30, env: dict | None = None) -> tuple[int, str]:
+    """Runs schemathesis against a served OpenAPI document: no 5xx, no answer off its schema, no
+    undocumented status code or content type."""
+    import os
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).parent / "schemathesis")
+    proc = await asyncio.create_subprocess_exec(
+        exe, "run", f"{base_url}/openapi.json", "--checks",
+        "not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance",
+        "--phases", "examples,coverage,fuzzing", "--max-time", str(max_time), "--no-color",
+        "--generation-deterministic", "--request-timeout", "20", "-H", f"Authorization: Bearer {api_key}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=os.environ | (env or {}))
+    out, _ = await asyncio.wait_for(proc.communicate(), max_time * 6 + 60)
+    return proc.returncode, out.decode()

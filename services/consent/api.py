@@ -6,13 +6,14 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Header, HTTPException, Path, status
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, status
 from pydantic import BaseModel, Field
 
 from services.consent import ledger, privacy, store
 from services.consent.handlers import Change, ConsentHandlers
 from shared import events as ev
 from shared.processing import register
+from shared.auth import AUTH_RESPONSES
 from shared.service import NOT_FOUND
 
 CustomerPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")]
@@ -79,10 +80,13 @@ class RegisterOut(BaseModel):
 
 
 def routes(app: FastAPI, service) -> None:
+    """Every route needs an API key with the ``privacy`` scope (the shop's consent banner backend,
+    the data-protection officer's tools)."""
     handlers: ConsentHandlers = service.handlers
+    privacy_scope = [Depends(service.auth.require("privacy"))]
 
-    @app.post("/v1/consents", status_code=status.HTTP_201_CREATED, response_model=ConsentStateOut,
-              tags=["consent"], summary="Record a consent decision")
+    @app.post("/v1/consents", dependencies=privacy_scope, status_code=status.HTTP_201_CREATED, response_model=ConsentStateOut,
+              tags=["consent"], summary="Record a consent decision", responses=AUTH_RESPONSES)
     async def record_consent(body: ConsentChangeIn,
                              idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> ConsentStateOut:
         event_id = body.event_id or (f"http:{idempotency_key}" if idempotency_key else f"http:{uuid.uuid4()}")
@@ -92,21 +96,21 @@ def routes(app: FastAPI, service) -> None:
                                                     received_at=ev.now_utc())
         return ConsentStateOut(customer_id=body.customer_id, purposes=outcome.states[body.customer_id])
 
-    @app.get("/v1/customers/{customer_id}/consents", response_model=ConsentStateOut, tags=["consent"],
+    @app.get("/v1/customers/{customer_id}/consents", dependencies=privacy_scope, response_model=ConsentStateOut, tags=["consent"],
              summary="A customer's current consent, derived from the ledger")
     async def current(customer_id: CustomerPath) -> ConsentStateOut:
         async with service.pool.acquire() as conn:
             decisions = (await store.decisions(conn, [customer_id])).get(customer_id, [])
         return ConsentStateOut(customer_id=customer_id, purposes=ledger.current_state(decisions))
 
-    @app.get("/v1/customers/{customer_id}/consents/history", response_model=HistoryOut, tags=["consent"],
+    @app.get("/v1/customers/{customer_id}/consents/history", dependencies=privacy_scope, response_model=HistoryOut, tags=["consent"],
              summary="Every consent decision ever recorded for the customer (the proof)")
     async def history(customer_id: CustomerPath) -> HistoryOut:
         async with service.pool.acquire() as conn:
             rows = await store.history(conn, customer_id)
         return HistoryOut(customer_id=customer_id, ledger=[LedgerEntryOut(**dict(r)) for r in rows])
 
-    @app.post("/v1/privacy/exports", status_code=status.HTTP_202_ACCEPTED, response_model=PrivacyRequestOut,
+    @app.post("/v1/privacy/exports", dependencies=privacy_scope, status_code=status.HTTP_202_ACCEPTED, response_model=PrivacyRequestOut,
               tags=["privacy"], summary="Start an access/portability export across every service")
     async def start_export(body: PrivacyRequestIn) -> PrivacyRequestOut:
         async with service.pool.acquire() as conn:
@@ -114,13 +118,13 @@ def routes(app: FastAPI, service) -> None:
                 request_id = await handlers.request_export(conn, body.customer_id)
             return await _request_out(conn, request_id, "export")
 
-    @app.get("/v1/privacy/exports/{request_id}", response_model=PrivacyRequestOut, tags=["privacy"], responses=NOT_FOUND,
+    @app.get("/v1/privacy/exports/{request_id}", dependencies=privacy_scope, response_model=PrivacyRequestOut, tags=["privacy"], responses=NOT_FOUND | AUTH_RESPONSES,
              summary="An export's progress per service and, once complete, the bundle")
     async def get_export(request_id: RequestPath) -> PrivacyRequestOut:
         async with service.pool.acquire() as conn:
             return await _request_out(conn, request_id, "export")
 
-    @app.post("/v1/privacy/erasures", status_code=status.HTTP_202_ACCEPTED, response_model=PrivacyRequestOut,
+    @app.post("/v1/privacy/erasures", dependencies=privacy_scope, status_code=status.HTTP_202_ACCEPTED, response_model=PrivacyRequestOut,
               tags=["privacy"], summary="Erase a customer in every service")
     async def start_erasure(body: PrivacyRequestIn) -> PrivacyRequestOut:
         async with service.pool.acquire() as conn:
@@ -128,13 +132,13 @@ def routes(app: FastAPI, service) -> None:
                 request_id = await handlers.request_erasure(conn, body.customer_id)
             return await _request_out(conn, request_id, "erasure")
 
-    @app.get("/v1/privacy/erasures/{request_id}", response_model=PrivacyRequestOut, tags=["privacy"], responses=NOT_FOUND,
+    @app.get("/v1/privacy/erasures/{request_id}", dependencies=privacy_scope, response_model=PrivacyRequestOut, tags=["privacy"], responses=NOT_FOUND | AUTH_RESPONSES,
              summary="An erasure's status per service, with times")
     async def get_erasure(request_id: RequestPath) -> PrivacyRequestOut:
         async with service.pool.acquire() as conn:
             return await _request_out(conn, request_id, "erasure")
 
-    @app.get("/v1/privacy/register", response_model=RegisterOut, tags=["privacy"],
+    @app.get("/v1/privacy/register", dependencies=privacy_scope, response_model=RegisterOut, tags=["privacy"],
              summary="The register of processing, as each service declares it in code")
     async def processing_register() -> RegisterOut:
         return RegisterOut(**register(service.settings.privacy_services))

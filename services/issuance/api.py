@@ -1,6 +1,6 @@
-"""The issuance service's HTTP API: campaigns (create, replace, pause, resume), budget read-out,
-partner codes. The checkout endpoints (validate, redeem, roll back, on-site offers) belong to the
-checkout API issue."""
+"""The issuance service's HTTP API: campaigns (create, replace, pause, resume), budget read-out and
+partner codes (scope ``marketing``); the checkout API — validate, redeem, roll back (scope
+``checkout``) and a customer's active offers (``checkout``, codes only for ``onsite``)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ import io
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, FastAPI, HTTPException, Path, status
-from fastapi.responses import Response
+import time
+
+from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path, Request, status
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from shared import events as ev
+from shared.auth import AUTH_RESPONSES, Principal
 from services.issuance import store
 from services.issuance.campaigns import CampaignSpec
 from services.issuance.handlers import CampaignError
@@ -44,7 +48,7 @@ class BudgetOut(BaseModel):
 
 class PartnerCodesIn(BaseModel):
     partner: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
-    count: int = Field(ge=1, le=1_000_000)
+    count: int = Field(ge=1, le=100_000, description="per request; the CLI asks in chunks")
 
 
 def _out(row) -> CampaignOut:
@@ -52,8 +56,77 @@ def _out(row) -> CampaignOut:
                        created_at=row["created_at"], updated_at=row["updated_at"])
 
 
+class OrderIn(BaseModel):
+    amount: ev.Money
+    items: list[ev.LineItem] = Field(default_factory=list, max_length=1000)
+
+
+Code = Field(min_length=4, max_length=64, pattern=r"^[A-Za-z0-9 _-]+$")
+
+
+class ValidationIn(BaseModel):
+    code: str = Code
+    customer_id: ev.CustomerId
+    order: OrderIn
+
+
+class RedemptionIn(ValidationIn):
+    order_id: ev.Identifier | None = None
+
+
+class CheckoutOut(BaseModel):
+    valid: bool
+    reason: str | None = Field(None, description="why not: unknown_code, expired, already_redeemed, not_owner, "
+                               "min_order_not_met, not_applicable_items, campaign_paused, currency_mismatch, "
+                               "budget_exhausted, revoked, idempotency_key_reused")
+    detail: str | None = None
+    discount: ev.Money | None = None
+    voucher_id: str | None = None
+    campaign_id: str | None = None
+    redemption_id: str | None = None
+    remaining_balance: ev.Money | None = None
+
+
+class RollbackOut(BaseModel):
+    redemption_id: str
+    rolled_back: bool
+    changed: bool
+    detail: str | None = None
+    returned: ev.Money | None = None
+    voucher_status: str | None = None
+
+
+class OfferOut(BaseModel):
+    voucher_id: str
+    campaign_id: str
+    campaign_name: str
+    channel: str
+    offer: ev.OfferSummary
+    balance: ev.Money | None
+    expires_at: datetime
+    code: str | None = Field(None, description="only for keys with the onsite scope, for on-site vouchers")
+
+
+class OffersOut(BaseModel):
+    customer_id: str
+    offers: list[OfferOut]
+
+
+REFUSED = {
+    409: {"model": CheckoutOut, "description": "Already redeemed, or the budget is spent"},
+    422: {"description": "Refused with the reason (CheckoutOut), or an invalid body (HTTPValidationError)",
+          "content": {"application/json": {"schema": {"anyOf": [
+              {"$ref": "#/components/schemas/CheckoutOut"}, {"$ref": "#/components/schemas/HTTPValidationError"}]}}}},
+    429: {"model": ErrorOut, "description": "Too many failed attempts; see Retry-After"},
+}
+
+
 def routes(app: FastAPI, service) -> None:
     admin = service.admin
+    auth = service.auth
+    marketing = Depends(auth.require("marketing"))
+    checkout_scope = auth.require("checkout")
+    limiter = service.limiter
 
     async def run(change):
         try:
@@ -62,19 +135,21 @@ def routes(app: FastAPI, service) -> None:
             raise HTTPException(exc.status, exc.detail) from None
 
     @app.post("/v1/campaigns", status_code=status.HTTP_201_CREATED, response_model=CampaignOut, tags=["campaigns"],
-              responses=CONFLICT, summary="Create a campaign (active at once)")
+              responses=CONFLICT | AUTH_RESPONSES, summary="Create a campaign (active at once)", dependencies=[marketing])
     async def create(spec: CampaignSpec) -> CampaignOut:
         async with service.pool.acquire() as conn:
             async with conn.transaction():
                 await run(lambda: admin.create(conn, spec))
             return _out(await store.campaign(conn, spec.id))
 
-    @app.get("/v1/campaigns", response_model=list[CampaignOut], tags=["campaigns"])
+    @app.get("/v1/campaigns", response_model=list[CampaignOut], tags=["campaigns"], responses=AUTH_RESPONSES,
+             dependencies=[marketing])
     async def list_campaigns() -> list[CampaignOut]:
         async with service.pool.acquire() as conn:
             return [_out(r) for r in await store.campaigns(conn)]
 
-    @app.get("/v1/campaigns/{campaign_id}", response_model=CampaignOut, tags=["campaigns"], responses=NOT_FOUND)
+    @app.get("/v1/campaigns/{campaign_id}", response_model=CampaignOut, tags=["campaigns"],
+             responses=NOT_FOUND | AUTH_RESPONSES, dependencies=[marketing])
     async def get_campaign(campaign_id: CampaignPath) -> CampaignOut:
         async with service.pool.acquire() as conn:
             row = await store.campaign(conn, campaign_id)
@@ -83,7 +158,8 @@ def routes(app: FastAPI, service) -> None:
         return _out(row)
 
     @app.put("/v1/campaigns/{campaign_id}", response_model=CampaignOut, tags=["campaigns"],
-             responses=NOT_FOUND | CONFLICT, summary="Replace a campaign's definition")
+             responses=NOT_FOUND | CONFLICT | AUTH_RESPONSES, summary="Replace a campaign's definition",
+             dependencies=[marketing])
     async def replace(campaign_id: CampaignPath, spec: CampaignSpec) -> CampaignOut:
         if spec.id != campaign_id:
             raise HTTPException(409, f"the body is campaign {spec.id}, the path {campaign_id}")
@@ -102,11 +178,12 @@ def routes(app: FastAPI, service) -> None:
             return change
 
         app.post(f"/v1/campaigns/{{campaign_id}}/{action}", response_model=CampaignOut, tags=["campaigns"],
-                 responses=NOT_FOUND | CONFLICT, summary=f"{action.capitalize()} a campaign",
-                 name=f"{action}_campaign")(make())
+                 responses=NOT_FOUND | CONFLICT | AUTH_RESPONSES, summary=f"{action.capitalize()} a campaign",
+                 name=f"{action}_campaign", dependencies=[marketing])(make())
 
-    @app.get("/v1/campaigns/{campaign_id}/budget", response_model=BudgetOut, tags=["campaigns"], responses=NOT_FOUND,
-             summary="The budget ledger: limit, reserved, spent, remaining")
+    @app.get("/v1/campaigns/{campaign_id}/budget", response_model=BudgetOut, tags=["campaigns"],
+             responses=NOT_FOUND | AUTH_RESPONSES, summary="The budget ledger: limit, reserved, spent, remaining",
+             dependencies=[Depends(auth.require("marketing", "checkout"))])
     async def budget(campaign_id: CampaignPath) -> BudgetOut:
         async with service.pool.acquire() as conn:
             lg = await store.ledger(conn, campaign_id)
@@ -115,12 +192,77 @@ def routes(app: FastAPI, service) -> None:
         return BudgetOut(campaign_id=lg.campaign_id, currency=lg.currency, limit=lg.limit, reserved=lg.reserved,
                          spent=lg.spent, remaining=lg.remaining, seq=lg.seq, vouchers_issued=lg.vouchers)
 
-    @app.post("/v1/campaigns/{campaign_id}/partner-codes", tags=["campaigns"], responses=NOT_FOUND,
+    @app.post("/v1/campaigns/{campaign_id}/partner-codes", tags=["campaigns"], responses=NOT_FOUND | AUTH_RESPONSES,
+              dependencies=[marketing],
               response_class=Response, summary="Generate non-personal partner codes, as CSV",
               openapi_extra={"responses": {"200": {"content": {"text/csv": {"schema": {"type": "string"}}}}}})
     async def partner_codes(campaign_id: CampaignPath, body: Annotated[PartnerCodesIn, Body()]) -> Response:
         spec, codes_, expires = await run(lambda: admin.partner_codes(service.pool, campaign_id, body.partner, body.count))
         return Response(partner_csv(spec.id, body.partner, codes_, expires), media_type="text/csv")
+
+    # ------------------------------------------------------------------ checkout
+
+    def client_of(request: Request) -> str:
+        return f"ip:{request.client.host if request.client else 'unknown'}"
+
+    def guard(principal: Principal, request: Request) -> None:
+        wait = limiter.retry_after(f"key:{principal.key_id}", client_of(request))
+        if wait is not None:
+            service.metrics.rate_limited.labels("key_or_client").inc()
+            raise HTTPException(429, "too many failed attempts; slow down", headers={"Retry-After": str(wait)})
+
+    def count_failure(principal: Principal, request: Request, body: dict) -> None:
+        if not body.get("valid", True) and body.get("reason") != "idempotency_key_reused":
+            limiter.failed(f"key:{principal.key_id}", client_of(request))
+
+    @app.post("/v1/validations", response_model=CheckoutOut, tags=["checkout"], responses=REFUSED | AUTH_RESPONSES,
+              summary="Is this code good for this order, and how much off?")
+    async def validate(body: ValidationIn, request: Request,
+                       principal: Principal = Depends(checkout_scope)) -> JSONResponse:
+        guard(principal, request)
+        started = time.perf_counter()
+        async with service.pool.acquire() as conn:
+            answer = await service.checkout.validate(conn, body.code, body.customer_id, body.order.amount,
+                                                     body.order.items)
+        count_failure(principal, request, answer.body)
+        service.metrics.checkout_latency.labels("validate").observe(time.perf_counter() - started)
+        return JSONResponse(answer.body, status_code=answer.status)
+
+    @app.post("/v1/redemptions", response_model=CheckoutOut, status_code=201, tags=["checkout"],
+              responses=REFUSED | AUTH_RESPONSES,
+              summary="Redeem a code, atomically and once; replays of an Idempotency-Key get the first answer")
+    async def redeem(body: RedemptionIn, request: Request,
+                     idempotency_key: str = Header(min_length=1, max_length=200, alias="Idempotency-Key"),
+                     principal: Principal = Depends(checkout_scope)) -> JSONResponse:
+        guard(principal, request)
+        started = time.perf_counter()
+        async with service.pool.acquire() as conn:
+            async with conn.transaction():
+                answer, replay = await service.checkout.redeem(
+                    conn, api_key_id=principal.key_id, idempotency_key=idempotency_key,
+                    body=body.model_dump(mode="json"), code=body.code, customer_id=body.customer_id,
+                    order=body.order.amount, items=body.order.items, order_id=body.order_id)
+        if not replay:
+            count_failure(principal, request, answer.body)
+        service.metrics.checkout_latency.labels("redeem").observe(time.perf_counter() - started)
+        return JSONResponse(answer.body, status_code=answer.status, headers={"Idempotent-Replayed": str(replay).lower()})
+
+    @app.post("/v1/redemptions/{redemption_id}/rollback", response_model=RollbackOut, tags=["checkout"],
+              responses=NOT_FOUND | AUTH_RESPONSES, summary="Give back what a redemption spent (once)")
+    async def rollback(redemption_id: str = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$"),
+                       principal: Principal = Depends(checkout_scope)) -> JSONResponse:
+        async with service.pool.acquire() as conn:
+            async with conn.transaction():
+                answer = await service.checkout.rollback(conn, redemption_id)
+        return JSONResponse(answer.body, status_code=answer.status)
+
+    @app.get("/v1/customers/{customer_id}/offers", response_model=OffersOut, tags=["checkout"],
+             responses=AUTH_RESPONSES, summary="A customer's active vouchers, for banners, pop-ups and live chat")
+    async def offers(customer_id: str = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"),
+                     principal: Principal = Depends(auth.require("checkout", "onsite"))) -> OffersOut:
+        async with service.pool.acquire() as conn:
+            items = await service.checkout.offers(conn, customer_id, with_codes="onsite" in principal.scopes)
+        return OffersOut(customer_id=customer_id, offers=[OfferOut(**i) for i in items])
 
 
 def partner_csv(campaign_id: str, partner: str, codes_: list[str], expires: datetime) -> str:

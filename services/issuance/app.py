@@ -8,9 +8,12 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.issuance import api
+from services.issuance.checkout_handlers import CheckoutHandlers
+from services.issuance.ratelimit import FailureLimiter
 from services.issuance.handlers import CampaignAdmin, IssuanceHandlers
 from services.issuance.metrics import IssuanceMetrics
 from services.issuance.settings import IssuanceSettings
+from shared.auth import Authenticator
 from shared.service import Service
 
 
@@ -24,6 +27,9 @@ class IssuanceService(Service):
         self.handlers = IssuanceHandlers(settings, self.metrics)
         self.admin = CampaignAdmin(self.handlers)
         self.outbox_seal_key = self.handlers.outbox_key
+        self.checkout = CheckoutHandlers(self.handlers)
+        self.auth = Authenticator(lambda: self.pool)
+        self.limiter = FailureLimiter(settings.failed_attempts_per_minute, settings.failed_attempts_burst)
 
     async def on_start(self) -> None:
         self.consume(["consent-state", "segment-entered", "erasure-requested", "export-requested"],

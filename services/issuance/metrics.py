@@ -18,5 +18,13 @@ class IssuanceMetrics(Metrics):
         self.segment_to_voucher = Histogram(
             "voucherstream_segment_to_voucher_seconds",
             "From a segment-entered record's timestamp to the voucher's commit", buckets=LATENCY_BUCKETS, registry=r)
+        self.checkout = Counter("voucherstream_checkout_requests_total", "Checkout answers by operation and outcome",
+                                ["operation", "outcome"], registry=r)
+        self.redeemed_amount = Counter("voucherstream_redeemed_discount_minor_units_total",
+                                       "Discount granted by redemptions (minor units)", ["campaign"], registry=r)
+        self.rate_limited = Counter("voucherstream_checkout_rate_limited_total",
+                                    "Checkout requests refused for too many failures", ["by"], registry=r)
+        self.checkout_latency = Histogram("voucherstream_checkout_duration_seconds", "Checkout request handling time",
+                                          ["operation"], buckets=LATENCY_BUCKETS, registry=r)
         self.partner_codes = Counter("voucherstream_partner_codes_generated_total", "Partner codes generated",
                                      ["campaign"], registry=r)

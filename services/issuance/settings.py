@@ -17,3 +17,6 @@ class IssuanceSettings(ServiceSettings):
                                      description="HMAC key of the pseudonyms that replace erased customers' ids")
     expiry_interval_s: float = Field(10.0, gt=0, description="how often vouchers past validity are expired")
     expiry_batch: int = Field(1000, ge=1)
+    failed_attempts_per_minute: float = Field(30.0, gt=0, description="failed validations/redemptions refilled per "
+                                              "minute, per API key and per client address")
+    failed_attempts_burst: int = Field(30, ge=1)

@@ -213,7 +213,7 @@ async def attempts_of(conn: asyncpg.Connection, customer_id: str) -> list[asyncp
 async def pseudonymize(conn: asyncpg.Connection, customer_id: str, pseudonym: str) -> dict[str, int]:
     """Erasure: identity goes, amounts stay (the ledger and the accounts remain whole)."""
     out: dict[str, Any] = {}
-    for table in ("vouchers", "issuance_attempts"):
+    for table in ("vouchers", "issuance_attempts", "redemptions"):
         status = await conn.execute(f"UPDATE {table} SET customer_id = $2 WHERE customer_id = $1", customer_id, pseudonym)
         out[table] = int(status.split()[-1])
     await conn.execute("UPDATE vouchers SET code_sealed = NULL WHERE customer_id = $1", pseudonym)
@@ -221,3 +221,73 @@ async def pseudonymize(conn: asyncpg.Connection, customer_id: str, pseudonym: st
     status = await conn.execute("DELETE FROM outbox WHERE key = $1 AND sent_at IS NOT NULL", customer_id.encode())
     out["outbox"] = int(status.split()[-1])
     return out
+
+
+# ------------------------------------------------------------------ checkout
+
+_VOUCHER_VIEW = ("SELECT id, campaign_id, customer_id, partner, variant, channel, kind, brand, currency, reserved, balance,"
+                 " status, expires_at, code_sealed FROM vouchers")
+
+
+async def voucher_by_code(conn: asyncpg.Connection, code_hash: bytes, *, for_update: bool = False) -> asyncpg.Record | None:
+    return await conn.fetchrow(_VOUCHER_VIEW + " WHERE code_hash = $1" + (" FOR UPDATE" if for_update else ""), code_hash)
+
+
+async def voucher_by_id(conn: asyncpg.Connection, voucher_id: str, *, for_update: bool = False) -> asyncpg.Record | None:
+    return await conn.fetchrow(_VOUCHER_VIEW + " WHERE id = $1" + (" FOR UPDATE" if for_update else ""), voucher_id)
+
+
+async def set_voucher(conn: asyncpg.Connection, voucher_id: str, status: str, reserved: int, balance: int | None,
+                      closed_at: datetime | None) -> None:
+    await conn.execute("UPDATE vouchers SET status = $2, reserved = $3, balance = $4, closed_at = $5 WHERE id = $1",
+                       voucher_id, status, reserved, balance, closed_at)
+
+
+async def claim_idempotency_key(conn: asyncpg.Connection, api_key_id: str, key: str, request_hash: bytes) -> asyncpg.Record | None:
+    """Claims the key for this request, waiting for a concurrent holder to finish. Returns the
+    stored row when the key was used before (``None``: it is ours now)."""
+    claimed = await conn.fetchval(
+        "INSERT INTO idempotency_keys (api_key_id, key, request_hash) VALUES ($1, $2, $3)"
+        " ON CONFLICT (api_key_id, key) DO NOTHING RETURNING true", api_key_id, key, request_hash)
+    if claimed:
+        return None
+    return await conn.fetchrow("SELECT request_hash, status_code, response FROM idempotency_keys"
+                               " WHERE api_key_id = $1 AND key = $2", api_key_id, key)
+
+
+async def store_idempotent_answer(conn: asyncpg.Connection, api_key_id: str, key: str, status_code: int,
+                                  response: dict) -> None:
+    await conn.execute("UPDATE idempotency_keys SET status_code = $3, response = $4 WHERE api_key_id = $1 AND key = $2",
+                       api_key_id, key, status_code, response)
+
+
+async def insert_redemption(conn: asyncpg.Connection, row: tuple) -> None:
+    await conn.execute(
+        "INSERT INTO redemptions (id, voucher_id, campaign_id, customer_id, order_id, discount, reserved_used,"
+        " order_amount, currency, status, redeemed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'redeemed', $10)",
+        *row)
+
+
+async def redemption(conn: asyncpg.Connection, redemption_id: str, *, for_update: bool = False) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT id, voucher_id, campaign_id, customer_id, discount, reserved_used, currency, status, redeemed_at,"
+        " rolled_back_at FROM redemptions WHERE id = $1" + (" FOR UPDATE" if for_update else ""), redemption_id)
+
+
+async def mark_rolled_back(conn: asyncpg.Connection, redemption_id: str, at: datetime) -> None:
+    await conn.execute("UPDATE redemptions SET status = 'rolled_back', rolled_back_at = $2 WHERE id = $1",
+                       redemption_id, at)
+
+
+async def active_offers(conn: asyncpg.Connection, customer_id: str, now: datetime) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT v.id, v.campaign_id, v.variant, v.channel, v.kind, v.brand, v.currency, v.balance, v.expires_at,"
+        " v.code_sealed, c.definition, c.version FROM vouchers v JOIN campaigns c ON c.id = v.campaign_id"
+        " WHERE v.customer_id = $1 AND v.status = 'active' AND v.expires_at > $2 AND c.status = 'active'"
+        " ORDER BY v.expires_at", customer_id, now)
+
+
+async def redemptions_of(conn: asyncpg.Connection, customer_id: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT id, voucher_id, campaign_id, discount, order_amount, currency, status, redeemed_at, rolled_back_at"
+        " FROM redemptions WHERE customer_id = $1 ORDER BY redeemed_at", customer_id)

@@ -304,6 +304,6 @@ def run() -> None:
     logging.getLogger("faust").setLevel(logging.WARNING)
     logging.getLogger("mode").setLevel(logging.WARNING)
     config = uvicorn.Config(service.http(), host=s.http_host, port=s.http_port, log_config=None, access_log=False,
-                            lifespan="on", timeout_graceful_shutdown=30)
+                            lifespan="on", timeout_graceful_shutdown=30, timeout_keep_alive=30)
     uvicorn.Server(config).run()
 

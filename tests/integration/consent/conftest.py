@@ -5,7 +5,7 @@ import pytest
 
 from services.consent.app import ConsentService
 from services.consent.settings import ConsentSettings
-from shared import db
+from shared import auth, db
 from shared.settings import PostgresSettings
 from tests.support import unique
 
@@ -22,8 +22,11 @@ async def consent(kafka, privacy_services):
     settings = ConsentSettings(kafka=kafka, schema_name=schema, privacy_services=privacy_services)
     service = ConsentService(settings)
     await service.start()
+    async with service.pool.acquire() as conn:
+        _, service.api_key = await auth.create_key(conn, "tests", auth.SCOPES)
     app = service.http(manage_lifecycle=False)
-    service.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://consent")
+    service.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://consent",
+                                       headers={"Authorization": f"Bearer {service.api_key}"})
     yield service
     await service.client.aclose()
     await service.stop()

@@ -7,7 +7,7 @@ import pytest
 
 from services.issuance.app import IssuanceService
 from services.issuance.settings import IssuanceSettings
-from shared import db
+from shared import auth, db
 from shared import events as ev
 from shared.kafka import send_all, start_producer
 from shared.settings import PostgresSettings
@@ -57,8 +57,10 @@ async def issuance(kafka, issuance_schema):
     settings = IssuanceSettings(kafka=kafka, schema_name=issuance_schema, expiry_interval_s=0.5)
     service = IssuanceService(settings)
     await service.start()
+    async with service.pool.acquire() as conn:
+        _, service.api_key = await auth.create_key(conn, "tests", auth.SCOPES)
     service.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=service.http(manage_lifecycle=False)),
-                                       base_url="http://issuance")
+                                       base_url="http://issuance", headers={"Authorization": f"Bearer {service.api_key}"})
     yield service
     await service.client.aclose()
     await service.stop()

@@ -14,7 +14,7 @@ from services.issuance.app import IssuanceService
 from services.issuance.settings import IssuanceSettings
 from shared import events as ev
 from tests.integration.issuance.conftest import USD, campaign, consent_state, entered, publish
-from tests.support import group_members, read_topic, wait_for
+from tests.support import create_api_key, group_members, read_topic, wait_for
 
 N = 1000
 
@@ -25,7 +25,9 @@ async def test_two_instances_issue_exactly_the_budget_and_the_ledger_never_overr
     ports = [free_port(), free_port()]
     async with service_process("issuance", env | {"ISSUANCE_HTTP_PORT": str(ports[0])}, ports[0], tmp_path / "a.log"), \
             service_process("issuance", env | {"ISSUANCE_HTTP_PORT": str(ports[1])}, ports[1], tmp_path / "b.log"):
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports[0]}") as client:
+        key = await create_api_key(issuance_schema)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports[0]}",
+                                     headers={"Authorization": f"Bearer {key}"}) as client:
             r = await client.post("/v1/campaigns", json=campaign(budget={"limit": {"amount": 200_000, "currency": USD},
                                                                          "per_customer": 1}))
             assert r.status_code == 201, r.text
@@ -46,7 +48,7 @@ async def test_two_instances_issue_exactly_the_budget_and_the_ledger_never_overr
             denied = await read_topic(kafka.bootstrap, kafka.topic("issuance-denied"), expect=N - 100, timeout=60)
             handled_by = []
             for port in ports:
-                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as each:
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as each:  # /metrics is open
                     text = (await each.get("/metrics")).text
                 handled_by.append(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                                       if line.startswith("voucherstream_messages_consumed_total")

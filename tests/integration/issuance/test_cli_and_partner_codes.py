@@ -31,6 +31,12 @@ async def test_reference_campaigns_load_and_100k_partner_codes_take_under_10_s(k
            "ISSUANCE_HTTP_PORT": str(port), "VOUCHERSTREAM_ISSUANCE_URL": f"http://127.0.0.1:{port}"}
     async with service_process("issuance", env, port, tmp_path / "issuance.log"):
         code, out = await cli("campaigns", "load", str(ROOT / "deploy/campaigns/reference.yaml"), env=env)
+        assert code != 0 and "VOUCHERSTREAM_API_KEY" in out  # no key, no campaigns
+        code, out = await cli("keys", "create", "--name", "marketing-team", "--scopes", "marketing",
+                              "--services", "issuance", "--schema", issuance_schema, "--quiet", env=env)
+        assert code == 0, out
+        env["VOUCHERSTREAM_API_KEY"] = out.strip().splitlines()[-1]
+        code, out = await cli("campaigns", "load", str(ROOT / "deploy/campaigns/reference.yaml"), env=env)
         assert code == 0, out
         assert out.count("created") == 3
         code, out = await cli("campaigns", "load", str(ROOT / "deploy/campaigns/reference.yaml"), env=env)

@@ -1,0 +1,183 @@
+"""Checkout use cases: validate, redeem, roll back, on-site offers.
+
+Redemption is one transaction: the idempotency key is claimed first (a concurrent request with
+the same key waits, then gets the first answer), then the voucher row is locked (two redemptions
+of one code are serialised: exactly one wins), then the campaign's ledger row (the budget moves
+under the same lock as issuing). Refusals are answered too, and replayed as given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+from services.issuance import codes, store
+from services.issuance.campaigns import offer_summary
+from services.issuance.checkout import Accept, Refuse, VoucherView, evaluate
+from services.issuance.handlers import SOURCE, Batch, IssuanceHandlers
+from shared import events as ev
+from shared.outbox import enqueue, event_record
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: dict[str, Any]
+
+
+def view(row: asyncpg.Record) -> VoucherView:
+    return VoucherView(row["id"], row["campaign_id"], row["customer_id"], row["partner"], row["variant"], row["kind"],
+                       row["brand"], row["currency"], row["reserved"], row["balance"], row["status"], row["expires_at"])
+
+
+def refusal(r: Refuse) -> dict[str, Any]:
+    return {"valid": False, "reason": r.reason, "detail": r.detail}
+
+
+class CheckoutHandlers:
+    def __init__(self, handlers: IssuanceHandlers) -> None:
+        self.handlers = handlers
+        self.metrics = handlers.metrics
+
+    async def _context(self, conn: asyncpg.Connection, code: str, *, lock: bool):
+        row = await store.voucher_by_code(conn, codes.code_hash(self.handlers.hash_key, code), for_update=lock)
+        if row is None:
+            return None, None, None, None
+        campaign = await store.campaign(conn, row["campaign_id"])
+        ledgers = (await store.lock_ledgers(conn, [row["campaign_id"]]) if lock
+                   else {row["campaign_id"]: await store.ledger(conn, row["campaign_id"])})
+        return row, self.handlers.spec(campaign), campaign["status"], ledgers
+
+    async def validate(self, conn: asyncpg.Connection, code: str, customer_id: str, order: ev.Money,
+                       items: list[ev.LineItem]) -> Answer:
+        row, spec, status, ledgers = await self._context(conn, code, lock=False)
+        remaining = ledgers[row["campaign_id"]].remaining if row else 0
+        outcome = evaluate(view(row) if row else None, spec, status, customer_id=customer_id, order=order,
+                           items=items, now=ev.now_utc(), budget_remaining=remaining)
+        if isinstance(outcome, Refuse):
+            self.metrics.checkout.labels("validate", outcome.reason).inc()
+            return Answer(200, refusal(outcome))
+        self.metrics.checkout.labels("validate", "valid").inc()
+        return Answer(200, {"valid": True, "discount": {"amount": outcome.discount, "currency": order.currency},
+                            "voucher_id": row["id"], "campaign_id": row["campaign_id"]})
+
+    async def redeem(self, conn: asyncpg.Connection, *, api_key_id: str, idempotency_key: str, body: dict,
+                     code: str, customer_id: str, order: ev.Money, items: list[ev.LineItem],
+                     order_id: str | None) -> tuple[Answer, bool]:
+        """Returns the answer and whether it is a replay. Call inside a transaction."""
+        request_hash = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
+        prior = await store.claim_idempotency_key(conn, api_key_id, idempotency_key, request_hash)
+        if prior is not None:
+            if prior["request_hash"] != request_hash:
+                return Answer(422, {"valid": False, "reason": "idempotency_key_reused",
+                                    "detail": "this Idempotency-Key was used with another request body"}), True
+            return Answer(prior["status_code"], prior["response"]), True
+        answer = await self._redeem(conn, code, customer_id, order, items, order_id)
+        await store.store_idempotent_answer(conn, api_key_id, idempotency_key, answer.status, answer.body)
+        return answer, False
+
+    async def _redeem(self, conn, code, customer_id, order, items, order_id) -> Answer:
+        now = ev.now_utc()
+        row, spec, status, ledgers = await self._context(conn, code, lock=True)
+        ledger = ledgers[row["campaign_id"]] if row else None
+        outcome = evaluate(view(row) if row else None, spec, status, customer_id=customer_id, order=order,
+                           items=items, now=now, budget_remaining=ledger.remaining if ledger else 0)
+        if isinstance(outcome, Refuse):
+            self.metrics.checkout.labels("redeem", outcome.reason).inc()
+            return Answer(409 if outcome.reason in ("already_redeemed", "budget_exhausted") else 422, refusal(outcome))
+        assert isinstance(outcome, Accept)
+        v = view(row)
+        discount = outcome.discount
+        batch = Batch(ledgers)
+        if v.customer_id is None:  # a partner code: nothing was reserved, spend from what remains
+            new = ledger.spend_unreserved(discount)
+            reserved_used, new_status, new_reserved, new_balance = 0, "redeemed", 0, v.balance
+        elif v.kind == "gift_card":
+            new = ledger.spend(discount, discount)
+            new_balance = (v.balance or 0) - discount
+            reserved_used, new_reserved = discount, v.reserved - discount
+            new_status = "redeemed" if new_balance == 0 else "active"
+        else:  # single use: the actual discount is spent, the rest of the reservation released
+            new = ledger.spend(v.reserved, discount)
+            reserved_used, new_status, new_reserved, new_balance = v.reserved, "redeemed", 0, v.balance
+        redemption_id = str(uuid.uuid4())
+        lg = batch.step(v.campaign_id, new, "redeemed", v.id)
+        await store.set_voucher(conn, v.id, new_status, new_reserved, new_balance,
+                                now if new_status == "redeemed" else None)
+        await store.insert_redemption(conn, (redemption_id, v.id, v.campaign_id, customer_id, order_id, discount,
+                                             reserved_used, order.amount, order.currency, now))
+        await store.save_ledgers(conn, [lg], batch.history)
+        await enqueue(conn, [event_record("voucher-redeemed", ev.VoucherRedeemed(
+            redemption_id=redemption_id, voucher_id=v.id, campaign_id=v.campaign_id, customer_id=customer_id,
+            variant=v.variant, channel=row_channel(row), discount=ev.Money(amount=discount, currency=v.currency),
+            order_amount=order, redeemed_at=now, ledger=lg.snapshot()), source=SOURCE)])
+        self.metrics.checkout.labels("redeem", "redeemed").inc()
+        self.metrics.redeemed_amount.labels(v.campaign_id).inc(discount)
+        return Answer(201, {"valid": True, "redemption_id": redemption_id, "voucher_id": v.id,
+                            "campaign_id": v.campaign_id,
+                            "discount": {"amount": discount, "currency": v.currency},
+                            "remaining_balance": ({"amount": new_balance, "currency": v.currency}
+                                                  if v.kind == "gift_card" else None)})
+
+    async def rollback(self, conn: asyncpg.Connection, redemption_id: str) -> Answer:
+        now = ev.now_utc()
+        red = await store.redemption(conn, redemption_id, for_update=True)
+        if red is None:
+            return Answer(404, {"detail": f"no redemption {redemption_id}"})
+        if red["status"] == "rolled_back":
+            return Answer(200, {"redemption_id": redemption_id, "rolled_back": True, "changed": False,
+                                "detail": "already rolled back; nothing changed"})
+        row = await store.voucher_by_id(conn, red["voucher_id"], for_update=True)
+        batch = Batch(await store.lock_ledgers(conn, [red["campaign_id"]]))
+        ledger = batch.ledgers[red["campaign_id"]]
+        v = view(row)
+        still_valid = v.status != "revoked" and now < v.expires_at
+        discount = red["discount"]
+        if v.customer_id is None:
+            re_reserve, status, reserved, balance = 0, "active" if still_valid else "expired", 0, v.balance
+        elif v.kind == "gift_card":
+            re_reserve = red["reserved_used"] if still_valid else 0
+            balance = (v.balance or 0) + discount
+            reserved = v.reserved + re_reserve
+            status = "active" if still_valid else "expired"
+        else:
+            re_reserve = red["reserved_used"] if still_valid else 0
+            status, reserved, balance = ("active" if still_valid else "expired"), re_reserve, v.balance
+        lg = batch.step(v.campaign_id, ledger.unspend(discount, re_reserve), "rolled_back", v.id)
+        if status == "expired" and v.status != "expired":
+            status = "expired"
+        await store.set_voucher(conn, v.id, status, reserved, balance, None if status == "active" else now)
+        await store.mark_rolled_back(conn, redemption_id, now)
+        await store.save_ledgers(conn, [lg], batch.history)
+        await enqueue(conn, [event_record("redemption-rolled-back", ev.RedemptionRolledBack(
+            redemption_id=redemption_id, voucher_id=v.id, campaign_id=v.campaign_id, customer_id=red["customer_id"],
+            returned=ev.Money(amount=discount, currency=v.currency), rolled_back_at=now, ledger=lg.snapshot()),
+            source=SOURCE)])
+        self.metrics.checkout.labels("rollback", "rolled_back").inc()
+        return Answer(200, {"redemption_id": redemption_id, "rolled_back": True, "changed": True,
+                            "returned": {"amount": discount, "currency": v.currency},
+                            "voucher_status": status})
+
+    async def offers(self, conn: asyncpg.Connection, customer_id: str, *, with_codes: bool) -> list[dict[str, Any]]:
+        out = []
+        for r in await store.active_offers(conn, customer_id, ev.now_utc()):
+            spec = self.handlers.spec(r)
+            offer = spec.offer_for(r["variant"])
+            item = {"voucher_id": r["id"], "campaign_id": r["campaign_id"], "campaign_name": spec.name,
+                    "channel": r["channel"], "offer": offer_summary(offer, r["brand"]).model_dump(mode="json"),
+                    "balance": ({"amount": r["balance"], "currency": r["currency"]} if r["kind"] == "gift_card" else None),
+                    "expires_at": r["expires_at"].isoformat(), "code": None}
+            if with_codes and r["code_sealed"] is not None:
+                item["code"] = codes.unseal(self.handlers.seal_key, r["code_sealed"], r["id"])
+            out.append(item)
+        return out
+
+
+def row_channel(row: asyncpg.Record) -> ev.Channel:
+    return ev.Channel(row["channel"])
+

@@ -1,0 +1,110 @@
+"""Requests fired truly concurrently at the issuance service as users run it (its own process,
+a pool of 20 database connections): one code redeemed by 200 at once, round after round; 500
+partner codes on a budget for 100; 50 partial spends of one gift card. The ledger history is
+checked at every step.
+
+The suite runs 10 rounds of the 200-at-once race; `make test-races` runs the full 100
+(CHECKOUT_RACE_ROUNDS=100, about 4 minutes on a 2-core machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import os
+import uuid
+from collections import Counter
+
+import asyncpg
+import httpx
+
+from bench.common import free_port, service_process
+from shared import events as ev
+from shared.settings import PostgresSettings
+from tests.integration.issuance.conftest import USD, campaign, consent_state, entered, publish
+from tests.support import create_api_key, read_topic, wait_for
+
+
+def order(amount):
+    return {"amount": {"amount": amount, "currency": USD}, "items": []}
+
+
+async def fire(client, requests):
+    """All at once: every request is built first, then released together."""
+    gate = asyncio.Event()
+
+    async def one(body):
+        await gate.wait()
+        return await client.post("/v1/redemptions", json=body, headers={"Idempotency-Key": str(uuid.uuid4())})
+
+    tasks = [asyncio.create_task(one(b)) for b in requests]
+    await asyncio.sleep(0)
+    gate.set()
+    return await asyncio.gather(*tasks)
+
+
+async def test_concurrent_redemptions_never_double_spend_or_overrun(kafka, issuance_schema, tmp_path):
+    port = free_port()
+    env = {"ISSUANCE_SCHEMA_NAME": issuance_schema, "VOUCHERSTREAM_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
+           "ISSUANCE_HTTP_PORT": str(port), "ISSUANCE_FAILED_ATTEMPTS_BURST": "100000000",
+           "VOUCHERSTREAM_POSTGRES_POOL_MAX": "20", "ISSUANCE_LOG_LEVEL": "WARNING"}
+    async with service_process("issuance", env, port, tmp_path / "issuance.log"):
+        key = await create_api_key(issuance_schema)
+        limits = httpx.Limits(max_connections=500, max_keepalive_connections=500, keepalive_expiry=10)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"},
+                                     limits=limits, timeout=60) as c:
+            assert (await c.post("/v1/campaigns", json=campaign())).status_code == 201
+            assert (await c.post("/v1/campaigns", json=campaign(id="partners", segment="nobody", budget={
+                "limit": {"amount": 100 * 2000, "currency": USD}, "per_customer": None}))).status_code == 201
+            assert (await c.post("/v1/campaigns", json=campaign(id="gift", segment="vip", offer={
+                "kind": "gift_card", "balance": {"amount": 10000, "currency": USD}}))).status_code == 201
+
+            rounds = int(os.environ.get("CHECKOUT_RACE_ROUNDS", "10"))
+            customers = [f"cc-{i:03d}" for i in range(100)]
+            await publish(kafka, "consent-state", [consent_state(x, "personalized_offers", "email")
+                                                   for x in customers + ["g-1"]])
+            await asyncio.sleep(1)
+            await publish(kafka, "segment-entered", [entered(x) for x in customers] + [entered("g-1", segment="vip")])
+            records = await read_topic(kafka.bootstrap, kafka.topic("delivery-requested"), expect=101, timeout=60)
+            codes = {d.customer_id: d.code for d in (ev.decode(r.value)[1] for r in records)}
+
+            # 1. 200 at once on one code, round after round: exactly one wins each time.
+            for customer in customers[:rounds]:
+                answers = await fire(c, [{"code": codes[customer], "customer_id": customer, "order": order(15000)}] * 200)
+                statuses = Counter(a.status_code for a in answers)
+                assert statuses == Counter({201: 1, 409: 199}), (customer, statuses)
+
+            # 2. 500 distinct partner codes at once on a budget for 100: exactly 100.
+            r = await c.post("/v1/campaigns/partners/partner-codes", json={"partner": "aff-1", "count": 500})
+            partner_codes = [row["code"] for row in csv.DictReader(io.StringIO(r.text))]
+            answers = await fire(c, [{"code": code, "customer_id": f"p-{i}", "order": order(15000)}
+                                     for i, code in enumerate(partner_codes)])
+            statuses = Counter(a.status_code for a in answers)
+            assert statuses[201] == 100 and statuses[409] == 400, statuses
+            assert {a.json()["reason"] for a in answers if a.status_code == 409} == {"budget_exhausted"}
+
+            # 3. 50 partial spends of one 100 USD gift card at once: never below zero, all of it spent.
+            answers = await fire(c, [{"code": codes["g-1"], "customer_id": "g-1", "order": order(300)}] * 50)
+            spent = sum(a.json()["discount"]["amount"] for a in answers if a.status_code == 201)
+            balances = [a.json()["remaining_balance"]["amount"] for a in answers if a.status_code == 201]
+            assert spent == 10000 and min(balances) == 0 and all(b >= 0 for b in balances)
+            assert Counter(a.status_code for a in answers)[201] == 34  # 33 x 3.00 USD, then the last 1.00 USD
+
+            budgets = {cid: (await c.get(f"/v1/campaigns/{cid}/budget")).json() for cid in ("cart-20", "partners", "gift")}
+        assert "Traceback" not in (tmp_path / "issuance.log").read_text()
+
+    assert budgets["cart-20"]["spent"] == rounds * 2000 and budgets["cart-20"]["reserved"] == (100 - rounds) * 2000
+    assert budgets["partners"]["spent"] == 100 * 2000 and budgets["partners"]["remaining"] == 0
+    assert budgets["gift"]["spent"] == 10000 and budgets["gift"]["reserved"] == 0
+    conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value(), server_settings={"search_path": issuance_schema})
+    try:
+        history = await conn.fetch("SELECT campaign_id, seq, limit_minor, reserved, spent FROM budget_ledger_history"
+                                   " ORDER BY campaign_id, seq")
+        assert all(h["reserved"] + h["spent"] <= h["limit_minor"] and h["reserved"] >= 0 for h in history)
+        for cid in ("cart-20", "partners", "gift"):
+            seqs = [h["seq"] for h in history if h["campaign_id"] == cid]
+            assert seqs == list(range(1, len(seqs) + 1))
+        assert await conn.fetchval("SELECT count(*) FROM redemptions WHERE campaign_id = 'cart-20'") == rounds
+    finally:
+        await conn.close()
