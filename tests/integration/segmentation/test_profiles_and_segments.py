@@ -44,6 +44,9 @@ async def test_only_consented_customers_get_minimal_profiles_and_each_segment_fi
                    what="consent table")
     await publish(kafka, "customer-registered", [registered("yes-1", soon.month, soon.day), registered("yes-2"),
                                                  registered("no-1", soon.month, soon.day), registered("nobody")])
+    # Topics are consumed side by side, in no fixed order across topics: let the registrations land first.
+    await wait_for(lambda: (segmentation.profiles.get("yes-2") or {}).get("preferred_channel") == "email",
+                   what="the registrations")
     await publish(kafka, "order-placed", [order("yes-2", 150_000, "o1"), order("yes-2", 60_000, "o2"),
                                           order("yes-2", 10_000, "o3"), order("no-1", 300_000, "o4")])
     await publish(kafka, "cart-abandoned", [cart("yes-2", 31_000, "k1"), cart("yes-2", 31_000, "k1"),
