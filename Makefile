@@ -12,7 +12,7 @@ PY     := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 STACK  := deploy/local/stack.sh
 
-.PHONY: help venv up down status topics run bench-consent bench-issuance bench-segmentation test test-races test-unit lock compose-config clean
+.PHONY: help venv up down status topics run bench-consent bench-issuance bench-segmentation bench-checkout test test-races test-unit lock compose-config clean
 
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -53,6 +53,15 @@ bench-issuance: venv ## vouchers/s at saturation and p50/p99 at 1,000 events/s, 
 bench-segmentation: venv ## profile-update events/s for one faust worker next to a raw aiokafka consume
 	@$(STACK) up kafka postgres
 	@$(PY) -m bench.segmentation --events 50000 --customers 5000
+
+VEGETA := $(CACHE)/bin/vegeta
+$(VEGETA):
+	@echo "[make] installing vegeta (a constant-rate HTTP load generator) from the Go module proxy"
+	@GOBIN=$(CACHE)/bin go install github.com/tsenart/vegeta/v12@v12.12.0
+
+bench-checkout: venv $(VEGETA) ## validate/redeem p50/p99 at 1,000 req/s and the max rate, next to /healthz and pgbench
+	@$(STACK) up kafka postgres
+	@PATH="$$PATH:$$(ls -d /usr/lib/postgresql/*/bin | tail -1)" $(PY) -m bench.checkout --rate 1000 --seconds 10 --workers 2
 
 test: venv ## the whole suite on the real stack; starts what it needs and stops what it started
 	@bash tests/run.sh $(PY)

@@ -16,13 +16,16 @@ to Kafka in id order and marks them sent. Guarantees:
   again;
 - **one relay at a time** per schema (an advisory lock), so replicas of a service never interleave.
 
-The relay wakes on ``LISTEN <schema>.outbox`` (a trigger notifies on insert) and polls as a
-fallback.
+The relay polls: every ``min_poll_s`` while rows keep coming, slowing down to ``max_poll_s``
+when idle. (LISTEN/NOTIFY would wake it sooner, but PostgreSQL serialises the commits of every
+notifying transaction on one lock held through the WAL flush: it capped the checkout at one
+redemption per flush.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -73,7 +76,10 @@ async def enqueue(conn: asyncpg.Connection, records: Sequence[OutboxRecord], sea
                 raise ValueError("a sealed outbox record needs a seal key")
             value = sealing.seal(seal_key, value or b"", r.key.encode())
         rows.append((r.topic, r.key.encode(), value, [list(h) for h in r.headers], r.sealed))
-    await conn.executemany("INSERT INTO outbox (topic, key, value, headers, sealed) VALUES ($1, $2, $3, $4, $5)", rows)
+    if len(rows) == 1:
+        await conn.execute("INSERT INTO outbox (topic, key, value, headers, sealed) VALUES ($1, $2, $3, $4, $5)", *rows[0])
+    else:
+        await conn.executemany("INSERT INTO outbox (topic, key, value, headers, sealed) VALUES ($1, $2, $3, $4, $5)", rows)
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -86,30 +92,29 @@ class OutboxRelay:
         self,
         *,
         pool: asyncpg.Pool,
-        dsn: str,
         producer: AIOKafkaProducer,
         kafka: KafkaSettings,
         schema: str,
         metrics: Metrics,
         batch_size: int = 500,
-        poll_interval_s: float = 1.0,
+        min_poll_s: float = 0.005,
+        max_poll_s: float = 0.05,
         recovery_scan_limit: int = 20_000,
         on_published: Callable[[str, dict[str, str], float], None] | None = None,
         seal_key: bytes | None = None,
     ) -> None:
         self.pool = pool
-        self.dsn = dsn
         self.producer = producer
         self.kafka = kafka
         self.schema = schema
         self.metrics = metrics
         self.batch_size = batch_size
-        self.poll_interval_s = poll_interval_s
+        self.min_poll_s = min_poll_s
+        self.max_poll_s = max_poll_s
         self.recovery_scan_limit = recovery_scan_limit
         self.on_published = on_published  # (registry topic, row headers, ack time) for service metrics
         self.seal_key = seal_key
         self.source = f"{schema}"
-        self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._needs_recovery = True
         self._partitions: dict[str, int] = {}
@@ -118,45 +123,27 @@ class OutboxRelay:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._wake.set()
 
     async def run(self) -> None:
-        listener = await self._listen()
         delay = 0.1
-        try:
-            while not self._stopping.is_set():
-                try:
-                    if listener is None or listener.is_closed():
-                        listener = await self._listen()
-                    n = await self.publish_once()
-                    delay = 0.1
-                    if n >= self.batch_size:
-                        continue
-                except Exception as exc:  # noqa: BLE001 - the relay must outlive the database and the broker
-                    self._needs_recovery = True
-                    level = logging.WARNING if is_transient(exc) else logging.ERROR
-                    log.log(level, "outbox relay round failed, retrying", exc_info=not is_transient(exc),
-                            extra={"schema": self.schema, "error": repr(exc), "retry_in_s": delay})
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                    continue
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval_s)
-                except TimeoutError:
-                    pass
-        finally:
-            if listener is not None and not listener.is_closed():
-                await listener.close(timeout=2)
-
-    async def _listen(self) -> asyncpg.Connection | None:
-        try:
-            conn = await asyncpg.connect(self.dsn)
-            await conn.add_listener(f"{self.schema}.outbox", lambda *_: self._wake.set())
-            return conn
-        except Exception as exc:  # noqa: BLE001 - polling still works without notifications
-            log.warning("outbox relay cannot LISTEN; polling only", extra={"error": repr(exc)})
-            return None
+        idle = self.min_poll_s
+        while not self._stopping.is_set():
+            try:
+                n = await self.publish_once()
+                delay = 0.1
+            except Exception as exc:  # noqa: BLE001 - the relay must outlive the database and the broker
+                self._needs_recovery = True
+                level = logging.WARNING if is_transient(exc) else logging.ERROR
+                log.log(level, "outbox relay round failed, retrying", exc_info=not is_transient(exc),
+                        extra={"schema": self.schema, "error": repr(exc), "retry_in_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if n >= self.batch_size:
+                continue
+            idle = self.min_poll_s if n else min(idle * 2, self.max_poll_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=idle)
 
     async def _partition_count(self, topic: str) -> int:
         if topic not in self._partitions:

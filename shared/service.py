@@ -62,7 +62,7 @@ class Service:
             folders.append((s.service, self.migrations))
         await db.migrate(self.pool, s.schema, db.discover(*folders))
         self.producer = await start_producer(s.kafka, s.service)
-        self.relay = OutboxRelay(pool=self.pool, dsn=s.postgres.dsn.get_secret_value(), producer=self.producer,
+        self.relay = OutboxRelay(pool=self.pool, producer=self.producer,
                                  kafka=s.kafka, schema=s.schema, metrics=self.metrics, seal_key=self.outbox_seal_key)
         self.spawn("outbox-relay", self.relay.run)
         await self.on_start()
@@ -170,11 +170,15 @@ class Service:
         return app
 
 
-def run(service: Service, **fastapi_kwargs) -> None:
-    """``python -m services.<name>``: JSON logs, the HTTP server, graceful stop on SIGTERM/SIGINT."""
+def run(service: Service, *, factory: str | None = None, **fastapi_kwargs) -> None:
+    """``python -m services.<name>``: JSON logs, the HTTP server, graceful stop on SIGTERM/SIGINT.
+    With ``http_workers`` > 1, uvicorn forks that many processes sharing the port, each built by
+    ``factory`` (an import string of a function returning the ASGI app)."""
     s = service.settings
     logs.configure(s.service, s.log_level)
-    app = service.http(**fastapi_kwargs)
-    config = uvicorn.Config(app, host=s.http_host, port=s.http_port, log_config=None, access_log=False,
-                            lifespan="on", timeout_graceful_shutdown=30, timeout_keep_alive=30)
-    uvicorn.Server(config).run()
+    common = dict(host=s.http_host, port=s.http_port, log_config=None, access_log=False, lifespan="on",
+                  timeout_graceful_shutdown=30, timeout_keep_alive=30)
+    if s.http_workers > 1 and factory:
+        uvicorn.run(factory, factory=True, workers=s.http_workers, **common)
+        return
+    uvicorn.Server(uvicorn.Config(service.http(**fastapi_kwargs), **common)).run()

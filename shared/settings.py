@@ -27,7 +27,7 @@ class KafkaSettings(BaseSettings):
 class PostgresSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VOUCHERSTREAM_POSTGRES_", extra="ignore")
 
-    dsn: SecretStr = SecretStr("postgresql://voucherstream:voucherstream@127.0.0.1:5432/voucherstream")
+    dsn: SecretStr = SecretStr("postgresql://voucherstream:voucherstream@127.0.0.1:5432/voucherstream?sslmode=disable")
     pool_min: int = Field(2, ge=1)
     pool_max: int = Field(10, ge=1)
     command_timeout_s: float = Field(30.0, gt=0)
@@ -43,6 +43,8 @@ class ServiceSettings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=1, le=65535)
     log_level: str = "INFO"
+    http_workers: int = Field(1, ge=1, le=16, description="HTTP worker processes; each is a full instance of the "
+                              "service (its consumers join the group, one relays the outbox at a time)")
     consumer_group: str = Field("", description="overrides the consumer group (default: the service name)")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)

@@ -18,8 +18,8 @@ import orjson
 
 from services.issuance import codes, store
 from services.issuance.campaigns import offer_summary
-from services.issuance.checkout import Accept, Refuse, VoucherView, evaluate
-from services.issuance.handlers import SOURCE, Batch, IssuanceHandlers
+from services.issuance.checkout import Refuse, VoucherView, evaluate
+from services.issuance.handlers import SOURCE, IssuanceHandlers
 from shared import events as ev
 from shared.outbox import enqueue, event_record
 
@@ -44,21 +44,18 @@ class CheckoutHandlers:
         self.handlers = handlers
         self.metrics = handlers.metrics
 
-    async def _context(self, conn: asyncpg.Connection, code: str, *, lock: bool):
-        row = await store.voucher_by_code(conn, codes.code_hash(self.handlers.hash_key, code), for_update=lock)
-        if row is None:
-            return None, None, None, None
-        campaign = await store.campaign(conn, row["campaign_id"])
-        ledgers = (await store.lock_ledgers(conn, [row["campaign_id"]]) if lock
-                   else {row["campaign_id"]: await store.ledger(conn, row["campaign_id"])})
-        return row, self.handlers.spec(campaign), campaign["status"], ledgers
+    def _spec(self, campaign_id: str, version: int, definition: dict):
+        return self.handlers.spec({"id": campaign_id, "version": version, "definition": definition})
 
     async def validate(self, conn: asyncpg.Connection, code: str, customer_id: str, order: ev.Money,
                        items: list[ev.LineItem]) -> Answer:
-        row, spec, status, ledgers = await self._context(conn, code, lock=False)
-        remaining = ledgers[row["campaign_id"]].remaining if row else 0
-        outcome = evaluate(view(row) if row else None, spec, status, customer_id=customer_id, order=order,
-                           items=items, now=ev.now_utc(), budget_remaining=remaining)
+        """Read-only, one query: the voucher with its campaign and ledger."""
+        row = await store.checkout_context(conn, codes.code_hash(self.handlers.hash_key, code))
+        spec = self._spec(row["campaign_id"], row["version"], row["definition"]) if row else None
+        remaining = row["limit_minor"] - row["ledger_reserved"] - row["ledger_spent"] if row else 0
+        outcome = evaluate(view(row) if row else None, spec, row["campaign_status"] if row else None,
+                           customer_id=customer_id, order=order, items=items, now=ev.now_utc(),
+                           budget_remaining=remaining)
         if isinstance(outcome, Refuse):
             self.metrics.checkout.labels("validate", outcome.reason).inc()
             return Answer(200, refusal(outcome))
@@ -77,52 +74,64 @@ class CheckoutHandlers:
                 return Answer(422, {"valid": False, "reason": "idempotency_key_reused",
                                     "detail": "this Idempotency-Key was used with another request body"}), True
             return Answer(prior["status_code"], prior["response"]), True
-        answer = await self._redeem(conn, code, customer_id, order, items, order_id)
-        await store.store_idempotent_answer(conn, api_key_id, idempotency_key, answer.status, answer.body)
-        return answer, False
 
-    async def _redeem(self, conn, code, customer_id, order, items, order_id) -> Answer:
+        async def answer(a: Answer) -> Answer:
+            await store.store_idempotent_answer(conn, api_key_id, idempotency_key, a.status, a.body)
+            return a
+
         now = ev.now_utc()
-        row, spec, status, ledgers = await self._context(conn, code, lock=True)
-        ledger = ledgers[row["campaign_id"]] if row else None
-        outcome = evaluate(view(row) if row else None, spec, status, customer_id=customer_id, order=order,
-                           items=items, now=now, budget_remaining=ledger.remaining if ledger else 0)
+        row = await store.lock_for_redemption(conn, codes.code_hash(self.handlers.hash_key, code))
+        spec = self._spec(row["campaign_id"], row["version"], row["definition"]) if row else None
+        remaining = row["limit_minor"] - row["ledger_reserved"] - row["ledger_spent"] if row else 0
+        outcome = evaluate(view(row) if row else None, spec, row["campaign_status"] if row else None,
+                           customer_id=customer_id, order=order, items=items, now=now, budget_remaining=remaining)
         if isinstance(outcome, Refuse):
             self.metrics.checkout.labels("redeem", outcome.reason).inc()
-            return Answer(409 if outcome.reason in ("already_redeemed", "budget_exhausted") else 422, refusal(outcome))
-        assert isinstance(outcome, Accept)
-        v = view(row)
-        discount = outcome.discount
-        batch = Batch(ledgers)
+            status = 409 if outcome.reason in ("already_redeemed", "budget_exhausted") else 422
+            return await answer(Answer(status, refusal(outcome))), False
+        v, discount = view(row), outcome.discount
         if v.customer_id is None:  # a partner code: nothing was reserved, spend from what remains
-            new = ledger.spend_unreserved(discount)
             reserved_used, new_status, new_reserved, new_balance = 0, "redeemed", 0, v.balance
-        elif v.kind == "gift_card":
-            new = ledger.spend(discount, discount)
+        elif v.kind == "gift_card":  # a partial spend of the balance
+            reserved_used = min(discount, v.reserved)
             new_balance = (v.balance or 0) - discount
-            reserved_used, new_reserved = discount, v.reserved - discount
-            new_status = "redeemed" if new_balance == 0 else "active"
+            new_reserved, new_status = v.reserved - reserved_used, ("redeemed" if new_balance == 0 else "active")
         else:  # single use: the actual discount is spent, the rest of the reservation released
-            new = ledger.spend(v.reserved, discount)
             reserved_used, new_status, new_reserved, new_balance = v.reserved, "redeemed", 0, v.balance
+        # The ledger's row lock is the campaign's hot spot: it is taken last, by one conditional
+        # statement, and held only until the commit. A move that can fail (spending beyond what
+        # this voucher reserved: partner codes) runs after a savepoint, so a refusal undoes the rest.
+        can_fail = discount > reserved_used
+        savepoint = conn.transaction() if can_fail else None
+        if savepoint is not None:
+            await savepoint.start()
         redemption_id = str(uuid.uuid4())
-        lg = batch.step(v.campaign_id, new, "redeemed", v.id)
-        await store.set_voucher(conn, v.id, new_status, new_reserved, new_balance,
-                                now if new_status == "redeemed" else None)
-        await store.insert_redemption(conn, (redemption_id, v.id, v.campaign_id, customer_id, order_id, discount,
-                                             reserved_used, order.amount, order.currency, now))
-        await store.save_ledgers(conn, [lg], batch.history)
+        result = Answer(201, {
+            "valid": True, "redemption_id": redemption_id, "voucher_id": v.id, "campaign_id": v.campaign_id,
+            "discount": {"amount": discount, "currency": v.currency},
+            "remaining_balance": {"amount": new_balance, "currency": v.currency} if v.kind == "gift_card" else None})
+        await store.record_redemption(
+            conn, voucher_id=v.id, status=new_status, reserved=new_reserved, balance=new_balance,
+            closed_at=now if new_status == "redeemed" else None,
+            redemption=(redemption_id, v.campaign_id, customer_id, order_id, discount, reserved_used, order.amount,
+                        order.currency, now),
+            api_key_id=api_key_id, idempotency_key=idempotency_key, response=result.body)
+        moved = await store.move_budget(conn, v.campaign_id, -reserved_used, discount, "redeemed", v.id)
+        if moved is None:
+            if savepoint is None:  # cannot happen: spending what was reserved keeps reserved + spent equal
+                raise RuntimeError(f"ledger refused a reserved spend on {v.campaign_id}")
+            await savepoint.rollback()
+            self.metrics.checkout.labels("redeem", "budget_exhausted").inc()
+            return await answer(Answer(409, refusal(Refuse("budget_exhausted", "the campaign's budget is spent")))), False
+        if savepoint is not None:
+            await savepoint.commit()
         await enqueue(conn, [event_record("voucher-redeemed", ev.VoucherRedeemed(
             redemption_id=redemption_id, voucher_id=v.id, campaign_id=v.campaign_id, customer_id=customer_id,
             variant=v.variant, channel=row_channel(row), discount=ev.Money(amount=discount, currency=v.currency),
-            order_amount=order, redeemed_at=now, ledger=lg.snapshot()), source=SOURCE)])
+            order_amount=order, redeemed_at=now, ledger=moved.snapshot()), source=SOURCE)])
         self.metrics.checkout.labels("redeem", "redeemed").inc()
         self.metrics.redeemed_amount.labels(v.campaign_id).inc(discount)
-        return Answer(201, {"valid": True, "redemption_id": redemption_id, "voucher_id": v.id,
-                            "campaign_id": v.campaign_id,
-                            "discount": {"amount": discount, "currency": v.currency},
-                            "remaining_balance": ({"amount": new_balance, "currency": v.currency}
-                                                  if v.kind == "gift_card" else None)})
+        return result, False
 
     async def rollback(self, conn: asyncpg.Connection, redemption_id: str) -> Answer:
         now = ev.now_utc()
@@ -133,35 +142,27 @@ class CheckoutHandlers:
             return Answer(200, {"redemption_id": redemption_id, "rolled_back": True, "changed": False,
                                 "detail": "already rolled back; nothing changed"})
         row = await store.voucher_by_id(conn, red["voucher_id"], for_update=True)
-        batch = Batch(await store.lock_ledgers(conn, [red["campaign_id"]]))
-        ledger = batch.ledgers[red["campaign_id"]]
         v = view(row)
         still_valid = v.status != "revoked" and now < v.expires_at
         discount = red["discount"]
-        if v.customer_id is None:
-            re_reserve, status, reserved, balance = 0, "active" if still_valid else "expired", 0, v.balance
-        elif v.kind == "gift_card":
-            re_reserve = red["reserved_used"] if still_valid else 0
-            balance = (v.balance or 0) + discount
-            reserved = v.reserved + re_reserve
-            status = "active" if still_valid else "expired"
-        else:
-            re_reserve = red["reserved_used"] if still_valid else 0
-            status, reserved, balance = ("active" if still_valid else "expired"), re_reserve, v.balance
-        lg = batch.step(v.campaign_id, ledger.unspend(discount, re_reserve), "rolled_back", v.id)
-        if status == "expired" and v.status != "expired":
-            status = "expired"
-        await store.set_voucher(conn, v.id, status, reserved, balance, None if status == "active" else now)
+        # What was spent comes back. A voucher still valid gets its reservation back — in full if
+        # the budget still has room, else at least what it had spent (always room for that).
+        wanted = red["reserved_used"] if (still_valid and v.customer_id is not None) else 0
+        moved = await store.move_budget(conn, v.campaign_id, wanted, -discount, "rolled_back", v.id)
+        if moved is None:
+            wanted = min(wanted, discount)
+            moved = await store.move_budget(conn, v.campaign_id, wanted, -discount, "rolled_back", v.id)
+        status = "active" if still_valid else ("revoked" if v.status == "revoked" else "expired")
+        balance = (v.balance or 0) + discount if v.kind == "gift_card" else v.balance
+        await store.set_voucher(conn, v.id, status, v.reserved + wanted, balance, None if status == "active" else now)
         await store.mark_rolled_back(conn, redemption_id, now)
-        await store.save_ledgers(conn, [lg], batch.history)
         await enqueue(conn, [event_record("redemption-rolled-back", ev.RedemptionRolledBack(
             redemption_id=redemption_id, voucher_id=v.id, campaign_id=v.campaign_id, customer_id=red["customer_id"],
-            returned=ev.Money(amount=discount, currency=v.currency), rolled_back_at=now, ledger=lg.snapshot()),
+            returned=ev.Money(amount=discount, currency=v.currency), rolled_back_at=now, ledger=moved.snapshot()),
             source=SOURCE)])
         self.metrics.checkout.labels("rollback", "rolled_back").inc()
         return Answer(200, {"redemption_id": redemption_id, "rolled_back": True, "changed": True,
-                            "returned": {"amount": discount, "currency": v.currency},
-                            "voucher_status": status})
+                            "returned": {"amount": discount, "currency": v.currency}, "voucher_status": status})
 
     async def offers(self, conn: asyncpg.Connection, customer_id: str, *, with_codes: bool) -> list[dict[str, Any]]:
         out = []

@@ -233,6 +233,55 @@ async def voucher_by_code(conn: asyncpg.Connection, code_hash: bytes, *, for_upd
     return await conn.fetchrow(_VOUCHER_VIEW + " WHERE code_hash = $1" + (" FOR UPDATE" if for_update else ""), code_hash)
 
 
+async def checkout_context(conn: asyncpg.Connection, code_hash: bytes) -> asyncpg.Record | None:
+    """The voucher, its campaign and its ledger in one round trip (no locks: validation)."""
+    return await conn.fetchrow(
+        "SELECT v.id, v.campaign_id, v.customer_id, v.partner, v.variant, v.channel, v.kind, v.brand, v.currency,"
+        " v.reserved, v.balance, v.status, v.expires_at, c.status AS campaign_status, c.definition, c.version,"
+        " l.limit_minor, l.reserved AS ledger_reserved, l.spent AS ledger_spent"
+        " FROM vouchers v JOIN campaigns c ON c.id = v.campaign_id JOIN budget_ledger l ON l.campaign_id = v.campaign_id"
+        " WHERE v.code_hash = $1", code_hash)
+
+
+async def lock_for_redemption(conn: asyncpg.Connection, code_hash: bytes) -> asyncpg.Record | None:
+    """The voucher, locked (two redemptions of one code are serialised), with its campaign and an
+    unlocked read of its ledger — one round trip."""
+    return await conn.fetchrow(
+        "SELECT v.id, v.campaign_id, v.customer_id, v.partner, v.variant, v.channel, v.kind, v.brand, v.currency,"
+        " v.reserved, v.balance, v.status, v.expires_at, c.status AS campaign_status, c.definition, c.version,"
+        " l.limit_minor, l.reserved AS ledger_reserved, l.spent AS ledger_spent"
+        " FROM vouchers v JOIN campaigns c ON c.id = v.campaign_id JOIN budget_ledger l ON l.campaign_id = v.campaign_id"
+        " WHERE v.code_hash = $1 FOR UPDATE OF v", code_hash)
+
+
+async def record_redemption(conn: asyncpg.Connection, *, voucher_id: str, status: str, reserved: int,
+                            balance: int | None, closed_at: datetime | None, redemption: tuple,
+                            api_key_id: str, idempotency_key: str, response: dict) -> None:
+    """The voucher's new state, the redemption and the idempotent answer, in one statement."""
+    await conn.execute(
+        "WITH v AS (UPDATE vouchers SET status = $2, reserved = $3, balance = $4, closed_at = $5 WHERE id = $1),"
+        " r AS (INSERT INTO redemptions (id, voucher_id, campaign_id, customer_id, order_id, discount, reserved_used,"
+        " order_amount, currency, status, redeemed_at) VALUES ($6, $1, $7, $8, $9, $10, $11, $12, $13, 'redeemed', $14))"
+        " UPDATE idempotency_keys SET status_code = 201, response = $17 WHERE api_key_id = $15 AND key = $16",
+        voucher_id, status, reserved, balance, closed_at, *redemption, api_key_id, idempotency_key, response)
+
+
+async def move_budget(conn: asyncpg.Connection, campaign_id: str, d_reserved: int, d_spent: int,
+                      cause: str, voucher_id: str) -> Ledger | None:
+    """One conditional statement that changes a campaign's ledger and records the step in its
+    history; the row lock it takes is held only from here to the commit. Returns ``None``
+    (changing nothing) when the change would break ``reserved + spent <= limit``."""
+    row = await conn.fetchrow(
+        "WITH l AS (UPDATE budget_ledger SET reserved = reserved + $2, spent = spent + $3, seq = seq + 1"
+        " WHERE campaign_id = $1 AND reserved + $2 >= 0 AND spent + $3 >= 0"
+        " AND reserved + $2 + spent + $3 <= limit_minor"
+        " RETURNING campaign_id, currency, limit_minor, reserved, spent, seq, vouchers),"
+        " h AS (INSERT INTO budget_ledger_history (campaign_id, seq, limit_minor, reserved, spent, cause, voucher_id)"
+        " SELECT campaign_id, seq, limit_minor, reserved, spent, $4, $5 FROM l)"
+        " SELECT * FROM l", campaign_id, d_reserved, d_spent, cause, voucher_id)
+    return _ledger(row) if row else None
+
+
 async def voucher_by_id(conn: asyncpg.Connection, voucher_id: str, *, for_update: bool = False) -> asyncpg.Record | None:
     return await conn.fetchrow(_VOUCHER_VIEW + " WHERE id = $1" + (" FOR UPDATE" if for_update else ""), voucher_id)
 

@@ -98,14 +98,13 @@ async def test_the_outbox_relay_publishes_every_row_once_and_in_order_across_a_s
         await enqueue(conn, [OutboxRecord("erasure-requested", keys[i % len(keys)], f"{i}".encode())
                              for i in range(total)])
     producer = await start_producer(kafka, "test")
-    dsn = "postgresql://voucherstream:voucherstream@127.0.0.1:5432/voucherstream"
 
     # First relay, with its own producer: stopped (cancelled, like a crash) while its round is in
     # flight. Its producer is then closed, so whatever it had sent lands before the second starts,
     # as it would for a process that died.
     first_producer = await start_producer(kafka, "test-first")
     counting = _CountingProducer(first_producer, after=1200)
-    first = OutboxRelay(pool=pool, dsn=dsn, producer=counting, kafka=kafka, schema=schema, metrics=Metrics("t"),
+    first = OutboxRelay(pool=pool, producer=counting, kafka=kafka, schema=schema, metrics=Metrics("t"),
                         batch_size=500)
     task = asyncio.create_task(first.run())
     await asyncio.wait_for(counting.tripped.wait(), 30)
@@ -117,7 +116,7 @@ async def test_the_outbox_relay_publishes_every_row_once_and_in_order_across_a_s
 
     # Second relay: recovers and finishes.
     metrics = Metrics("t2")
-    second = OutboxRelay(pool=pool, dsn=dsn, producer=producer, kafka=kafka, schema=schema, metrics=metrics,
+    second = OutboxRelay(pool=pool, producer=producer, kafka=kafka, schema=schema, metrics=metrics,
                          batch_size=500)
     task = asyncio.create_task(second.run())
     await wait_for(lambda: _equals(pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"), 0),

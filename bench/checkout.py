@@ -1,0 +1,173 @@
+"""Checkout load on loopback: validate and redeem p50/p99 at a constant 1,000 requests/s and the
+maximum sustained rate, next to a trivial endpoint of the same server (/healthz) and a raw
+PostgreSQL single-row UPDATE (pgbench) on the same machine, in the same run.
+
+The load comes from vegeta (an open-loop, constant-rate generator written in Go; `make
+bench-checkout` installs it from the Go module proxy into ~/.cache/voucherstream/bin), so the
+Python server does not share its interpreter with the client.
+
+    python -m bench.checkout --rate 1000 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import asyncpg
+import httpx
+import orjson
+
+from bench.common import free_port, service_process
+from shared import auth, topics
+from shared.settings import KafkaSettings, PostgresSettings
+
+VEGETA = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "voucherstream" / "bin" / "vegeta"
+CAMPAIGN = {"id": "load", "name": "load", "segment": "none", "currency": "USD",
+            "offer": {"kind": "fixed_amount", "amount": {"amount": 100, "currency": "USD"}},
+            "validity": {"days_after_issue": 30}, "budget": {"limit": {"amount": 10**12, "currency": "USD"},
+                                                               "per_customer": None}}
+
+
+def vegeta(targets: list[dict], rate: int, seconds: float, workdir: Path) -> dict:
+    exe = shutil.which("vegeta") or str(VEGETA)
+    if not Path(exe).exists():
+        raise SystemExit("vegeta is not installed: make bench-checkout installs it")
+    tfile = workdir / f"targets-{uuid.uuid4().hex[:6]}.jsonl"
+    tfile.write_bytes(b"\n".join(orjson.dumps(t) for t in targets) + b"\n")
+    attack = subprocess.run([exe, "attack", "-format=json", f"-targets={tfile}", f"-rate={rate}/s",
+                             f"-duration={seconds}s", "-timeout=10s", "-max-workers=2000"],
+                            capture_output=True, check=True)
+    report = subprocess.run([exe, "report", "-type=json"], input=attack.stdout, capture_output=True, check=True)
+    r = json.loads(report.stdout)
+    lat = r["latencies"]
+    return {"offered_per_s": rate, "throughput_per_s": round(r["throughput"], 1),
+            "success_ratio": round(r["success"], 4), "p50_ms": round(lat["50th"] / 1e6, 2),
+            "p99_ms": round(lat["99th"] / 1e6, 2), "max_ms": round(lat["max"] / 1e6, 2),
+            "status_codes": r["status_codes"]}
+
+
+def target(url: str, key: str, body: dict | None = None, headers: dict | None = None, method: str = "POST") -> dict:
+    h = {"Authorization": [f"Bearer {key}"], "Content-Type": ["application/json"]}
+    for k, v in (headers or {}).items():
+        h[k] = [v]
+    t = {"method": method, "url": url, "header": h}
+    if body is not None:
+        t["body"] = base64.b64encode(orjson.dumps(body)).decode()
+    return t
+
+
+def pgbench_update(seconds: int = 10, clients: int = 10, rate: int | None = None) -> dict:
+    """Raw PostgreSQL single-row UPDATE transactions (pgbench, a custom one-line script)."""
+    exe = shutil.which("pgbench") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"))), None)
+    if exe is None:
+        raise SystemExit("pgbench not found (Debian's postgresql-contrib)")
+    dsn = PostgresSettings().dsn.get_secret_value()
+    table = f"bench_rows_{uuid.uuid4().hex[:6]}"
+    subprocess.run(["psql", dsn, "-qc", f"CREATE TABLE {table} (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);"
+                    f" INSERT INTO {table} SELECT g FROM generate_series(1, 10000) g;"], check=True)
+    script = Path(tempfile.mkstemp(suffix=".sql")[1])
+    script.write_text(f"\\set id random(1, 10000)\nUPDATE {table} SET n = n + 1 WHERE id = :id;\n")
+    try:
+        args = [str(exe), "-n", "-f", str(script), "-c", str(clients), "-j", "2", "-T", str(seconds), dsn]
+        if rate:
+            args[1:1] = ["-R", str(rate)]
+        out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+        tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
+        avg = float(re.search(r"latency average = ([\d.]+) ms", out).group(1))
+        return {"tps": round(tps, 1), "latency_avg_ms": avg}
+    finally:
+        subprocess.run(["psql", dsn, "-qc", f"DROP TABLE {table}"], check=False)
+        script.unlink()
+
+
+async def run(rate: int, seconds: float, max_rate: int, workers: int) -> dict:
+    bootstrap = KafkaSettings().bootstrap
+    prefix = f"bench-{uuid.uuid4().hex[:8]}."
+    await topics.ensure_topics(bootstrap, prefix, report=lambda *_: None)
+    schema = f"bench_checkout_{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {"ISSUANCE_HTTP_PORT": str(port), "ISSUANCE_SCHEMA_NAME": schema, "ISSUANCE_LOG_LEVEL": "WARNING",
+           "VOUCHERSTREAM_KAFKA_TOPIC_PREFIX": prefix, "VOUCHERSTREAM_POSTGRES_POOL_MAX": "20",
+           "ISSUANCE_FAILED_ATTEMPTS_BURST": "1000000000", "ISSUANCE_HTTP_WORKERS": str(workers)}
+    workdir = Path(tempfile.mkdtemp(prefix="bench-checkout-"))
+    result: dict = {"benchmark": "checkout", "http_workers": workers}
+    try:
+        async with service_process("issuance", env, port, workdir / "issuance.log"):
+            conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value(), server_settings={"search_path": schema})
+            _, key = await auth.create_key(conn, "bench", ["checkout", "marketing"])
+            await conn.close()
+            needed = int(rate * seconds) + int(max_rate * 5) + 1000
+            async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
+                assert (await c.post("/v1/campaigns", json=CAMPAIGN)).status_code == 201
+                codes: list[str] = []
+                while len(codes) < needed:
+                    r = await c.post("/v1/campaigns/load/partner-codes",
+                                     json={"partner": "bench", "count": min(50_000, needed - len(codes))})
+                    codes += [row["code"] for row in csv.DictReader(io.StringIO(r.text))]
+            order = {"amount": {"amount": 5000, "currency": "USD"}, "items": []}
+            loop = asyncio.get_running_loop()
+
+            def attack(targets, r, s):
+                return loop.run_in_executor(None, vegeta, targets, r, s, workdir)
+
+            health = [target(f"{base}/healthz", key, method="GET")]
+            validate = [target(f"{base}/v1/validations", key, {"code": codes[0], "customer_id": "c-1", "order": order})]
+            redeem_codes = iter(codes[1:])
+
+            def redeem_targets(n):
+                return [target(f"{base}/v1/redemptions", key, {"code": next(redeem_codes), "customer_id": f"c-{i}",
+                                                               "order": order}, {"Idempotency-Key": uuid.uuid4().hex})
+                        for i in range(n)]
+
+            await attack(health, 200, 2)  # warm-up
+            result["trivial_endpoint_at_rate"] = await attack(health, rate, seconds)
+            result["validate_at_rate"] = await attack(validate, rate, seconds)
+            result["redeem_at_rate"] = await attack(redeem_targets(int(rate * seconds)), rate, seconds)
+            result["trivial_endpoint_max"] = await attack(health, max_rate, 5)
+            result["validate_max"] = await attack(validate, max_rate, 5)
+            result["redeem_max"] = await attack(redeem_targets(int(max_rate * 5)), max_rate, 5)
+    finally:
+        await topics.delete_topics(bootstrap, prefix)
+    result["raw_postgres_update_max"] = await asyncio.get_running_loop().run_in_executor(None, pgbench_update, 10, 10)
+    result["raw_postgres_update_at_rate"] = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: pgbench_update(10, 10, rate))
+    result["ratios"] = {
+        "validate_max_to_trivial_max": round(result["validate_max"]["throughput_per_s"]
+                                             / result["trivial_endpoint_max"]["throughput_per_s"], 3),
+        "redeem_max_to_raw_pg_update_tps": round(result["redeem_max"]["throughput_per_s"]
+                                                 / result["raw_postgres_update_max"]["tps"], 3),
+    }
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--max-rate", type=int, default=3000, help="offered load to find the sustained maximum")
+    parser.add_argument("--workers", type=int, default=2, help="HTTP worker processes of the issuance service")
+    args = parser.parse_args()
+    r = asyncio.run(run(args.rate, args.seconds, args.max_rate, args.workers))
+    r["targets"] = {"validate_p99_ms": "< 15", "redeem_p99_ms": "< 40"}
+    r["targets_met"] = (r["validate_at_rate"]["p99_ms"] < 15 and r["redeem_at_rate"]["p99_ms"] < 40
+                        and r["validate_at_rate"]["success_ratio"] == 1 and r["redeem_at_rate"]["success_ratio"] == 1)
+    print(json.dumps(r, indent=2))
+    return 0 if r["targets_met"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
