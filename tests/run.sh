@@ -24,7 +24,7 @@ cleanup() {
 trap cleanup EXIT
 
 t0=$SECONDS
-deploy/local/stack.sh up kafka postgres || exit 1
+deploy/local/stack.sh up kafka postgres prometheus || exit 1
 echo "[test] stack ready in $((SECONDS - t0)) s"
 # shellcheck disable=SC2086
 "$PY" -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-}

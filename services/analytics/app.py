@@ -1,0 +1,252 @@
+"""The redemption analytics service: exact counters per campaign, variant and channel, derived
+from the issuance events, published on the compacted ``budget-counters`` topic (at most once a
+second per campaign), as Prometheus metrics, and at ``GET /v1/campaigns/{id}/stats``.
+
+Why PostgreSQL and not faust tables here: the events are keyed by customer, the counters by
+campaign. Exactness needs per-voucher and per-redemption state (so a duplicate is a no-op) and the
+ledger snapshot with the highest sequence number; one transaction per consumed batch gives both
+without a repartition topic. The state is still a pure function of the stream: dropping the
+schema and replaying the topics rebuilds it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from fastapi import FastAPI, HTTPException, Path as PathParam
+from prometheus_client import Gauge
+from pydantic_settings import SettingsConfigDict
+
+from services.analytics import stats
+from shared import events as ev
+from shared.kafka import send_all
+from shared.metrics import Metrics
+from shared.service import NOT_FOUND, Service
+from shared.settings import ServiceSettings
+
+SOURCE = "voucherstream/analytics"
+TOPICS = ["campaign-changed", "voucher-issued", "issuance-denied", "voucher-redeemed", "redemption-rolled-back",
+          "voucher-expired", "voucher-revoked", "erasure-requested", "export-requested"]
+
+
+class AnalyticsSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ANALYTICS_", extra="ignore")
+
+    service: str = "analytics"
+    http_port: int = 8004
+    publish_interval_s: float = 1.0
+
+
+class AnalyticsMetrics(Metrics):
+    def __init__(self, service: str = "analytics", registry=None) -> None:
+        super().__init__(service, registry)
+        r = self.registry
+        self.budget = Gauge("voucherstream_campaign_budget_minor_units", "Campaign ledger (limit, reserved, spent, "
+                            "remaining), minor units", ["campaign", "field"], registry=r)
+        self.vouchers = Gauge("voucherstream_campaign_vouchers", "Vouchers by variant, channel and state",
+                              ["campaign", "variant", "channel", "state"], registry=r)
+        self.redemptions = Gauge("voucherstream_campaign_redemptions", "Redemptions (not rolled back)",
+                                 ["campaign", "variant", "channel"], registry=r)
+        self.discount = Gauge("voucherstream_campaign_discount_spent_minor_units", "Discount granted",
+                              ["campaign", "variant"], registry=r)
+        self.revenue = Gauge("voucherstream_campaign_order_revenue_minor_units", "Order revenue with a voucher",
+                             ["campaign", "variant"], registry=r)
+        self.denials = Gauge("voucherstream_campaign_denials", "Issuance refusals by reason", ["campaign", "reason"],
+                             registry=r)
+        self.burn = Gauge("voucherstream_campaign_burn_rate_minor_units_per_second",
+                          "Reserved + spent growth over the last 15 minutes", ["campaign"], registry=r)
+        self.exhaustion = Gauge("voucherstream_campaign_time_to_exhaustion_seconds",
+                                "Remaining budget / burn rate (absent when not burning)", ["campaign"], registry=r)
+        self.freshness = Gauge("voucherstream_counters_freshness_seconds",
+                               "Age of the newest ledger change when counters were last published", registry=r)
+
+
+class AnalyticsService(Service):
+    migrations = Path(__file__).parent / "migrations"
+
+    def __init__(self, settings: AnalyticsSettings) -> None:
+        super().__init__(settings)
+        self.settings: AnalyticsSettings = settings
+        self.metrics = AnalyticsMetrics(settings.service)
+
+    async def on_start(self) -> None:
+        self.consume(TOPICS, self.on_batch)
+        self.every("publish-counters", self.settings.publish_interval_s, self.publish)
+
+    # ------------------------------------------------------------------ the stream
+
+    async def on_batch(self, messages) -> None:
+        answers = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            for m in messages:
+                e = m.event
+                if isinstance(e, ev.CampaignChanged):
+                    await conn.execute(
+                        "INSERT INTO campaigns VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (campaign_id) DO UPDATE SET"
+                        " name = $2, status = $3, currency = $4, holdout_percent = $5, updated_at = $6"
+                        " WHERE campaigns.updated_at IS NULL OR campaigns.updated_at <= $6",
+                        e.campaign_id, e.name, e.status, e.budget_limit.currency, e.holdout_percent, e.updated_at)
+                    continue
+                if isinstance(e, (ev.ErasureRequested, ev.ExportRequested)):
+                    answers.append(e)  # analytics holds no customer ids: nothing to erase or export
+                    continue
+                if isinstance(e, ev.IssuanceDenied):
+                    await conn.execute("INSERT INTO denials VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                                       m.envelope.id, e.campaign_id, e.variant, e.reason)
+                    continue
+                if isinstance(e, ev.VoucherIssued):
+                    await conn.execute(
+                        "INSERT INTO voucher_states VALUES ($1, $2, $3, $4, 'issued', $5, $6) ON CONFLICT DO NOTHING",
+                        e.voucher_id, e.campaign_id, e.variant, e.channel.value, e.max_discount.amount, e.issued_at)
+                elif isinstance(e, (ev.VoucherExpired, ev.VoucherRevoked)):
+                    state = "expired" if isinstance(e, ev.VoucherExpired) else "revoked"
+                    await conn.execute("UPDATE voucher_states SET state = $2 WHERE voucher_id = $1", e.voucher_id, state)
+                elif isinstance(e, ev.VoucherRedeemed):
+                    await conn.execute(
+                        "INSERT INTO redemption_states VALUES ($1, $2, $3, $4, $5, $6, $7, false, $8) ON CONFLICT DO NOTHING",
+                        e.redemption_id, e.voucher_id, e.campaign_id, e.variant, e.channel.value, e.discount.amount,
+                        e.order_amount.amount, e.redeemed_at)
+                elif isinstance(e, ev.RedemptionRolledBack):
+                    await conn.execute("UPDATE redemption_states SET rolled_back = true WHERE redemption_id = $1",
+                                       e.redemption_id)
+                lg = e.ledger
+                await conn.execute(
+                    "INSERT INTO ledgers (campaign_id, currency, limit_minor, reserved, spent, seq) VALUES ($1, $2, $3, $4, $5, $6)"
+                    " ON CONFLICT (campaign_id) DO UPDATE SET limit_minor = $3, reserved = $4, spent = $5, seq = $6,"
+                    " changed_at = now() WHERE ledgers.seq < $6",
+                    e.campaign_id, lg.currency, lg.limit, lg.reserved, lg.spent, lg.seq)
+        if answers:
+            records = []
+            now = ev.now_utc()
+            for a in answers:
+                done = (ev.ErasureCompleted(request_id=a.request_id, customer_id=a.customer_id, service="analytics",
+                                            completed_at=now, erased={})
+                        if isinstance(a, ev.ErasureRequested) else
+                        ev.ExportCompleted(request_id=a.request_id, customer_id=a.customer_id, service="analytics",
+                                           completed_at=now, data={"note": "analytics keeps no customer ids"}))
+                topic = "erasure-completed" if isinstance(a, ev.ErasureRequested) else "export-completed"
+                records.append((self.settings.kafka.topic(topic), a.customer_id.encode(),
+                                ev.encode(done, source=SOURCE), None))
+            await send_all(self.producer, records)
+
+    # ------------------------------------------------------------------ counters
+
+    async def counters(self, conn: asyncpg.Connection, campaign_id: str) -> dict[str, Any] | None:
+        lg = await conn.fetchrow("SELECT * FROM ledgers WHERE campaign_id = $1", campaign_id)
+        if lg is None:
+            return None
+        vouchers = await conn.fetch("SELECT variant, channel, state, count(*) AS n FROM voucher_states"
+                                    " WHERE campaign_id = $1 GROUP BY 1, 2, 3", campaign_id)
+        reds = await conn.fetch("SELECT variant, channel, count(*) AS n, sum(discount) AS d, sum(order_amount) AS o"
+                                " FROM redemption_states WHERE campaign_id = $1 AND NOT rolled_back GROUP BY 1, 2",
+                                campaign_id)
+        denials = await conn.fetch("SELECT reason, variant, count(*) AS n FROM denials WHERE campaign_id = $1"
+                                   " GROUP BY 1, 2", campaign_id)
+        return {"ledger": dict(lg), "vouchers": [dict(r) for r in vouchers], "redemptions": [dict(r) for r in reds],
+                "denials": [dict(r) for r in denials]}
+
+    async def publish(self) -> None:
+        """Publishes changed campaigns on budget-counters (so at most once per interval each),
+        refreshes the gauges, samples burn rates and announces thresholds."""
+        now = datetime.now(UTC)
+        async with self.pool.acquire() as conn:
+            ids = [r["campaign_id"] for r in await conn.fetch("SELECT campaign_id FROM ledgers ORDER BY 1")]
+            records = []
+            for cid in ids:
+                c = await self.counters(conn, cid)
+                lg = c["ledger"]
+                used = lg["reserved"] + lg["spent"]
+                await conn.execute("INSERT INTO ledger_samples VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", cid, now, used)
+                await conn.execute("DELETE FROM ledger_samples WHERE campaign_id = $1 AND at < $2", cid,
+                                   now - timedelta(minutes=15))
+                samples = [(r["at"].timestamp(), r["used"]) for r in await conn.fetch(
+                    "SELECT at, used FROM ledger_samples WHERE campaign_id = $1 ORDER BY at", cid)]
+                rate = stats.burn_rate(samples)
+                remaining = lg["limit_minor"] - used
+                self.metrics.burn.labels(cid).set(rate)
+                tte = stats.time_to_exhaustion(remaining, rate)
+                if tte is not None:
+                    self.metrics.exhaustion.labels(cid).set(tte)
+                for field, value in (("limit", lg["limit_minor"]), ("reserved", lg["reserved"]),
+                                     ("spent", lg["spent"]), ("remaining", remaining)):
+                    self.metrics.budget.labels(cid, field).set(value)
+                for v in c["vouchers"]:
+                    self.metrics.vouchers.labels(cid, v["variant"], v["channel"], v["state"]).set(v["n"])
+                for r in c["redemptions"]:
+                    self.metrics.redemptions.labels(cid, r["variant"], r["channel"]).set(r["n"])
+                per_variant: dict[str, list[int]] = {}
+                for r in c["redemptions"]:
+                    acc = per_variant.setdefault(r["variant"], [0, 0])
+                    acc[0] += int(r["d"] or 0)
+                    acc[1] += int(r["o"] or 0)
+                for variant, (d, o) in per_variant.items():
+                    self.metrics.discount.labels(cid, variant).set(d)
+                    self.metrics.revenue.labels(cid, variant).set(o)
+                denied: dict[str, int] = {}
+                for d in c["denials"]:
+                    denied[d["reason"]] = denied.get(d["reason"], 0) + d["n"]
+                for reason, n in denied.items():
+                    self.metrics.denials.labels(cid, reason).set(n)
+                already = {r["percent"] for r in await conn.fetch(
+                    "SELECT percent FROM thresholds_crossed WHERE campaign_id = $1", cid)}
+                snapshot = ev.LedgerSnapshot(currency=lg["currency"], limit=lg["limit_minor"], reserved=lg["reserved"],
+                                             spent=lg["spent"], seq=lg["seq"])
+                for pct in stats.crossed(lg["limit_minor"], used, already):
+                    await conn.execute("INSERT INTO thresholds_crossed VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                                       cid, pct, now)
+                    records.append((self.settings.kafka.topic("budget-threshold-crossed"), cid.encode(), ev.encode(
+                        ev.BudgetThresholdCrossed(campaign_id=cid, threshold_percent=pct, ledger=snapshot,
+                                                  crossed_at=now), source=SOURCE), None))
+                if lg["published_seq"] == lg["seq"]:
+                    continue
+                issued = sum(v["n"] for v in c["vouchers"])
+                redeemed = sum(r["n"] for r in c["redemptions"])
+                records.append((self.settings.kafka.topic("budget-counters"), cid.encode(), ev.encode(
+                    ev.BudgetCounters(campaign_id=cid, ledger=snapshot, issued=issued, redeemed=redeemed,
+                                      denied=denied, updated_at=now), source=SOURCE), None))
+                self.metrics.freshness.set(max(0.0, (now - lg["changed_at"]).total_seconds()))
+                await conn.execute("UPDATE ledgers SET published_seq = $2 WHERE campaign_id = $1", cid, lg["seq"])
+            await send_all(self.producer, records)
+
+    # ------------------------------------------------------------------ HTTP
+
+    def routes(self, app: FastAPI) -> None:
+        @app.get("/v1/campaigns/{campaign_id}/stats", tags=["analytics"], responses=NOT_FOUND,
+                 summary="Budget, counts and per-variant redemption rates with 95 % intervals")
+        async def campaign_stats(campaign_id: str = PathParam(min_length=1, max_length=64,
+                                                              pattern=r"^[a-z0-9][a-z0-9-]*$")) -> dict[str, Any]:
+            async with self.pool.acquire() as conn:
+                c = await self.counters(conn, campaign_id)
+                info = await conn.fetchrow("SELECT * FROM campaigns WHERE campaign_id = $1", campaign_id)
+            if c is None:
+                raise HTTPException(404, f"no events seen for campaign {campaign_id}")
+            lg = c["ledger"]
+            variants: dict[str, dict[str, Any]] = {}
+            for v in c["vouchers"]:
+                variants.setdefault(v["variant"], {"issued": 0, "redeemed": 0})["issued"] += v["n"]
+            for r in c["redemptions"]:
+                variants.setdefault(r["variant"], {"issued": 0, "redeemed": 0})["redeemed"] += r["n"]
+            for v in variants.values():
+                low, high = stats.wilson(v["redeemed"], v["issued"])
+                v["redemption_rate"] = v["redeemed"] / v["issued"] if v["issued"] else 0.0
+                v["rate_95ci"] = [round(low, 4), round(high, 4)]
+            holdout = sum(d["n"] for d in c["denials"] if d["reason"] == "holdout")
+            denied: dict[str, int] = {}
+            for d in c["denials"]:
+                denied[d["reason"]] = denied.get(d["reason"], 0) + d["n"]
+            return {"campaign_id": campaign_id, "name": info["name"] if info else None,
+                    "ledger": {"currency": lg["currency"], "limit": lg["limit_minor"], "reserved": lg["reserved"],
+                               "spent": lg["spent"], "remaining": lg["limit_minor"] - lg["reserved"] - lg["spent"],
+                               "seq": lg["seq"]},
+                    "variants": variants, "holdout_customers": holdout,
+                    "denied": denied,
+                    "note": "lift against the holdout needs the shop's conversions, which Voucherstream does not "
+                            "receive; the holdout size is reported so the shop can compute it"}
+
+
+def create_app(settings: AnalyticsSettings | None = None) -> AnalyticsService:
+    return AnalyticsService(settings or AnalyticsSettings())
+
