@@ -46,16 +46,12 @@ for s in "${SERVICES[@]}"; do
     stop
   fi
 done
-if [[ " ${SERVICES[*]} " == *" issuance "* ]]; then
-  "$PY" -m shared.cli campaigns load deploy/campaigns/reference.yaml 2>&1 | sed 's/^/[run] campaign /'
-fi
-echo "[run] running ${SERVICES[*]}; Ctrl-C to stop"
-while true; do
-  for i in "${!PIDS[@]}"; do
-    if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
-      echo "[run] ${SERVICES[$i]} exited; see $LOGS/${SERVICES[$i]}.log" >&2
-      stop
-    fi
-  done
-  sleep 1
-done
+KEY=$("$PY" -m shared.cli keys create --name "demo-$(date +%s)" --scopes checkout,marketing,privacy,onsite --quiet) \
+  || { echo "[run] could not create the demo API key" >&2; stop; }
+echo "[run] demo API key (all scopes, shown once): $KEY"
+VOUCHERSTREAM_API_KEY="$KEY" "$PY" -m shared.cli campaigns load deploy/campaigns/reference.yaml 2>&1 | sed 's/^/[run] campaign /'
+echo "[run] all services healthy after $SECONDS s; starting the shop simulator and the live view"
+trap '' INT  # the simulator handles Ctrl-C itself; then the services are stopped below
+"$PY" -m shared.demo --key "$KEY" ${DEMO_ARGS:-}
+trap stop INT TERM
+stop

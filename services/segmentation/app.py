@@ -87,10 +87,12 @@ class SegmentationService:
         self.out = {name: self.app.topic(k.topic(name), key_serializer="raw", value_serializer="raw",
                                          partitions=CUSTOMER_PARTITIONS)
                     for name in ("segment-entered", "erasure-completed", "export-completed", "segmentation-ticks")}
+        # Values are plain JSON (no faust Record types): what a restarted worker reads back from the
+        # changelog is exactly what was written.
         self.consent = self.app.Table("profiling-consent", default=None, partitions=CUSTOMER_PARTITIONS,
-                                      key_type=str, value_type=str)
+                                      key_type=str)
         self.profiles = self.app.Table("profiles", default=None, partitions=CUSTOMER_PARTITIONS,
-                                       key_type=str, value_type=dict)
+                                       key_type=str)
         self.app.agent(self.source, name="segment")(self._agent)
         self.app.timer(settings.daily_tick_interval_s)(self._daily)
         self.app.timer(settings.rules_check_interval_s)(self._reload_rules)

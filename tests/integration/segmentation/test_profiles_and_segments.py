@@ -3,6 +3,7 @@ once each with their explanation, replay, withdrawal and erasure."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -127,3 +128,31 @@ async def test_a_malformed_event_is_dead_lettered_and_the_agent_keeps_going(segm
     dead = await read_topic(kafka.bootstrap, kafka.topic("order-placed.dlq"), expect=1)
     assert dict(dead[0].headers)["dlq.reason"] == b"undecodable"
     assert [e.customer_id for e in await entries(kafka, expect=1)] == ["m-1"]
+
+
+async def test_a_restarted_worker_recovers_its_tables_from_the_changelogs(kafka):
+    from services.segmentation.app import SegmentationService
+    from services.segmentation.settings import SegmentationSettings
+
+    first = SegmentationService(SegmentationSettings(kafka=kafka))
+    await first.start()
+    try:
+        await publish(kafka, "consent-state", [consent("rs-1")])
+        await wait_for(lambda: first.consent.get("rs-1") is not None, timeout=30, what="consent")
+        await publish(kafka, "cart-abandoned", [cart("rs-1", 45_000, "k-rs")])
+        await wait_for(lambda: (first.profiles.get("rs-1") or {}).get("emitted"), timeout=30, what="profile")
+        await asyncio.sleep(3)  # let the consumer commit its offsets
+    finally:
+        await first.stop()
+    second = SegmentationService(SegmentationSettings(kafka=kafka))
+    await second.start()
+    try:
+        await wait_for(lambda: (second.profiles.get("rs-1") or {}).get("last_cart"), timeout=60,
+                       what="the profile recovered from its changelog")
+        assert second.profiles["rs-1"]["emitted"] == ["cart-abandoned-300:k-rs"]
+        # The same cart again after the restart: nothing new.
+        await publish(kafka, "cart-abandoned", [cart("rs-1", 45_000, "k-rs")])
+        await wait_for(lambda: second.handled >= 1, timeout=30, what="the replayed cart")
+        assert len(await entries(kafka, timeout=3)) == 1
+    finally:
+        await second.stop()
