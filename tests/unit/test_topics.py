@@ -50,3 +50,10 @@ def test_the_readme_topic_table_equals_the_registry():
         for t in TOPICS
     }
     assert rows == expected
+
+
+def test_docs_events_md_is_generated_from_the_models():
+    from shared.docs import render
+
+    doc = README.parent / "docs" / "events.md"
+    assert doc.read_text() == render(), "docs/events.md is stale: python -m shared.docs > docs/events.md"
