@@ -43,12 +43,15 @@ def test_the_favourite_brand_is_the_most_bought_over_twelve_months():
 def test_the_birthday_week_fires_once_per_year_with_its_explanation():
     p = prof.apply(prof.empty(), ev.CustomerRegistered(customer_id="c", birthday={"month": 12, "day": 3},
                                                         registered_at=NOW), NOW)
+    assert run_rules(p, p, None) == []  # no favourite brand yet: nothing to offer 25 % off
+    p = prof.apply(p, order(9000), NOW)
     (entry,) = run_rules(p, p, None)
+    assert entry.facts["favourite_brand"] == "Maison"
     assert entry.segment == "birthday-week" and entry.trigger_key == "birthday-week:2026"
     assert entry.facts["birthday_in_days"] == 4
     assert run_rules(p, p, None, already={"birthday-week:2026"}) == []
-    far = prof.apply(prof.empty(), ev.CustomerRegistered(customer_id="c", birthday={"month": 6, "day": 1},
-                                                          registered_at=NOW), NOW)
+    far = prof.apply(prof.apply(prof.empty(), ev.CustomerRegistered(customer_id="c", birthday={"month": 6, "day": 1},
+                                                                     registered_at=NOW), NOW), order(9000), NOW)
     assert run_rules(far, far, None) == []
 
 

@@ -1,0 +1,164 @@
+"""The three stories end to end: the four services as users run them (their own processes), the
+shop's events published with kcat as a real shop would, the checkout API, budget-counters, and an
+erasure across all four services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from bench.common import ROOT, free_port, service_process
+from services.issuance.campaigns import HOLDOUT, Variant, assign_variant
+from shared import auth
+from shared import events as ev
+from shared.settings import PostgresSettings
+from tests.support import kcat, read_topic, unique, wait_for
+
+pytestmark = pytest.mark.e2e
+SERVICES = ("consent", "segmentation", "issuance", "analytics")
+
+
+def shop_publish(kafka, topic: str, events: list[ev.Event]) -> None:
+    """kcat with Kafka's default partitioner, one 'key|json' line per event."""
+    lines = b"".join(e.key().encode() + b"|" + ev.encode(e, source="shop-php") + b"\n" for e in events)
+    kcat("-b", kafka.bootstrap, "-P", "-t", kafka.topic(topic), "-K", "|", "-X", "topic.partitioner=murmur2_random",
+         input=lines)
+
+
+def not_in_holdout(prefix: str) -> str:
+    variants = [Variant(name="A", weight=1), Variant(name="B", weight=1)]
+    for i in range(100):
+        cid = f"{prefix}-{i}"
+        if assign_variant("birthday-perfume-25", cid, variants, 10) != HOLDOUT:
+            return cid
+    raise AssertionError("no customer outside the holdout")
+
+
+async def add_key(schema: str, key: str) -> None:
+    conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value(), server_settings={"search_path": schema})
+    try:
+        await auth.create_key(conn, "e2e", list(auth.SCOPES), key=key)
+    finally:
+        await conn.close()
+
+
+async def test_birthday_cart_and_loyalty_stories_with_consent_checkout_counters_and_erasure(kafka, tmp_path):
+    ports = {s: free_port() for s in SERVICES}
+    schemas = {s: unique(f"e2e_{s}_") for s in ("consent", "issuance", "analytics")}
+    env = {"VOUCHERSTREAM_KAFKA_TOPIC_PREFIX": kafka.topic_prefix, "CONSENT_PRIVACY_SERVICES": ",".join(SERVICES)}
+    for s in SERVICES:
+        env[f"{s.upper()}_HTTP_PORT"] = str(ports[s])
+    for s, schema in schemas.items():
+        env[f"{s.upper()}_SCHEMA_NAME"] = schema
+    url = {s: f"http://127.0.0.1:{p}" for s, p in ports.items()}
+    async with contextlib.AsyncExitStack() as stack:
+        for s in SERVICES:
+            await stack.enter_async_context(service_process(s, env, ports[s], tmp_path / f"{s}.log"))
+        _, key = auth.new_key()
+        for schema in (schemas["consent"], schemas["issuance"]):
+            await add_key(schema, key)
+        headers = {"Authorization": f"Bearer {key}"}
+        client = await stack.enter_async_context(httpx.AsyncClient(headers=headers, timeout=30))
+        proc = await asyncio.create_subprocess_exec(
+            os.sys.executable, "-m", "shared.cli", "campaigns", "load", str(ROOT / "deploy/campaigns/reference.yaml"),
+            cwd=ROOT, env=os.environ | env | {"PYTHONPATH": str(ROOT), "VOUCHERSTREAM_API_KEY": key,
+                                                "VOUCHERSTREAM_ISSUANCE_URL": url["issuance"]},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0, out.decode()
+
+        now = datetime.now(UTC)
+        bday, cart, vip, nobody = not_in_holdout("c-bday"), "c-cart", "c-vip", "c-none"
+        consents = []
+        for cid, channels in ((bday, ["push"]), (cart, ["email"]), (vip, ["sms", "email"])):
+            for purpose in ["profiling", "personalized_offers"] + channels:
+                consents.append(ev.ConsentChanged(customer_id=cid, purpose=purpose, granted=True, policy_version="2026-11",
+                                                  source="cookie-banner", occurred_at=now))
+        shop_publish(kafka, "consent-changed", consents)
+        async def consents_published():
+            latest = {}
+            for rec in await read_topic(kafka.bootstrap, kafka.topic("consent-state")):
+                state = ev.decode(rec.value)[1]
+                latest[state.customer_id] = state
+            return all(c.customer_id in latest and latest[c.customer_id].granted(c.purpose) for c in consents)
+
+        await wait_for(consents_published, timeout=30, interval=0.3, what="every consent on consent-state")
+        await asyncio.sleep(2)  # the consent reaches segmentation and issuance
+
+        soon = now + timedelta(days=3)
+        shop_publish(kafka, "customer-registered", [
+            ev.CustomerRegistered(customer_id=bday, birthday={"month": soon.month, "day": soon.day},
+                                  preferred_channel="push", registered_at=now),
+            ev.CustomerRegistered(customer_id=cart, preferred_channel="sms", registered_at=now),  # no sms consent
+            ev.CustomerRegistered(customer_id=vip, preferred_channel="sms", registered_at=now),
+            ev.CustomerRegistered(customer_id=nobody, birthday={"month": soon.month, "day": soon.day}, registered_at=now)])
+        await asyncio.sleep(2)
+        perfume = ev.LineItem(sku="p-7", brand="Maison Lune", category="perfume", quantity=1,
+                              unit_price=ev.Money(amount=9000, currency="USD"))
+        shop_publish(kafka, "order-placed", [
+            ev.OrderPlaced(order_id="o-1", customer_id=bday, total=ev.Money(amount=9000, currency="USD"),
+                           items=[perfume], placed_at=now),
+            ev.OrderPlaced(order_id="o-2", customer_id=vip, total=ev.Money(amount=150_000, currency="USD"), placed_at=now),
+            ev.OrderPlaced(order_id="o-3", customer_id=vip, total=ev.Money(amount=60_000, currency="USD"), placed_at=now),
+            ev.OrderPlaced(order_id="o-4", customer_id=nobody, total=ev.Money(amount=500_000, currency="USD"), placed_at=now)])
+        shop_publish(kafka, "cart-abandoned", [
+            ev.CartAbandoned(cart_id="k-1", customer_id=cart, value=ev.Money(amount=30_000, currency="USD"), abandoned_at=now),
+            ev.CartAbandoned(cart_id="k-2", customer_id=nobody, value=ev.Money(amount=90_000, currency="USD"), abandoned_at=now)])
+
+        async def deliveries():
+            got = {d.customer_id: d for d in (ev.decode(r.value)[1]
+                                                for r in await read_topic(kafka.bootstrap, kafka.topic("delivery-requested")))}
+            return got if {bday, cart, vip} <= set(got) else None
+
+        got = await wait_for(deliveries, timeout=60, interval=0.5, what="three deliveries")
+        # 1. Birthday week: 25 % (or the B variant's 20 %) off the favourite brand, by push as preferred.
+        assert got[bday].campaign_id == "birthday-perfume-25" and got[bday].channel == "push"
+        assert got[bday].offer.percent in (25, 20) and got[bday].offer.brand == "Maison Lune"
+        # 2. A 300 USD cart: 20 USD off, by e-mail (sms is preferred but not consented).
+        assert got[cart].campaign_id == "cart-20" and got[cart].offer.amount.amount == 2000 and got[cart].channel == "email"
+        # 3. Over 2,000 USD in 12 months: a gift card with an expiry.
+        assert got[vip].campaign_id == "loyalty-gift-card" and got[vip].offer.kind == "gift_card"
+        assert got[vip].expires_at > now + timedelta(days=80)
+        # No consent: nothing, and no profile.
+        assert nobody not in got
+        assert (await client.get(f"{url['segmentation']}/v1/customers/{nobody}/segments")).status_code == 404
+
+        # A redemption through the checkout API shows on budget-counters.
+        r = await client.post(f"{url['issuance']}/v1/redemptions", headers={"Idempotency-Key": "e2e-1"}, json={
+            "code": got[cart].code, "customer_id": cart, "order": {"amount": {"amount": 32000, "currency": "USD"}, "items": []}})
+        assert r.status_code == 201, r.text
+
+        async def counted():
+            records = await read_topic(kafka.bootstrap, kafka.topic("budget-counters"))
+            last = {}
+            for rec in records:
+                c = ev.decode(rec.value)[1]
+                last[c.campaign_id] = c
+            c = last.get("cart-20")
+            return c if c and c.redeemed == 1 else None
+
+        counters = await wait_for(counted, timeout=30, interval=0.5, what="the redemption on budget-counters")
+        assert counters.ledger.spent == 2000 and counters.ledger.reserved == 0
+
+        # An erasure completes across all four services.
+        started = await client.post(f"{url['consent']}/v1/privacy/erasures", json={"customer_id": cart})
+        rid = started.json()["request_id"]
+
+        async def erased():
+            body = (await client.get(f"{url['consent']}/v1/privacy/erasures/{rid}")).json()
+            return body if body["status"] == "completed" else None
+
+        body = await wait_for(erased, timeout=60, interval=0.5, what="the erasure in every service")
+        assert set(body["services"]) == set(SERVICES)
+        assert all(p["status"] == "completed" for p in body["services"].values())
+    for s in SERVICES:
+        log = (tmp_path / f"{s}.log").read_text()
+        assert "Traceback" not in log, f"{s}: {log[-3000:]}"
