@@ -69,8 +69,9 @@ def target(url: str, key: str, body: dict | None = None, headers: dict | None = 
     return t
 
 
-def pgbench_update(seconds: int = 10, clients: int = 10, rate: int | None = None) -> dict:
-    """Raw PostgreSQL single-row UPDATE transactions (pgbench, a custom one-line script)."""
+def pgbench_update(seconds: int = 10, clients: int = 10, rate: int | None = None, hot: bool = False) -> dict:
+    """Raw PostgreSQL single-row UPDATE transactions (pgbench, a custom one-line script); ``hot``:
+    every client updates the same row, as every redemption of one campaign updates its ledger."""
     exe = shutil.which("pgbench") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"))), None)
     if exe is None:
         raise SystemExit("pgbench not found (Debian's postgresql-contrib)")
@@ -79,7 +80,7 @@ def pgbench_update(seconds: int = 10, clients: int = 10, rate: int | None = None
     subprocess.run(["psql", dsn, "-qc", f"CREATE TABLE {table} (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0);"
                     f" INSERT INTO {table} SELECT g FROM generate_series(1, 10000) g;"], check=True)
     script = Path(tempfile.mkstemp(suffix=".sql")[1])
-    script.write_text(f"\\set id random(1, 10000)\nUPDATE {table} SET n = n + 1 WHERE id = :id;\n")
+    script.write_text(f"\\set id random(1, {1 if hot else 10000})\nUPDATE {table} SET n = n + 1 WHERE id = :id;\n")
     try:
         args = [str(exe), "-n", "-f", str(script), "-c", str(clients), "-j", "2", "-T", str(seconds), dsn]
         if rate:
@@ -145,11 +146,15 @@ async def run(rate: int, seconds: float, max_rate: int, workers: int) -> dict:
     result["raw_postgres_update_max"] = await asyncio.get_running_loop().run_in_executor(None, pgbench_update, 10, 10)
     result["raw_postgres_update_at_rate"] = await asyncio.get_running_loop().run_in_executor(
         None, lambda: pgbench_update(10, 10, rate))
+    result["raw_postgres_hot_row_update_max"] = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: pgbench_update(10, 10, None, hot=True))
     result["ratios"] = {
         "validate_max_to_trivial_max": round(result["validate_max"]["throughput_per_s"]
                                              / result["trivial_endpoint_max"]["throughput_per_s"], 3),
         "redeem_max_to_raw_pg_update_tps": round(result["redeem_max"]["throughput_per_s"]
                                                  / result["raw_postgres_update_max"]["tps"], 3),
+        "redeem_max_to_raw_pg_hot_row_tps": round(result["redeem_max"]["throughput_per_s"]
+                                                  / result["raw_postgres_hot_row_update_max"]["tps"], 3),
     }
     return result
 

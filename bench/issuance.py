@@ -22,6 +22,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 
 from bench.common import free_port, percentile, service_process
+from shared import auth
 from shared import events as ev
 from shared import topics
 from shared.kafka import start_producer
@@ -83,8 +84,16 @@ async def run(saturation: int, rate: int, seconds: float, bootstrap: str) -> dic
     result: dict = {"benchmark": "issuance"}
     try:
         async with service_process("issuance", env, port, Path(tempfile.gettempdir()) / f"{schema}.log"):
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-                assert (await client.post("/v1/campaigns", json=CAMPAIGN)).status_code == 201
+            conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value(), server_settings={"search_path": schema})
+            try:
+                _, key = await auth.create_key(conn, "bench", ["marketing"])
+            finally:
+                await conn.close()
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
+                                         headers={"Authorization": f"Bearer {key}"}) as client:
+                created = await client.post("/v1/campaigns", json=CAMPAIGN)
+                if created.status_code != 201:
+                    raise SystemExit(f"could not create the bench campaign: {created.status_code} {created.text}")
             producer = await start_producer(kafka, "bench", linger_ms=20)
             for c in customers:
                 await producer.send(kafka.topic("consent-state"), key=c.encode(), value=ev.encode(consent(c), source="bench"))

@@ -102,9 +102,8 @@ class CheckoutHandlers:
         # statement, and held only until the commit. A move that can fail (spending beyond what
         # this voucher reserved: partner codes) runs after a savepoint, so a refusal undoes the rest.
         can_fail = discount > reserved_used
-        savepoint = conn.transaction() if can_fail else None
-        if savepoint is not None:
-            await savepoint.start()
+        if can_fail:
+            await conn.execute("SAVEPOINT redeem")
         redemption_id = str(uuid.uuid4())
         result = Answer(201, {
             "valid": True, "redemption_id": redemption_id, "voucher_id": v.id, "campaign_id": v.campaign_id,
@@ -116,19 +115,21 @@ class CheckoutHandlers:
             redemption=(redemption_id, v.campaign_id, customer_id, order_id, discount, reserved_used, order.amount,
                         order.currency, now),
             api_key_id=api_key_id, idempotency_key=idempotency_key, response=result.body)
-        moved = await store.move_budget(conn, v.campaign_id, -reserved_used, discount, "redeemed", v.id)
-        if moved is None:
-            if savepoint is None:  # cannot happen: spending what was reserved keeps reserved + spent equal
-                raise RuntimeError(f"ledger refused a reserved spend on {v.campaign_id}")
-            await savepoint.rollback()
-            self.metrics.checkout.labels("redeem", "budget_exhausted").inc()
-            return await answer(Answer(409, refusal(Refuse("budget_exhausted", "the campaign's budget is spent")))), False
-        if savepoint is not None:
-            await savepoint.commit()
-        await enqueue(conn, [event_record("voucher-redeemed", ev.VoucherRedeemed(
+        # The event is encoded now with a placeholder ledger; the statement that moves the budget
+        # writes it to the outbox with the ledger it produced.
+        placeholder = ev.LedgerSnapshot(currency=v.currency, limit=0, reserved=0, spent=0, seq=0)
+        template = ev.encode(ev.VoucherRedeemed(
             redemption_id=redemption_id, voucher_id=v.id, campaign_id=v.campaign_id, customer_id=customer_id,
             variant=v.variant, channel=row_channel(row), discount=ev.Money(amount=discount, currency=v.currency),
-            order_amount=order, redeemed_at=now, ledger=moved.snapshot()), source=SOURCE)])
+            order_amount=order, redeemed_at=now, ledger=placeholder), source=SOURCE)
+        moved = await store.move_budget_and_announce(conn, v.campaign_id, -reserved_used, discount, "redeemed", v.id,
+                                                     "voucher-redeemed", customer_id, template)
+        if moved is None:
+            if not can_fail:  # cannot happen: spending what was reserved keeps reserved + spent equal
+                raise RuntimeError(f"ledger refused a reserved spend on {v.campaign_id}")
+            await conn.execute("ROLLBACK TO SAVEPOINT redeem")
+            self.metrics.checkout.labels("redeem", "budget_exhausted").inc()
+            return await answer(Answer(409, refusal(Refuse("budget_exhausted", "the campaign's budget is spent")))), False
         self.metrics.checkout.labels("redeem", "redeemed").inc()
         self.metrics.redeemed_amount.labels(v.campaign_id).inc(discount)
         return result, False

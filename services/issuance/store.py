@@ -282,6 +282,27 @@ async def move_budget(conn: asyncpg.Connection, campaign_id: str, d_reserved: in
     return _ledger(row) if row else None
 
 
+async def move_budget_and_announce(conn: asyncpg.Connection, campaign_id: str, d_reserved: int, d_spent: int,
+                                   cause: str, voucher_id: str, topic: str, key: str,
+                                   event_template: bytes) -> Ledger | None:
+    """``move_budget`` plus the outbox row announcing it, in the same statement: the event's
+    ``data.ledger`` is filled in from the row just updated. The campaign's hot row lock is thus
+    held for one round trip and the commit."""
+    row = await conn.fetchrow(
+        "WITH l AS (UPDATE budget_ledger SET reserved = reserved + $2, spent = spent + $3, seq = seq + 1"
+        " WHERE campaign_id = $1 AND reserved + $2 >= 0 AND spent + $3 >= 0"
+        " AND reserved + $2 + spent + $3 <= limit_minor"
+        " RETURNING campaign_id, currency, limit_minor, reserved, spent, seq, vouchers),"
+        " h AS (INSERT INTO budget_ledger_history (campaign_id, seq, limit_minor, reserved, spent, cause, voucher_id)"
+        " SELECT campaign_id, seq, limit_minor, reserved, spent, $4, $5 FROM l),"
+        " o AS (INSERT INTO outbox (topic, key, value) SELECT $6, $7, convert_to(jsonb_set($8::text::jsonb,"
+        " '{data,ledger}', jsonb_build_object('currency', currency, 'limit', limit_minor, 'reserved', reserved,"
+        " 'spent', spent, 'seq', seq))::text, 'UTF8') FROM l)"
+        " SELECT * FROM l", campaign_id, d_reserved, d_spent, cause, voucher_id, topic, key.encode(),
+        event_template.decode())
+    return _ledger(row) if row else None
+
+
 async def voucher_by_id(conn: asyncpg.Connection, voucher_id: str, *, for_update: bool = False) -> asyncpg.Record | None:
     return await conn.fetchrow(_VOUCHER_VIEW + " WHERE id = $1" + (" FOR UPDATE" if for_update else ""), voucher_id)
 
