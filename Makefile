@@ -61,7 +61,7 @@ $(VEGETA):
 
 bench-checkout: venv $(VEGETA) ## validate/redeem p50/p99 at 1,000 req/s and the max rate, next to /healthz and pgbench
 	@$(STACK) up kafka postgres
-	@PATH="$$PATH:$$(ls -d /usr/lib/postgresql/*/bin | tail -1)" $(PY) -m bench.checkout --rate 1000 --seconds 10 --workers 2
+	@PATH="$$PATH:$$(ls -d /usr/lib/postgresql/*/bin | tail -1)" $(PY) -m bench.checkout --rate 1000 --seconds 10 --workers 1
 
 test: venv ## the whole suite on the real stack; starts what it needs and stops what it started
 	@bash tests/run.sh $(PY)
