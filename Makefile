@@ -17,7 +17,9 @@ STACK  := deploy/local/stack.sh
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.lock pyproject.toml
+# No prerequisites: the path already carries a hash of requirements.lock and pyproject.toml, so a
+# fresh clone (newer file times) reuses the cached virtualenv instead of reinstalling it.
+$(VENV)/.installed:
 	@echo "[make] creating the virtualenv $(VENV)"
 	@$(PYTHON) -m venv $(VENV)
 	@$(VENV)/bin/pip install -q --upgrade pip >/dev/null

@@ -118,3 +118,19 @@ async def schemathesis(base_url: str, api_key: str, *, max_time: int = 30, env: 
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=os.environ | (env or {}))
     out, _ = await asyncio.wait_for(proc.communicate(), max_time * 6 + 60)
     return proc.returncode, out.decode()
+
+
+async def columns_containing(pool, needle: str) -> list[str]:
+    """Every text, bytea, json and array column of every table in the pool's schema that holds
+    ``needle`` (privacy tests: no trace of a customer id, no plaintext code)."""
+    schema = await pool.fetchval("SELECT current_schema()")
+    cols = await pool.fetch(
+        "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = $1"
+        " AND data_type IN ('text', 'character varying', 'bytea', 'jsonb', 'json', 'ARRAY')", schema)
+    hits = []
+    for c in cols:
+        col = f'"{c["column_name"]}"'
+        expr = f"encode({col}, 'escape')" if c["data_type"] == "bytea" else f"{col}::text"
+        if await pool.fetchval(f'SELECT count(*) FROM "{c["table_name"]}" WHERE {expr} LIKE $1', f"%{needle}%"):
+            hits.append(f'{c["table_name"]}.{c["column_name"]}')
+    return hits

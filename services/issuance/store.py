@@ -266,19 +266,24 @@ async def record_redemption(conn: asyncpg.Connection, *, voucher_id: str, status
         voucher_id, status, reserved, balance, closed_at, *redemption, api_key_id, idempotency_key, response)
 
 
+# The conditional ledger change and its history step ($1 campaign, $2/$3 the changes to reserved
+# and spent, $4 cause, $5 voucher): no row comes back when it would break the invariant.
+_MOVE = (
+    "WITH l AS (UPDATE budget_ledger SET reserved = reserved + $2, spent = spent + $3, seq = seq + 1"
+    " WHERE campaign_id = $1 AND reserved + $2 >= 0 AND spent + $3 >= 0"
+    " AND reserved + $2 + spent + $3 <= limit_minor"
+    " RETURNING campaign_id, currency, limit_minor, reserved, spent, seq, vouchers),"
+    " h AS (INSERT INTO budget_ledger_history (campaign_id, seq, limit_minor, reserved, spent, cause, voucher_id)"
+    " SELECT campaign_id, seq, limit_minor, reserved, spent, $4, $5 FROM l)"
+)
+
+
 async def move_budget(conn: asyncpg.Connection, campaign_id: str, d_reserved: int, d_spent: int,
                       cause: str, voucher_id: str) -> Ledger | None:
     """One conditional statement that changes a campaign's ledger and records the step in its
     history; the row lock it takes is held only from here to the commit. Returns ``None``
     (changing nothing) when the change would break ``reserved + spent <= limit``."""
-    row = await conn.fetchrow(
-        "WITH l AS (UPDATE budget_ledger SET reserved = reserved + $2, spent = spent + $3, seq = seq + 1"
-        " WHERE campaign_id = $1 AND reserved + $2 >= 0 AND spent + $3 >= 0"
-        " AND reserved + $2 + spent + $3 <= limit_minor"
-        " RETURNING campaign_id, currency, limit_minor, reserved, spent, seq, vouchers),"
-        " h AS (INSERT INTO budget_ledger_history (campaign_id, seq, limit_minor, reserved, spent, cause, voucher_id)"
-        " SELECT campaign_id, seq, limit_minor, reserved, spent, $4, $5 FROM l)"
-        " SELECT * FROM l", campaign_id, d_reserved, d_spent, cause, voucher_id)
+    row = await conn.fetchrow(_MOVE + " SELECT * FROM l", campaign_id, d_reserved, d_spent, cause, voucher_id)
     return _ledger(row) if row else None
 
 
@@ -289,13 +294,7 @@ async def move_budget_and_announce(conn: asyncpg.Connection, campaign_id: str, d
     ``data.ledger`` is filled in from the row just updated. The campaign's hot row lock is thus
     held for one round trip and the commit."""
     row = await conn.fetchrow(
-        "WITH l AS (UPDATE budget_ledger SET reserved = reserved + $2, spent = spent + $3, seq = seq + 1"
-        " WHERE campaign_id = $1 AND reserved + $2 >= 0 AND spent + $3 >= 0"
-        " AND reserved + $2 + spent + $3 <= limit_minor"
-        " RETURNING campaign_id, currency, limit_minor, reserved, spent, seq, vouchers),"
-        " h AS (INSERT INTO budget_ledger_history (campaign_id, seq, limit_minor, reserved, spent, cause, voucher_id)"
-        " SELECT campaign_id, seq, limit_minor, reserved, spent, $4, $5 FROM l),"
-        " o AS (INSERT INTO outbox (topic, key, value) SELECT $6, $7, convert_to(jsonb_set($8::text::jsonb,"
+        _MOVE + ", o AS (INSERT INTO outbox (topic, key, value) SELECT $6, $7, convert_to(jsonb_set($8::text::jsonb,"
         " '{data,ledger}', jsonb_build_object('currency', currency, 'limit', limit_minor, 'reserved', reserved,"
         " 'spent', spent, 'seq', seq))::text, 'UTF8') FROM l)"
         " SELECT * FROM l", campaign_id, d_reserved, d_spent, cause, voucher_id, topic, key.encode(),

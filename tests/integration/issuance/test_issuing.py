@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from shared import events as ev
 from tests.integration.issuance.conftest import USD, campaign, consent_state, entered, publish
-from tests.support import read_topic, wait_for
+from tests.support import columns_containing, read_topic, wait_for
 
 
 async def count(service, sql: str, *args) -> int:
@@ -58,20 +58,6 @@ async def test_consent_and_channel_decide_who_gets_what_and_only_delivery_carrie
     # No table holds a spendable code: every text, bytea and json column is scanned for each one.
     for d in deliveries:
         assert await columns_containing(issuance.pool, d.code) == []
-
-
-async def columns_containing(pool, needle: str) -> list[str]:
-    schema = await pool.fetchval("SELECT current_schema()")
-    cols = await pool.fetch(
-        "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = $1"
-        " AND data_type IN ('text', 'character varying', 'bytea', 'jsonb', 'json', 'ARRAY')", schema)
-    hits = []
-    for c in cols:
-        col = f'"{c["column_name"]}"'
-        expr = f"encode({col}, 'escape')" if c["data_type"] == "bytea" else f"{col}::text"
-        if await pool.fetchval(f'SELECT count(*) FROM "{c["table_name"]}" WHERE {expr} LIKE $1', f"%{needle}%"):
-            hits.append(f'{c["table_name"]}.{c["column_name"]}')
-    return hits
 
 
 async def test_a_withdrawal_revokes_unredeemed_vouchers_and_releases_the_budget(issuance, kafka):
