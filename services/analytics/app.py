@@ -11,6 +11,7 @@ schema and replaying the topics rebuilds it.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import asyncpg
 from fastapi import FastAPI, HTTPException, Path as PathParam
 from prometheus_client import Gauge
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.analytics import stats
@@ -37,7 +39,8 @@ class AnalyticsSettings(ServiceSettings):
 
     service: str = "analytics"
     http_port: int = 8004
-    publish_interval_s: float = 1.0
+    publish_interval_s: float = Field(1.0, gt=0, description="a campaign's counters are published at most this often")
+    check_interval_s: float = Field(0.1, gt=0, description="how often changes are looked for")
 
 
 class AnalyticsMetrics(Metrics):
@@ -74,7 +77,9 @@ class AnalyticsService(Service):
 
     async def on_start(self) -> None:
         self.consume(TOPICS, self.on_batch)
-        self.every("publish-counters", self.settings.publish_interval_s, self.publish)
+        self._published_at: dict[str, float] = {}
+        self._sampled_at = 0.0
+        self.every("publish-counters", self.settings.check_interval_s, self.publish)
 
     # ------------------------------------------------------------------ the stream
 
@@ -152,8 +157,15 @@ class AnalyticsService(Service):
         """Publishes changed campaigns on budget-counters (so at most once per interval each),
         refreshes the gauges, samples burn rates and announces thresholds."""
         now = datetime.now(UTC)
+        clock = asyncio.get_running_loop().time()
+        full = clock - self._sampled_at >= self.settings.publish_interval_s  # gauges, samples, thresholds
         async with self.pool.acquire() as conn:
-            ids = [r["campaign_id"] for r in await conn.fetch("SELECT campaign_id FROM ledgers ORDER BY 1")]
+            rows = await conn.fetch("SELECT campaign_id, seq, published_seq FROM ledgers ORDER BY 1")
+            due = {r["campaign_id"] for r in rows if r["seq"] != r["published_seq"]
+                   and clock - self._published_at.get(r["campaign_id"], -1e9) >= self.settings.publish_interval_s}
+            ids = [r["campaign_id"] for r in rows] if full else sorted(due)
+            if full:
+                self._sampled_at = clock
             records = []
             for cid in ids:
                 c = await self.counters(conn, cid)
@@ -200,8 +212,9 @@ class AnalyticsService(Service):
                     records.append((self.settings.kafka.topic("budget-threshold-crossed"), cid.encode(), ev.encode(
                         ev.BudgetThresholdCrossed(campaign_id=cid, threshold_percent=pct, ledger=snapshot,
                                                   crossed_at=now), source=SOURCE), None))
-                if lg["published_seq"] == lg["seq"]:
+                if cid not in due:
                     continue
+                self._published_at[cid] = clock
                 issued = sum(v["n"] for v in c["vouchers"])
                 redeemed = sum(r["n"] for r in c["redemptions"])
                 records.append((self.settings.kafka.topic("budget-counters"), cid.encode(), ev.encode(
