@@ -163,6 +163,154 @@ def revoke_key(key_id: str = typer.Argument(..., help="the id (the part after vs
     console.print(f"revoked {key_id}")
 
 
+@app.command("publish")
+def publish(topic: str = typer.Argument(..., help="a registry topic, e.g. cart-abandoned"),
+            data: str = typer.Option(None, help="the event's data as JSON"),
+            file: Path = typer.Option(None, exists=True, readable=True, help="a JSON file: one data object or a list"),
+            source: str = typer.Option("voucherstream-cli", help="the envelope's source"),
+            bootstrap: str = typer.Option("127.0.0.1:9092", envvar="VOUCHERSTREAM_KAFKA_BOOTSTRAP")) -> None:
+    """Publish shop events: each data object is validated against the topic's model, wrapped in
+    a CloudEvents envelope and keyed by its customer (or campaign) id."""
+    from pydantic import ValidationError
+
+    from shared import events as ev
+    from shared.kafka import send_all, start_producer
+    from shared.settings import KafkaSettings
+    from shared.topics import topic as registry_topic
+
+    try:
+        spec = registry_topic(topic)
+    except KeyError as exc:
+        fail(str(exc))
+    if (data is None) == (file is None):
+        fail("give exactly one of --data and --file")
+    try:
+        raw = json.loads(data if data is not None else file.read_text())
+    except json.JSONDecodeError as exc:
+        fail(f"not JSON: {exc}")
+    items = raw if isinstance(raw, list) else [raw]
+    model = spec.events[0]
+    try:
+        events = [model.model_validate(item) for item in items]
+    except ValidationError as exc:
+        fail(f"not a valid {model.TYPE}: {ev.describe_validation_error(exc, 'data')}")
+    kafka = KafkaSettings(bootstrap=bootstrap)
+
+    async def go():
+        producer = await start_producer(kafka, "voucherstream-cli")
+        try:
+            await send_all(producer, [(kafka.topic(topic), e.key().encode(), ev.encode(e, source=source), None)
+                                      for e in events])
+        finally:
+            await producer.stop()
+
+    asyncio.run(go())
+    console.print(f"published {len(events)} {model.TYPE} event(s) to {kafka.topic(topic)}")
+
+
+@app.command("tail")
+def tail(topic: str = typer.Argument(..., help="a registry topic (or its .dlq)"),
+         from_beginning: bool = typer.Option(False, "--from-beginning"),
+         count: int = typer.Option(0, help="stop after this many messages (0: until Ctrl-C)"),
+         bootstrap: str = typer.Option("127.0.0.1:9092", envvar="VOUCHERSTREAM_KAFKA_BOOTSTRAP")) -> None:
+    """Print a topic's messages decoded, one JSON line each (dead letters with their reason)."""
+    from aiokafka import AIOKafkaConsumer
+
+    from shared import events as ev
+    from shared.settings import KafkaSettings
+
+    kafka = KafkaSettings(bootstrap=bootstrap)
+
+    async def go():
+        consumer = AIOKafkaConsumer(kafka.topic(topic), bootstrap_servers=bootstrap, group_id=None,
+                                    auto_offset_reset="earliest" if from_beginning else "latest")
+        await consumer.start()
+        seen = 0
+        try:
+            while not count or seen < count:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    for r in records:
+                        line = {"partition": r.partition, "offset": r.offset,
+                                "key": r.key.decode("utf-8", "replace") if r.key else None}
+                        headers = {k: v.decode("utf-8", "replace") for k, v in (r.headers or ())}
+                        if any(k.startswith("dlq.") for k in headers):
+                            line["dead_letter"] = {k[4:]: v for k, v in headers.items() if k.startswith("dlq.")}
+                            line["raw"] = (r.value or b"").decode("utf-8", "replace")
+                        elif r.value is None:
+                            line["tombstone"] = True
+                        else:
+                            try:
+                                envelope, event = ev.decode(r.value)
+                                line.update(type=envelope.type, id=envelope.id, time=envelope.time.isoformat(),
+                                            data=event.model_dump(mode="json", exclude_none=True))
+                            except ev.ContractError as exc:
+                                line["undecodable"] = str(exc)
+                        print(json.dumps(line), flush=True)
+                        seen += 1
+                        if count and seen >= count:
+                            return
+        finally:
+            await consumer.stop()
+
+    try:
+        asyncio.run(go())
+    except KeyboardInterrupt:
+        pass
+
+
+privacy_app = typer.Typer(help="Access and erasure requests (consent service).", no_args_is_help=True)
+app.add_typer(privacy_app, name="privacy")
+CONSENT = typer.Option("http://127.0.0.1:8001", "--consent-url", envvar="VOUCHERSTREAM_CONSENT_URL")
+
+
+def _privacy(kind: str, customer: str, follow: bool, url: str, key: str, timeout: float) -> None:
+    import time
+
+    path = {"export": "exports", "erasure": "erasures"}[kind]
+    with httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {key}"}) as client:
+        try:
+            r = client.post(f"/v1/privacy/{path}", json={"customer_id": customer})
+        except httpx.HTTPError as exc:
+            fail(f"cannot reach the consent service at {url}: {exc}")
+        if r.status_code >= 400:
+            fail(f"{r.status_code} {r.text}")
+        body = r.json()
+        console.print(f"{kind} request {body['request_id']} started for {customer}")
+        shown: dict[str, str] = {}
+        deadline = time.monotonic() + timeout
+        while follow:
+            for service, part in body["services"].items():
+                if shown.get(service) != part["status"]:
+                    shown[service] = part["status"]
+                    console.print(f"  {service:14} {part['status']:9} {part['completed_at'] or ''}")
+            if body["status"] == "completed":
+                console.print(f"{kind} completed at {body['completed_at']}")
+                if kind == "export":
+                    print(json.dumps(body["bundle"], indent=2))
+                return
+            if time.monotonic() > deadline:
+                fail(f"still pending after {timeout:.0f} s: {', '.join(s for s, st in shown.items() if st != 'completed')}")
+            time.sleep(0.5)
+            body = client.get(f"/v1/privacy/{path}/{body['request_id']}").json()
+        print(json.dumps(body, indent=2))
+
+
+@privacy_app.command("export")
+def privacy_export(customer: str, follow: bool = typer.Option(True, "--follow/--no-follow"), url: str = CONSENT,
+                   key: str = typer.Option(..., envvar="VOUCHERSTREAM_API_KEY", help="a key with the privacy scope"),
+                   timeout: float = typer.Option(120.0, help="seconds to follow")) -> None:
+    """Start an access/portability export and follow it until every service answered."""
+    _privacy("export", customer, follow, url, key, timeout)
+
+
+@privacy_app.command("erase")
+def privacy_erase(customer: str, follow: bool = typer.Option(True, "--follow/--no-follow"), url: str = CONSENT,
+                  key: str = typer.Option(..., envvar="VOUCHERSTREAM_API_KEY", help="a key with the privacy scope"),
+                  timeout: float = typer.Option(120.0, help="seconds to follow")) -> None:
+    """Start an erasure and follow it until every service confirmed."""
+    _privacy("erasure", customer, follow, url, key, timeout)
+
+
 @app.command("topics")
 def topics_cmd(bootstrap: str = typer.Option("127.0.0.1:9092", envvar="VOUCHERSTREAM_KAFKA_BOOTSTRAP")) -> None:
     """Create or update every topic of the registry (idempotent)."""

@@ -1,0 +1,38 @@
+"""The voucherstream CLI on the real broker: publish validates and wraps shop events; tail
+decodes them back, dead letters with their reason."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def cli(*args: str, env: dict) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "shared.cli", *args, cwd=ROOT,
+                                                env=os.environ | {"PYTHONPATH": str(ROOT)} | env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_publish_then_tail_round_trips_and_bad_input_is_refused_clearly(kafka, tmp_path):
+    env = {"VOUCHERSTREAM_KAFKA_TOPIC_PREFIX": kafka.topic_prefix}
+    data = {"cart_id": "k-1", "customer_id": "cust-9", "value": {"amount": 31000, "currency": "USD"},
+            "abandoned_at": "2026-11-29T10:00:00Z", "email": "dropped@example.com"}
+    file = tmp_path / "carts.json"
+    file.write_text(json.dumps([data, data | {"cart_id": "k-2"}]))
+    code, _, err = await cli("publish", "cart-abandoned", "--file", str(file), env=env)
+    assert code == 0 and "published 2 shop.cart.abandoned.v1" in err
+    code, _, err = await cli("publish", "cart-abandoned", "--data", json.dumps(data | {"value": {"amount": 1.5}}), env=env)
+    assert code == 1 and "data.value.amount" in err
+    code, _, err = await cli("publish", "no-such-topic", "--data", "{}", env=env)
+    assert code == 1 and "not in the topic registry" in err
+    code, out, _ = await cli("tail", "cart-abandoned", "--from-beginning", "--count", "2", env=env)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [x["data"]["cart_id"] for x in sorted(lines, key=lambda x: x["data"]["cart_id"])] == ["k-1", "k-2"]
+    assert all(x["type"] == "shop.cart.abandoned.v1" and x["key"] == "cust-9" and "email" not in x["data"] for x in lines)
