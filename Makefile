@@ -12,7 +12,7 @@ PY     := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 STACK  := deploy/local/stack.sh
 
-.PHONY: help venv up down status topics run bench-consent bench-issuance bench-segmentation bench-checkout bench-freshness dashboards test test-races test-unit lock compose-config clean
+.PHONY: help venv up down status topics run bench-consent bench-issuance bench-segmentation bench-checkout bench-freshness bench-pipeline dashboards test test-races test-unit lock compose-config clean
 
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -64,6 +64,10 @@ $(VEGETA):
 bench-checkout: venv $(VEGETA) ## validate/redeem p50/p99 at 1,000 req/s and the max rate, next to /healthz and pgbench
 	@$(STACK) up kafka postgres
 	@PATH="$$PATH:$$(ls -d /usr/lib/postgresql/*/bin | tail -1)" $(PY) -m bench.checkout --rate 1000 --seconds 10 --workers 1
+
+bench-pipeline: venv ## the whole pipeline: shop events/s end to end and event-to-delivery p50/p99 at 1,000/s
+	@$(STACK) up kafka postgres
+	@$(PY) -m bench.pipeline --saturation 10000 --rate 1000 --seconds 10
 
 bench-freshness: venv ## a redemption -> analytics /metrics and budget-counters, p50/p99
 	@$(STACK) up kafka postgres

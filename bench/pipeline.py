@@ -1,0 +1,142 @@
+"""The whole pipeline: shop event (``cart-abandoned``) → segmentation → issuance →
+``delivery-requested``, with the four services as their own processes. Consent goes through the
+consent service first. Measures shop events/s at saturation and event-to-delivery latency at a
+steady rate.
+
+    python -m bench.pipeline --saturation 10000 --rate 1000 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaConsumer
+
+from bench.common import free_port, percentile, service_process
+from shared import auth, topics
+from shared import events as ev
+from shared.kafka import start_producer
+from shared.settings import KafkaSettings, PostgresSettings
+
+SERVICES = ("consent", "segmentation", "issuance", "analytics")
+CAMPAIGN = {"id": "cart-20", "name": "cart", "segment": "cart-abandoned-300", "currency": "USD",
+            "offer": {"kind": "fixed_amount", "amount": {"amount": 2000, "currency": "USD"}},
+            "validity": {"days_after_issue": 3}, "budget": {"limit": {"amount": 10**12, "currency": "USD"},
+                                                            "per_customer": None}, "channels": ["email"]}
+
+
+async def run(saturation: int, rate: int, seconds: float) -> dict:
+    bootstrap = KafkaSettings().bootstrap
+    prefix = f"bench-{uuid.uuid4().hex[:8]}."
+    kafka = KafkaSettings(topic_prefix=prefix)
+    await topics.ensure_topics(bootstrap, prefix, report=lambda *_: None)
+    ports = {s: free_port() for s in SERVICES}
+    env = {"VOUCHERSTREAM_KAFKA_TOPIC_PREFIX": prefix, "CONSENT_PRIVACY_SERVICES": ",".join(SERVICES)}
+    for s in SERVICES:
+        env[f"{s.upper()}_HTTP_PORT"] = str(ports[s])
+        env[f"{s.upper()}_LOG_LEVEL"] = "WARNING"
+        if s != "segmentation":
+            env[f"{s.upper()}_SCHEMA_NAME"] = f"bench_pipe_{s}_{uuid.uuid4().hex[:6]}"
+    tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    paced = int(rate * seconds)
+    customers = [f"p-{i}" for i in range(saturation + paced)]
+    result: dict = {"benchmark": "pipeline", "events_saturation": saturation, "paced_rate_per_s": rate}
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for s in SERVICES:
+                await stack.enter_async_context(service_process(s, env, ports[s], tmp / f"{s}.log"))
+            conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value(),
+                                         server_settings={"search_path": env["ISSUANCE_SCHEMA_NAME"]})
+            _, key = await auth.create_key(conn, "bench", ["marketing"])
+            await conn.close()
+            async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as c:
+                assert (await c.post(f"http://127.0.0.1:{ports['issuance']}/v1/campaigns", json=CAMPAIGN)).status_code == 201
+            producer = await start_producer(kafka, "bench-shop", linger_ms=10)
+            now = datetime.now(UTC)
+            for cid in customers:
+                for purpose in ("profiling", "personalized_offers", "email"):
+                    e = ev.ConsentChanged(customer_id=cid, purpose=purpose, granted=True, policy_version="v1",
+                                          source="bench", occurred_at=now)
+                    await producer.send(kafka.topic("consent-changed"), key=cid.encode(), value=ev.encode(e, source="b"))
+            await producer.flush()
+            arrivals: dict[str, float] = {}
+            reader = AIOKafkaConsumer(kafka.topic("delivery-requested"), bootstrap_servers=bootstrap, group_id=None,
+                                      auto_offset_reset="earliest")
+            await reader.start()
+
+            async def collect(n: int) -> None:
+                while len(arrivals) < n:
+                    for records in (await reader.getmany(timeout_ms=100)).values():
+                        t = time.perf_counter()
+                        for r in records:
+                            arrivals.setdefault(r.key.decode(), t)
+
+            # Consent must have reached segmentation and issuance: wait for consent-state to settle.
+            consent_reader = AIOKafkaConsumer(kafka.topic("consent-state"), bootstrap_servers=bootstrap, group_id=None,
+                                              auto_offset_reset="earliest")
+            await consent_reader.start()
+            states: set[str] = set()
+            while len(states) < len(customers):
+                for records in (await consent_reader.getmany(timeout_ms=200)).values():
+                    states.update(r.key.decode() for r in records)
+            await consent_reader.stop()
+            await asyncio.sleep(5)
+
+            def cart(cid: str) -> bytes:
+                return ev.encode(ev.CartAbandoned(cart_id=f"k-{cid}", customer_id=cid, abandoned_at=datetime.now(UTC),
+                                                  value=ev.Money(amount=31000, currency="USD")), source="bench")
+
+            started = time.perf_counter()
+            for cid in customers[:saturation]:
+                await producer.send(kafka.topic("cart-abandoned"), key=cid.encode(), value=cart(cid))
+            await producer.flush()
+            await asyncio.wait_for(collect(saturation), timeout=600)
+            result["events_per_s_end_to_end"] = round(saturation / (time.perf_counter() - started), 1)
+
+            sent: dict[str, float] = {}
+            collector = asyncio.create_task(collect(saturation + paced))
+            t0 = time.perf_counter()
+            for i, cid in enumerate(customers[saturation:]):
+                delay = t0 + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                sent[cid] = time.perf_counter()
+                await producer.send(kafka.topic("cart-abandoned"), key=cid.encode(), value=cart(cid))
+            result["paced_achieved_per_s"] = round(paced / (time.perf_counter() - t0), 1)
+            await asyncio.wait_for(collector, timeout=300)
+            lat = [(arrivals[c] - sent[c]) * 1000 for c in customers[saturation:]]
+            result.update(p50_ms=round(percentile(lat, 50), 1), p99_ms=round(percentile(lat, 99), 1),
+                          max_ms=round(max(lat), 1))
+            await producer.stop()
+            await reader.stop()
+    finally:
+        await topics.delete_topics(bootstrap, prefix)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--saturation", type=int, default=10_000)
+    parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=10)
+    args = parser.parse_args()
+    r = asyncio.run(run(args.saturation, args.rate, args.seconds))
+    r["targets"] = {"events_per_s_end_to_end": ">= 2000", "p99_ms_at_1000_per_s": "< 250"}
+    r["targets_met"] = r["events_per_s_end_to_end"] >= 2000 and r["p99_ms"] < 250
+    print(json.dumps(r, indent=2))
+    return 0 if r["targets_met"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
