@@ -140,41 +140,70 @@ class Service:
     def routes(self, app: FastAPI) -> None:
         """Add the service's own routes."""
 
+    async def ready(self) -> bool:
+        if not (self.started and self.pool is not None):
+            return False
+        try:
+            async with self.pool.acquire(timeout=2) as conn:
+                await conn.fetchval("SELECT 1")
+        except Exception:  # noqa: BLE001 - not ready is the answer
+            return False
+        return True
+
     def http(self, *, manage_lifecycle: bool = True, **fastapi_kwargs) -> FastAPI:
-        @contextlib.asynccontextmanager
-        async def lifespan(_: FastAPI):
-            if manage_lifecycle:
-                await self.start()
-            try:
-                yield
-            finally:
-                if manage_lifecycle:
-                    await self.stop()
-
-        fastapi_kwargs.setdefault("responses", {
-            400: {"model": ErrorOut, "description": "The body is not JSON"},
-            401: {"model": ErrorOut, "description": "No API key, or an unknown one"},
-            403: {"model": ErrorOut, "description": "The API key lacks the scope"}})
-        app = FastAPI(lifespan=lifespan, **fastapi_kwargs)
-        app.add_route("/metrics", metrics_endpoint(self.metrics), include_in_schema=False)
-
-        @app.get("/healthz", include_in_schema=False)
-        async def healthz() -> dict:
-            return {"status": "ok"}
-
-        @app.get("/readyz", include_in_schema=False)
-        async def readyz() -> JSONResponse:
-            ok = self.started and self.pool is not None
-            if ok:
-                try:
-                    async with self.pool.acquire(timeout=2) as conn:
-                        await conn.fetchval("SELECT 1")
-                except Exception:  # noqa: BLE001 - not ready is the answer
-                    ok = False
-            return JSONResponse({"status": "ready" if ok else "not ready"}, status_code=200 if ok else 503)
-
+        app = http_app(self.start, self.stop, self.metrics, self.ready, manage_lifecycle=manage_lifecycle,
+                       **fastapi_kwargs)
         self.routes(app)
         return app
+
+
+def http_app(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]], metrics: Metrics,
+             ready: Callable[[], Awaitable[bool]], *, manage_lifecycle: bool = True, **fastapi_kwargs) -> FastAPI:
+    """A service's FastAPI app: lifespan (start/stop), ``/metrics``, ``/healthz``, ``/readyz``, and
+    400/401/403 documented once for every route."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        if manage_lifecycle:
+            await start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                await stop()
+
+    fastapi_kwargs.setdefault("responses", {
+        400: {"model": ErrorOut, "description": "The body is not JSON"},
+        401: {"model": ErrorOut, "description": "No API key, or an unknown one"},
+        403: {"model": ErrorOut, "description": "The API key lacks the scope"}})
+    app = FastAPI(lifespan=lifespan, **fastapi_kwargs)
+    app.add_route("/metrics", metrics_endpoint(metrics), include_in_schema=False)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        ok = await ready()
+        return JSONResponse({"status": "ready" if ok else "not ready"}, status_code=200 if ok else 503)
+
+    return app
+
+
+def main(module: str, create_app: Callable[[], Service], title: str) -> tuple[Callable[[], FastAPI], Callable[[], None]]:
+    """``(asgi, run)`` for a service's ``__main__``: ``asgi`` builds one worker's app (for
+    ``http_workers`` > 1), ``run`` serves the service."""
+
+    def asgi() -> FastAPI:
+        service = create_app()
+        logs.configure(service.settings.service, service.settings.log_level)
+        return service.http(title=title, version="1")
+
+    def start() -> None:
+        run(create_app(), factory=f"{module}:asgi", title=title, version="1")
+
+    return asgi, start
 
 
 def run(service: Service, *, factory: str | None = None, **fastapi_kwargs) -> None:

@@ -1,18 +1,9 @@
 """python -m services.consent"""
 
 from services.consent.app import create_app
-from shared import logs
-from shared.service import run
+from shared.service import main
 
-TITLE = "Voucherstream consent service"
-
-
-def asgi():
-    """One worker process's app (ISSUANCE_HTTP_WORKERS > 1 / CONSENT_HTTP_WORKERS > 1)."""
-    service = create_app()
-    logs.configure(service.settings.service, service.settings.log_level)
-    return service.http(title=TITLE, version="1")
-
+asgi, run = main("services.consent.__main__", create_app, "Voucherstream consent service")
 
 if __name__ == "__main__":
-    run(create_app(), factory="services.consent.__main__:asgi", title=TITLE, version="1")
+    run()

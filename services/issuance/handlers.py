@@ -269,6 +269,7 @@ class IssuanceHandlers:
                 "personalized_offers": consent.personalized_offers, "channels": sorted(consent.channels)},
             "vouchers": [_jsonable(r) for r in await store.vouchers_of(conn, cid)],
             "issuance_decisions": [_jsonable(r) for r in await store.attempts_of(conn, cid)],
+            "redemptions": [_jsonable(r) for r in await store.redemptions_of(conn, cid)],
             "note": "voucher codes are stored only as keyed hashes and cannot be exported",
         }
         batch.outbox.append(event_record("export-completed", ev.ExportCompleted(

@@ -94,12 +94,6 @@ async def save_ledgers(conn: asyncpg.Connection, ledgers: Iterable[Ledger], hist
             " $7::text[])", *[list(c) for c in cols])
 
 
-async def ledger_history(conn: asyncpg.Connection, campaign_id: str) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        "SELECT seq, limit_minor, reserved, spent, cause, voucher_id, at FROM budget_ledger_history"
-        " WHERE campaign_id = $1 ORDER BY seq", campaign_id)
-
-
 # ------------------------------------------------------------------ consent
 
 
@@ -229,29 +223,26 @@ _VOUCHER_VIEW = ("SELECT id, campaign_id, customer_id, partner, variant, channel
                  " status, expires_at, code_sealed FROM vouchers")
 
 
-async def voucher_by_code(conn: asyncpg.Connection, code_hash: bytes, *, for_update: bool = False) -> asyncpg.Record | None:
-    return await conn.fetchrow(_VOUCHER_VIEW + " WHERE code_hash = $1" + (" FOR UPDATE" if for_update else ""), code_hash)
+# A voucher with its campaign and an (unlocked) read of its ledger, by code hash.
+_CONTEXT = (
+    "SELECT v.id, v.campaign_id, v.customer_id, v.partner, v.variant, v.channel, v.kind, v.brand, v.currency,"
+    " v.reserved, v.balance, v.status, v.expires_at, c.status AS campaign_status, c.definition, c.version,"
+    " l.limit_minor, l.reserved AS ledger_reserved, l.spent AS ledger_spent"
+    " FROM vouchers v JOIN campaigns c ON c.id = v.campaign_id JOIN budget_ledger l ON l.campaign_id = v.campaign_id"
+)
 
 
 async def checkout_context(conn: asyncpg.Connection, code_hash: bytes) -> asyncpg.Record | None:
     """The voucher, its campaign and its ledger in one round trip (no locks: validation)."""
     return await conn.fetchrow(
-        "SELECT v.id, v.campaign_id, v.customer_id, v.partner, v.variant, v.channel, v.kind, v.brand, v.currency,"
-        " v.reserved, v.balance, v.status, v.expires_at, c.status AS campaign_status, c.definition, c.version,"
-        " l.limit_minor, l.reserved AS ledger_reserved, l.spent AS ledger_spent"
-        " FROM vouchers v JOIN campaigns c ON c.id = v.campaign_id JOIN budget_ledger l ON l.campaign_id = v.campaign_id"
-        " WHERE v.code_hash = $1", code_hash)
+        _CONTEXT + " WHERE v.code_hash = $1", code_hash)
 
 
 async def lock_for_redemption(conn: asyncpg.Connection, code_hash: bytes) -> asyncpg.Record | None:
     """The voucher, locked (two redemptions of one code are serialised), with its campaign and an
     unlocked read of its ledger — one round trip."""
     return await conn.fetchrow(
-        "SELECT v.id, v.campaign_id, v.customer_id, v.partner, v.variant, v.channel, v.kind, v.brand, v.currency,"
-        " v.reserved, v.balance, v.status, v.expires_at, c.status AS campaign_status, c.definition, c.version,"
-        " l.limit_minor, l.reserved AS ledger_reserved, l.spent AS ledger_spent"
-        " FROM vouchers v JOIN campaigns c ON c.id = v.campaign_id JOIN budget_ledger l ON l.campaign_id = v.campaign_id"
-        " WHERE v.code_hash = $1 FOR UPDATE OF v", code_hash)
+        _CONTEXT + " WHERE v.code_hash = $1 FOR UPDATE OF v", code_hash)
 
 
 async def record_redemption(conn: asyncpg.Connection, *, voucher_id: str, status: str, reserved: int,
@@ -328,13 +319,6 @@ async def store_idempotent_answer(conn: asyncpg.Connection, api_key_id: str, key
                                   response: dict) -> None:
     await conn.execute("UPDATE idempotency_keys SET status_code = $3, response = $4 WHERE api_key_id = $1 AND key = $2",
                        api_key_id, key, status_code, response)
-
-
-async def insert_redemption(conn: asyncpg.Connection, row: tuple) -> None:
-    await conn.execute(
-        "INSERT INTO redemptions (id, voucher_id, campaign_id, customer_id, order_id, discount, reserved_used,"
-        " order_amount, currency, status, redeemed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'redeemed', $10)",
-        *row)
 
 
 async def redemption(conn: asyncpg.Connection, redemption_id: str, *, for_update: bool = False) -> asyncpg.Record | None:

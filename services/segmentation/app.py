@@ -9,7 +9,6 @@ catches every failure per message and dead-letters it; it never dies on one mess
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from datetime import datetime
 from typing import Any
@@ -17,7 +16,6 @@ from typing import Any
 import faust
 from aiokafka.partitioner import murmur2
 from fastapi import FastAPI, HTTPException, Path
-from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Gauge
 
 from services.segmentation import profile as prof
@@ -26,8 +24,8 @@ from services.segmentation.settings import SegmentationSettings
 from shared import events as ev
 from shared import logs
 from shared.kafka import DeadLetter, dlq_headers
-from shared.metrics import Metrics, metrics_endpoint
-from shared.service import ErrorOut
+from shared.metrics import Metrics
+from shared.service import ErrorOut, http_app
 from shared.topics import CUSTOMER_PARTITIONS, topic as registry_topic
 
 log = logging.getLogger(__name__)
@@ -255,29 +253,12 @@ class SegmentationService:
 
     # ------------------------------------------------------------------ HTTP
 
+    async def ready(self) -> bool:
+        return self.started and self.app.consumer is not None and bool(self.app.consumer.assignment())
+
     def http(self, *, manage_lifecycle: bool = True) -> FastAPI:
-        @contextlib.asynccontextmanager
-        async def lifespan(_: FastAPI):
-            if manage_lifecycle:
-                await self.start()
-            try:
-                yield
-            finally:
-                if manage_lifecycle:
-                    await self.stop()
-
-        api = FastAPI(lifespan=lifespan, title="Voucherstream segmentation service", version="1",
-                      responses={400: {"model": ErrorOut, "description": "The body is not JSON"}})
-        api.add_route("/metrics", metrics_endpoint(self.metrics), include_in_schema=False)
-
-        @api.get("/healthz", include_in_schema=False)
-        async def healthz() -> dict:
-            return {"status": "ok"}
-
-        @api.get("/readyz", include_in_schema=False)
-        async def readyz() -> JSONResponse:
-            ok = self.started and self.app.consumer is not None and bool(self.app.consumer.assignment())
-            return JSONResponse({"status": "ready" if ok else "not ready"}, status_code=200 if ok else 503)
+        api = http_app(self.start, self.stop, self.metrics, self.ready, manage_lifecycle=manage_lifecycle,
+                       title="Voucherstream segmentation service", version="1")
 
         @api.get("/v1/customers/{customer_id}/segments", tags=["segments"],
                  responses={404: {"model": ErrorOut, "description": "No profile on this worker"}},
