@@ -25,8 +25,10 @@ async def test_two_workers_split_the_partitions_and_agree_with_one(kafka):
         customers = [f"w-{i}" for i in range(200)]
         consented = customers[::2]
         await publish(kafka, "consent-state", [consent(c) for c in consented])
-        await wait_for(lambda: sum(sum(1 for v in w.consent.values() if v) for w in workers) == len(consented),
-                       timeout=30, what="consents in both workers' tables")
+        # A late rebalance may move a partition while this runs; a worker can briefly keep what it
+        # handed over, so the check is on the union of the tables, not on a sum of their sizes.
+        await wait_for(lambda: set(consented) <= {k for w in workers for k, v in w.consent.items() if v},
+                       timeout=60, what="consents in the workers' tables")
         now = datetime.now(UTC)
         await publish(kafka, "cart-abandoned", [
             ev.CartAbandoned(cart_id=f"k-{c}", customer_id=c, value=ev.Money(amount=35_000, currency="USD"),
