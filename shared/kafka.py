@@ -85,7 +85,93 @@ def client_id(service: str) -> str:
     return f"{service}-{socket.gethostname()}-{os.getpid()}"
 
 
-async def start_producer(settings: KafkaSettings, service: str, **overrides) -> AIOKafkaProducer:
+class Producer:
+    """An idempotent producer (acks=all) that replaces itself after a failed send.
+
+    aiokafka keeps counting a partition's sequence numbers past a batch that expired while the
+    broker was away (a restart, say); the broker then refuses every later batch from that producer
+    id with ``OutOfOrderSequenceNumber``, for good. So when a send fails, the next send goes through
+    a fresh producer (a new id, sequences from zero). Whatever the failed batch may still have
+    written is the caller's to reconcile, as for any failed send: the outbox reads the partition
+    tails back, consumers retry idempotently.
+    """
+
+    def __init__(self, options: dict) -> None:
+        self._options = options
+        self._producer: AIOKafkaProducer | None = None
+        self._replacing: asyncio.Task | None = None
+        self.replacements = 0
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(**self._options)
+        await self._producer.start()
+
+    async def _current(self) -> AIOKafkaProducer:
+        if self._replacing is not None:
+            await asyncio.shield(self._replacing)
+        assert self._producer is not None, "Producer.start() first"
+        return self._producer
+
+    def _watch(self, producer: AIOKafkaProducer, future: asyncio.Future) -> None:
+        if future.cancelled() or future.exception() is None:
+            return
+        if producer is self._producer and self._replacing is None:
+            self._replacing = asyncio.ensure_future(self._replace(producer))
+
+    async def _replace(self, old: AIOKafkaProducer) -> None:
+        delay = 0.2
+        try:
+            while True:
+                fresh = AIOKafkaProducer(**self._options)
+                try:
+                    await fresh.start()
+                    break
+                except Exception as exc:  # noqa: BLE001 - the broker may still be away: try again
+                    log.warning("could not start a fresh producer yet", extra={"error": repr(exc), "retry_in_s": delay})
+                    await fresh.stop()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            self._producer = fresh
+            self.replacements += 1
+            log.warning("a send failed; the producer was replaced by a fresh one",
+                        extra={"replacements": self.replacements})
+        finally:
+            self._replacing = None
+        try:
+            await asyncio.wait_for(old.stop(), 10)
+        except Exception:  # noqa: BLE001 - the old one is abandoned either way
+            pass
+
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+                   partition: int | None = None, headers=None) -> asyncio.Future:
+        producer = await self._current()
+        try:
+            future = await producer.send(topic, value=value, key=key, partition=partition, headers=headers)
+        except KafkaError:
+            if producer is self._producer and self._replacing is None:
+                self._replacing = asyncio.ensure_future(self._replace(producer))
+            raise
+        future.add_done_callback(lambda f: self._watch(producer, f))
+        return future
+
+    async def send_and_wait(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+                            partition: int | None = None, headers=None):
+        return await (await self.send(topic, value=value, key=key, partition=partition, headers=headers))
+
+    async def partitions_for(self, topic: str):
+        return await (await self._current()).partitions_for(topic)
+
+    async def flush(self) -> None:
+        await (await self._current()).flush()
+
+    async def stop(self) -> None:
+        if self._replacing is not None:
+            self._replacing.cancel()
+        if self._producer is not None:
+            await self._producer.stop()
+
+
+async def start_producer(settings: KafkaSettings, service: str, **overrides) -> Producer:
     """An idempotent producer (acks=all): a retried send never duplicates or reorders a partition."""
     options = dict(
         bootstrap_servers=settings.bootstrap,
@@ -97,12 +183,12 @@ async def start_producer(settings: KafkaSettings, service: str, **overrides) -> 
         request_timeout_ms=30_000,
     )
     options.update(overrides)
-    producer = AIOKafkaProducer(**options)
+    producer = Producer(options)
     await producer.start()
     return producer
 
 
-async def send_all(producer: AIOKafkaProducer, records: Iterable[tuple[str, bytes | None, bytes | None, list]]) -> None:
+async def send_all(producer: Producer | AIOKafkaProducer, records: Iterable[tuple[str, bytes | None, bytes | None, list]]) -> None:
     """Sends ``(topic, key, value, headers)`` records, batched by the producer, and waits until the
     broker acknowledged every one (raises on the first failure)."""
     futures = [await producer.send(t, key=k, value=v, headers=h or None) for t, k, v, h in records]
@@ -143,7 +229,7 @@ class BatchConsumer:
         group_id: str,
         topics: Sequence[str],
         handler: Handler,
-        producer: AIOKafkaProducer,
+        producer: Producer,
         metrics: Metrics,
         auto_offset_reset: str = "earliest",
         max_backoff_s: float = 5.0,

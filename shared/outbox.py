@@ -33,12 +33,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
 
 from shared import sealing
 from shared.events import Event, encode
-from shared.kafka import is_transient
+from shared.kafka import Producer, is_transient
 from shared.metrics import Metrics
 from shared.settings import KafkaSettings
 
@@ -92,7 +92,7 @@ class OutboxRelay:
         self,
         *,
         pool: asyncpg.Pool,
-        producer: AIOKafkaProducer,
+        producer: Producer,
         kafka: KafkaSettings,
         schema: str,
         metrics: Metrics,

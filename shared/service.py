@@ -14,13 +14,13 @@ from pathlib import Path
 
 import asyncpg
 import uvicorn
-from aiokafka import AIOKafkaProducer
+
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from shared import db, logs
-from shared.kafka import BatchConsumer, Handler, start_producer
+from shared.kafka import BatchConsumer, Handler, Producer, start_producer
 from shared.metrics import Metrics, metrics_endpoint
 from shared.outbox import OutboxRelay
 from shared.settings import ServiceSettings
@@ -46,7 +46,7 @@ class Service:
         self.settings = settings
         self.metrics = Metrics(settings.service)
         self.pool: asyncpg.Pool | None = None
-        self.producer: AIOKafkaProducer | None = None
+        self.producer: Producer | None = None
         self.relay: OutboxRelay | None = None
         self.consumers: list[BatchConsumer] = []
         self._tasks: list[asyncio.Task] = []
