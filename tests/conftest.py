@@ -54,3 +54,5 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.kafka)
             if names & {"pg_schema", "postgres_settings"}:
                 item.add_marker(pytest.mark.postgres)
+    # The fault-tolerance run restarts the broker and the database: it goes last.
+    items.sort(key=lambda item: "/chaos/" in str(item.fspath))

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # `make test`: starts the parts of the local stack the suite needs, runs it, and stops exactly
 # what it started (a broker or database that was already running is left running).
+# `tests/run.sh PYTHON module args...` runs `python -m module args...` the same way (make chaos).
 set -uo pipefail
-PY="${1:?usage: tests/run.sh PYTHON}"
+PY="${1:?usage: tests/run.sh PYTHON [module args...]}"
+shift
 cd "$(dirname "$0")/.."
 STATE=.local
 mkdir -p "$STATE"
@@ -26,8 +28,12 @@ trap cleanup EXIT
 t0=$SECONDS
 deploy/local/stack.sh up kafka postgres prometheus || exit 1
 echo "[test] stack ready in $((SECONDS - t0)) s"
-# shellcheck disable=SC2086
-"$PY" -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-}
+if (($#)); then
+  "$PY" -m "$@"
+else
+  # shellcheck disable=SC2086
+  "$PY" -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-}
+fi
 status=$?
-echo "[test] suite finished in $((SECONDS - t0)) s with exit code $status"
+echo "[test] finished in $((SECONDS - t0)) s with exit code $status"
 exit $status

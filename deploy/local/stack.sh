@@ -201,6 +201,18 @@ pg_down() {
   rm -f "$STATE/started.postgres" "$STATE/postgres.cluster"
 }
 
+pg_restart() {
+  was_started postgres || die "postgres: not started by this project; refusing to restart it"
+  local cluster
+  cluster="$(cat "$STATE/postgres.cluster" 2>/dev/null || pg_cluster)"
+  log "postgres: restarting cluster $cluster"
+  # shellcheck disable=SC2086
+  pg_ctlcluster $cluster restart -m fast
+  for _ in $(seq 1 120); do pg_ready && break; sleep 0.25; done
+  pg_ready || die "postgres: not ready after 30 s"
+  log "postgres: ready on $PG_HOST:$PG_PORT"
+}
+
 pg_status() {
   if pg_ready; then echo "postgres    up    $PG_HOST:$PG_PORT  database $PG_DB $(was_started postgres && echo "(started here)" || echo "(not ours)")"
   else echo "postgres    down  $PG_HOST:$PG_PORT"; fi
@@ -264,7 +276,18 @@ case "$cmd" in
     for c in "${components[@]}"; do
       case "$c" in kafka) kafka_down ;; postgres) pg_down ;; prometheus) prom_down ;; esac
     done ;;
+  restart)
+    # Only what this project started (the fault-tolerance run restarts the broker and database).
+    for c in "${components[@]}"; do
+      case "$c" in
+        kafka) was_started kafka || die "kafka: not started by this project; refusing to restart it"
+               kafka_down; kafka_up ;;
+        postgres) pg_restart ;;
+        prometheus) prom_down; prom_up ;;
+        *) die "unknown component '$c' (kafka, postgres, prometheus)" ;;
+      esac
+    done ;;
   status) kafka_status; pg_status; prom_status ;;
   fetch) kafka_fetch ;;
-  *) die "usage: $0 up [kafka|postgres|prometheus ...] | down | status | fetch" ;;
+  *) die "usage: $0 up [kafka|postgres|prometheus ...] | down | down-one C... | restart C... | status | fetch" ;;
 esac
