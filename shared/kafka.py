@@ -69,6 +69,7 @@ class TransientError(Exception):
 _TRANSIENT_PG = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,  # "cannot switch to state ...": the connection broke mid-call
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections
     asyncpg.exceptions.SerializationError,
@@ -181,6 +182,7 @@ async def start_producer(settings: KafkaSettings, service: str, **overrides) -> 
         linger_ms=settings.linger_ms,
         max_batch_size=256 * 1024,
         request_timeout_ms=30_000,
+        metadata_max_age_ms=30_000,
     )
     options.update(overrides)
     producer = Producer(options)
@@ -265,6 +267,7 @@ class BatchConsumer:
             heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
             max_poll_interval_ms=self.settings.max_poll_interval_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            metadata_max_age_ms=30_000,  # a broker restart is noticed within 30 s, not 5 minutes
         )
         consumer.subscribe(topics=list(self.topics), listener=_CommitBeforeRevoke(self))
         self._consumer = consumer

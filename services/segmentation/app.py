@@ -74,6 +74,10 @@ class SegmentationService:
             producer_acks=-1,
             producer_linger=0.01,  # batch changelog and output records (one produce request per event otherwise)
             consumer_auto_offset_reset="earliest",
+            # After a broker restart a partition whose fetch failed waits for the next metadata
+            # refresh (5 minutes by default) before it is fetched again: refresh every 30 s.
+            consumer_metadata_max_age_ms=30_000,
+            producer_metadata_max_age_ms=30_000,
             broker_session_timeout=k.session_timeout_ms / 1000,
             broker_heartbeat_interval=k.heartbeat_interval_ms / 1000,
             stream_buffer_maxsize=4096,
