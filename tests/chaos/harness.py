@@ -52,6 +52,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from bench.common import ROOT, free_port
+from services.segmentation.app import partition_of
 from shared import auth, topics
 from shared import events as ev
 from shared.kafka import Producer, start_producer
@@ -212,6 +213,9 @@ class Shop:
         self.c = [f"c-{i}" for i in range(customers // 4)]
         self.d = [f"d-{i}" for i in range(customers // 4)]
         self.carts: dict[str, tuple[str, int]] = {}  # cart id -> (customer, value)
+        self.by_partition: dict[int, list[str]] = defaultdict(list)  # A customers by their partition
+        for cid in self.a:
+            self.by_partition[partition_of(cid.encode())].append(cid)
         self.malformed: dict[str, str] = {}  # marker -> topic
         self.published = Counter()
         self.producer: Producer | None = None
@@ -520,24 +524,26 @@ class Run:
 
     async def probe(self, shop: Shop, observer: Observer, since: float) -> float | None:
         """Recovered means: a new consent reaches consent-state, a new cart of a consented customer
-        becomes a voucher, analytics counts it, and every service answers ready."""
+        on *every* partition becomes a voucher, analytics counts them, and every service answers
+        ready."""
         self.probes += 1
         n = self.probes
         await shop.event("consent-changed", ev.ConsentChanged(customer_id=f"probe-{n}", purpose="email", granted=True,
                                                               policy_version="2026-11", source="chaos-probe",
                                                               occurred_at=datetime.now(UTC)), probe=n)
-        cart = await shop.cart(self.rng.choice(shop.a), CART_BIG, cart_id=f"probe-{n}")
+        carts = [await shop.cart(self.rng.choice(customers), CART_BIG, cart_id=f"probe-{n}-p{p}")
+                 for p, customers in sorted(shop.by_partition.items())]
         deadline = since + self.plan.recovery_timeout_s
         while time.monotonic() < deadline:
-            seq = observer.issued.get(("chaos-all", f"{SEGMENT}:{cart}"))
+            seqs = [observer.issued.get(("chaos-all", f"{SEGMENT}:{cart}")) for cart in carts]
             counted = observer.counters.get("chaos-all")
-            if (seq is not None and f"probe-{n}" in observer.consent_keys and counted is not None
-                    and counted.ledger.seq >= seq and await self.fleet.all_ready()):
+            if (None not in seqs and f"probe-{n}" in observer.consent_keys and counted is not None
+                    and counted.ledger.seq >= max(seqs) and await self.fleet.all_ready()):
                 return time.monotonic() - since
             await asyncio.sleep(0.2)
-        log(f"probe {n}: voucher seq {observer.issued.get(('chaos-all', f'{SEGMENT}:{cart}'))}, consent-state "
-            f"{f'probe-{n}' in observer.consent_keys}, counters seq "
-            f"{getattr(observer.counters.get('chaos-all'), 'ledger', None)}, ready {await self.fleet.all_ready()}")
+        waiting = [c for c in carts if ("chaos-all", f"{SEGMENT}:{c}") not in observer.issued]
+        log(f"probe {n}: carts without a voucher {waiting}, consent-state {f'probe-{n}' in observer.consent_keys}, "
+            f"counters {getattr(observer.counters.get('chaos-all'), 'ledger', None)}, ready {await self.fleet.all_ready()}")
         return None
 
     def schedule(self) -> list[tuple[str, str]]:
@@ -657,17 +663,19 @@ class Run:
                 mismatches[cid] = {"ledger": mine, "budget-counters": theirs}
         record("analytics budget-counters equal the issuance ledger", not mismatches, campaigns=len(ledger),
                mismatches=mismatches)
-        dlq = await read_all(self.kafka.bootstrap, [self.kafka.topic(t) + topics.DLQ_SUFFIX
-                                                    for t in ("cart-abandoned", "consent-changed", "order-placed")])
-        dead = {}
+        dlq = await read_all(self.kafka.bootstrap, [name for name, _ in topics.all_topics(self.prefix)
+                                                    if name.endswith(topics.DLQ_SUFFIX)])
+        dead, other = {}, Counter()
         for r in dlq:
             reason = dict(r.headers).get("dlq.reason", b"").decode()
-            for marker in shop.malformed:
-                if marker.encode() in (r.value or b""):
-                    dead.setdefault(marker, reason)
-        record("every input processed (no lag) or dead-lettered with a reason",
-               not any(lags.values()) and set(dead) == set(shop.malformed) and all(dead.values()),
-               lags=lags, malformed=len(shop.malformed), dead_lettered=len(dead))
+            marker = next((m for m in shop.malformed if m.encode() in (r.value or b"")), None)
+            if marker:
+                dead.setdefault(marker, reason)
+            else:  # a good event dead-lettered: an infrastructure failure taken for a bad message
+                other[f"{r.topic.removeprefix(self.prefix)}: {reason}"] += 1
+        record("every input processed (no lag) or dead-lettered with a reason, and only bad input dead-lettered",
+               not any(lags.values()) and set(dead) == set(shop.malformed) and all(dead.values()) and not other,
+               lags=lags, malformed=len(shop.malformed), dead_lettered=len(dead), good_events_dead_lettered=dict(other))
         unrecovered = [asdict(f) for f in self.plan.faults if f.recovered_s is None or f.note]
         exits = self.fleet.unexpected_exits()
         record("each service recovered from each fault by itself", not unrecovered and not exits,
