@@ -12,7 +12,7 @@ PY     := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 STACK  := deploy/local/stack.sh
 
-.PHONY: help venv up down status topics run bench-consent bench-issuance bench-segmentation bench-checkout bench-freshness bench-pipeline dashboards test test-races test-unit lock compose-config clean
+.PHONY: help venv up down status topics run chaos bench bench-smoke bench-memory bench-consent bench-issuance bench-segmentation bench-checkout bench-freshness bench-pipeline dashboards test test-races test-unit lock compose-config clean
 
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -69,6 +69,15 @@ bench-pipeline: venv ## the whole pipeline: shop events/s end to end and event-t
 	@$(STACK) up kafka postgres
 	@$(PY) -m bench.pipeline --saturation 10000 --rate 1000 --seconds 10
 
+bench: venv $(VEGETA) ## everything measured against this machine's limits in one run (~12 min); writes docs/benchmarks.md and the README table
+	@bash tests/run.sh $(PY) bench.all --write-docs
+
+bench-smoke: venv $(VEGETA) ## every benchmark step at tiny sizes (~2 min; part of make test)
+	@bash tests/run.sh $(PY) bench.all --smoke
+
+bench-memory: venv ## each service's memory through 1,000,000 shop events (~8 min)
+	@bash tests/run.sh $(PY) bench.memory --events 1000000 --customers 100000
+
 bench-freshness: venv ## a redemption -> analytics /metrics and budget-counters, p50/p99
 	@$(STACK) up kafka postgres
 	@$(PY) -m bench.freshness --redemptions 30
@@ -76,8 +85,11 @@ bench-freshness: venv ## a redemption -> analytics /metrics and budget-counters,
 dashboards: venv ## regenerate the Grafana dashboards (deploy/grafana/dashboards/*.json) from their code
 	@$(PY) -m deploy.grafana.dashboards
 
-test: venv ## the whole suite on the real stack; starts what it needs and stops what it started
+test: venv $(VEGETA) ## the whole suite on the real stack; starts what it needs and stops what it started
 	@bash tests/run.sh $(PY)
+
+chaos: venv ## 30 minutes of faults under load (36 kill -9, 4 broker and 4 PostgreSQL restarts...), then every check; report in docs/reliability.md
+	@bash tests/run.sh $(PY) tests.chaos.harness --minutes $(or $(CHAOS_MINUTES),30) --report docs/reliability.md
 
 test-races: venv ## the checkout races at full length: 200 concurrent redemptions of one code, 100 rounds
 	@$(STACK) up kafka postgres

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def pgbench_update(seconds: int = 10, clients: int = 10, rate: int | None = None
         script.unlink()
 
 
-async def run(rate: int, seconds: float, max_rate: int, workers: int) -> dict:
+async def run(rate: int, seconds: float, max_rate: int, workers: int, pg_seconds: int = 10) -> dict:
     bootstrap = KafkaSettings().bootstrap
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
     await topics.ensure_topics(bootstrap, prefix, report=lambda *_: None)
@@ -115,10 +116,13 @@ async def run(rate: int, seconds: float, max_rate: int, workers: int) -> dict:
             async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
                 assert (await c.post("/v1/campaigns", json=CAMPAIGN)).status_code == 201
                 codes: list[str] = []
+                started = time.perf_counter()
                 while len(codes) < needed:
                     r = await c.post("/v1/campaigns/load/partner-codes",
                                      json={"partner": "bench", "count": min(50_000, needed - len(codes))})
                     codes += [row["code"] for row in csv.DictReader(io.StringIO(r.text))]
+                result["partner_codes"] = {"count": len(codes),
+                                           "per_s": round(len(codes) / (time.perf_counter() - started))}
             order = {"amount": {"amount": 5000, "currency": "USD"}, "items": []}
             loop = asyncio.get_running_loop()
 
@@ -143,11 +147,11 @@ async def run(rate: int, seconds: float, max_rate: int, workers: int) -> dict:
             result["redeem_max"] = await attack(redeem_targets(int(max_rate * 5)), max_rate, 5)
     finally:
         await topics.delete_topics(bootstrap, prefix)
-    result["raw_postgres_update_max"] = await asyncio.get_running_loop().run_in_executor(None, pgbench_update, 10, 10)
-    result["raw_postgres_update_at_rate"] = await asyncio.get_running_loop().run_in_executor(
-        None, lambda: pgbench_update(10, 10, rate))
-    result["raw_postgres_hot_row_update_max"] = await asyncio.get_running_loop().run_in_executor(
-        None, lambda: pgbench_update(10, 10, None, hot=True))
+    loop = asyncio.get_running_loop()
+    result["raw_postgres_update_max"] = await loop.run_in_executor(None, pgbench_update, pg_seconds, 10)
+    result["raw_postgres_update_at_rate"] = await loop.run_in_executor(None, lambda: pgbench_update(pg_seconds, 10, rate))
+    result["raw_postgres_hot_row_update_max"] = await loop.run_in_executor(
+        None, lambda: pgbench_update(pg_seconds, 10, None, hot=True))
     result["ratios"] = {
         "validate_max_to_trivial_max": round(result["validate_max"]["throughput_per_s"]
                                              / result["trivial_endpoint_max"]["throughput_per_s"], 3),
@@ -165,8 +169,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--max-rate", type=int, default=3000, help="offered load to find the sustained maximum")
     parser.add_argument("--workers", type=int, default=2, help="HTTP worker processes of the issuance service")
+    parser.add_argument("--pg-seconds", type=int, default=10, help="length of each pgbench run")
     args = parser.parse_args()
-    r = asyncio.run(run(args.rate, args.seconds, args.max_rate, args.workers))
+    r = asyncio.run(run(args.rate, args.seconds, args.max_rate, args.workers, args.pg_seconds))
     r["targets"] = {"validate_p99_ms": "< 15", "redeem_p99_ms": "< 40"}
     r["targets_met"] = (r["validate_at_rate"]["p99_ms"] < 15 and r["redeem_at_rate"]["p99_ms"] < 40
                         and r["validate_at_rate"]["success_ratio"] == 1 and r["redeem_at_rate"]["success_ratio"] == 1)
