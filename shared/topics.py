@@ -9,6 +9,7 @@ customer's events on the same partition number everywhere. Campaign-keyed topics
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Literal
@@ -16,7 +17,9 @@ from typing import Literal
 from shared import events as ev
 
 DAY_MS = 24 * 3600 * 1000
-CUSTOMER_PARTITIONS = 6
+# One deployment-wide setting: every service, `make topics` and the shop's producers must agree on
+# it (segmentation co-partitions by it). Grow it with `make topics`, never shrink it.
+CUSTOMER_PARTITIONS = int(os.environ.get("VOUCHERSTREAM_CUSTOMER_PARTITIONS", "6"))
 CAMPAIGN_PARTITIONS = 6
 DLQ_PARTITIONS = 1
 DLQ_SUFFIX = ".dlq"
