@@ -23,8 +23,8 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer
 
-from bench.common import free_port, service_process
-from bench.pipeline import CAMPAIGN, SERVICES, rss_mb
+from bench.common import service_process
+from bench.pipeline import CAMPAIGN, SERVICES, fleet_env, rss_mb
 from shared import auth, topics
 from shared import events as ev
 from shared.kafka import start_producer
@@ -41,13 +41,7 @@ async def run(events: int, customers: int) -> dict:
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
     kafka = KafkaSettings(topic_prefix=prefix)
     await topics.ensure_topics(bootstrap, prefix, report=lambda *_: None)
-    ports = {s: free_port() for s in SERVICES}
-    env = {"VOUCHERSTREAM_KAFKA_TOPIC_PREFIX": prefix, "CONSENT_PRIVACY_SERVICES": ",".join(SERVICES)}
-    for s in SERVICES:
-        env[f"{s.upper()}_HTTP_PORT"] = str(ports[s])
-        env[f"{s.upper()}_LOG_LEVEL"] = "WARNING"
-        if s != "segmentation":
-            env[f"{s.upper()}_SCHEMA_NAME"] = f"bench_mem_{s}_{uuid.uuid4().hex[:6]}"
+    ports, env = fleet_env(prefix, "mem")
     tmp = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     ids = [f"m-{i}" for i in range(customers)]
     result: dict = {"benchmark": "memory", "events": events, "customers": customers, "samples": []}

@@ -41,6 +41,18 @@ CAMPAIGN = {"id": "cart-20", "name": "cart", "segment": "cart-abandoned-300", "c
                                                             "per_customer": None}, "channels": ["email"]}
 
 
+def fleet_env(prefix: str, tag: str) -> tuple[dict[str, int], dict[str, str]]:
+    """Free ports and the environment for the four services on their own topics and schemas."""
+    ports = {s: free_port() for s in SERVICES}
+    env = {"VOUCHERSTREAM_KAFKA_TOPIC_PREFIX": prefix, "CONSENT_PRIVACY_SERVICES": ",".join(SERVICES)}
+    for s in SERVICES:
+        env[f"{s.upper()}_HTTP_PORT"] = str(ports[s])
+        env[f"{s.upper()}_LOG_LEVEL"] = "WARNING"
+        if s != "segmentation":
+            env[f"{s.upper()}_SCHEMA_NAME"] = f"bench_{tag}_{s}_{uuid.uuid4().hex[:6]}"
+    return ports, env
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -53,13 +65,7 @@ async def run(saturation: int, rate: int, seconds: float, instances: int = 1, pr
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
     kafka = KafkaSettings(topic_prefix=prefix)
     await topics.ensure_topics(bootstrap, prefix, report=lambda *_: None)
-    ports = {s: free_port() for s in SERVICES}
-    env = {"VOUCHERSTREAM_KAFKA_TOPIC_PREFIX": prefix, "CONSENT_PRIVACY_SERVICES": ",".join(SERVICES)}
-    for s in SERVICES:
-        env[f"{s.upper()}_HTTP_PORT"] = str(ports[s])
-        env[f"{s.upper()}_LOG_LEVEL"] = "WARNING"
-        if s != "segmentation":
-            env[f"{s.upper()}_SCHEMA_NAME"] = f"bench_pipe_{s}_{uuid.uuid4().hex[:6]}"
+    ports, env = fleet_env(prefix, "pipe")
     tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     paced = int(rate * seconds)
     customers = [f"p-{i}" for i in range(saturation + paced)]
