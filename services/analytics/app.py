@@ -86,6 +86,7 @@ class AnalyticsService(Service):
     async def on_batch(self, messages) -> None:
         answers = []
         async with self.pool.acquire() as conn, conn.transaction():
+            changed: set[str] = set()  # campaigns whose counters this batch moved
             for m in messages:
                 e = m.event
                 if isinstance(e, ev.CampaignChanged):
@@ -99,30 +100,40 @@ class AnalyticsService(Service):
                     answers.append(e)  # analytics holds no customer ids: nothing to erase or export
                     continue
                 if isinstance(e, ev.IssuanceDenied):
-                    await conn.execute("INSERT INTO denials VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                                       m.envelope.id, e.campaign_id, e.variant, e.reason)
+                    status = await conn.execute("INSERT INTO denials VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                                                m.envelope.id, e.campaign_id, e.variant, e.reason)
+                    if _moved(status):
+                        changed.add(e.campaign_id)
                     continue
+                # Every statement below is a no-op on a duplicate; an ending has its own table so it
+                # counts even when it is consumed before the voucher or redemption it ends.
                 if isinstance(e, ev.VoucherIssued):
-                    await conn.execute(
-                        "INSERT INTO voucher_states VALUES ($1, $2, $3, $4, 'issued', $5, $6) ON CONFLICT DO NOTHING",
+                    status = await conn.execute(
+                        "INSERT INTO voucher_states VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
                         e.voucher_id, e.campaign_id, e.variant, e.channel.value, e.max_discount.amount, e.issued_at)
                 elif isinstance(e, (ev.VoucherExpired, ev.VoucherRevoked)):
                     state = "expired" if isinstance(e, ev.VoucherExpired) else "revoked"
-                    await conn.execute("UPDATE voucher_states SET state = $2 WHERE voucher_id = $1", e.voucher_id, state)
+                    status = await conn.execute("INSERT INTO voucher_endings VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                                                e.voucher_id, e.campaign_id, state)
                 elif isinstance(e, ev.VoucherRedeemed):
-                    await conn.execute(
-                        "INSERT INTO redemption_states VALUES ($1, $2, $3, $4, $5, $6, $7, false, $8) ON CONFLICT DO NOTHING",
+                    status = await conn.execute(
+                        "INSERT INTO redemption_states VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
                         e.redemption_id, e.voucher_id, e.campaign_id, e.variant, e.channel.value, e.discount.amount,
                         e.order_amount.amount, e.redeemed_at)
-                elif isinstance(e, ev.RedemptionRolledBack):
-                    await conn.execute("UPDATE redemption_states SET rolled_back = true WHERE redemption_id = $1",
-                                       e.redemption_id)
+                else:  # RedemptionRolledBack
+                    status = await conn.execute("INSERT INTO redemption_rollbacks VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                                                e.redemption_id, e.campaign_id)
                 lg = e.ledger
-                await conn.execute(
+                ledger_status = await conn.execute(
                     "INSERT INTO ledgers (campaign_id, currency, limit_minor, reserved, spent, seq) VALUES ($1, $2, $3, $4, $5, $6)"
                     " ON CONFLICT (campaign_id) DO UPDATE SET limit_minor = $3, reserved = $4, spent = $5, seq = $6,"
                     " changed_at = now() WHERE ledgers.seq < $6",
                     e.campaign_id, lg.currency, lg.limit, lg.reserved, lg.spent, lg.seq)
+                if _moved(status) or _moved(ledger_status):
+                    changed.add(e.campaign_id)
+            if changed:
+                await conn.execute("UPDATE ledgers SET version = version + 1 WHERE campaign_id = ANY($1::text[])",
+                                   sorted(changed))
         if answers:
             records = []
             now = ev.now_utc()
@@ -143,11 +154,13 @@ class AnalyticsService(Service):
         lg = await conn.fetchrow("SELECT * FROM ledgers WHERE campaign_id = $1", campaign_id)
         if lg is None:
             return None
-        vouchers = await conn.fetch("SELECT variant, channel, state, count(*) AS n FROM voucher_states"
-                                    " WHERE campaign_id = $1 GROUP BY 1, 2, 3", campaign_id)
-        reds = await conn.fetch("SELECT variant, channel, count(*) AS n, sum(discount) AS d, sum(order_amount) AS o"
-                                " FROM redemption_states WHERE campaign_id = $1 AND NOT rolled_back GROUP BY 1, 2",
-                                campaign_id)
+        vouchers = await conn.fetch(
+            "SELECT v.variant, v.channel, coalesce(e.state, 'issued') AS state, count(*) AS n FROM voucher_states v"
+            " LEFT JOIN voucher_endings e USING (voucher_id) WHERE v.campaign_id = $1 GROUP BY 1, 2, 3", campaign_id)
+        reds = await conn.fetch(
+            "SELECT variant, channel, count(*) AS n, sum(discount) AS d, sum(order_amount) AS o FROM redemption_states r"
+            " WHERE campaign_id = $1 AND NOT EXISTS (SELECT 1 FROM redemption_rollbacks b"
+            " WHERE b.redemption_id = r.redemption_id) GROUP BY 1, 2", campaign_id)
         denials = await conn.fetch("SELECT reason, variant, count(*) AS n FROM denials WHERE campaign_id = $1"
                                    " GROUP BY 1, 2", campaign_id)
         return {"ledger": dict(lg), "vouchers": [dict(r) for r in vouchers], "redemptions": [dict(r) for r in reds],
@@ -160,8 +173,8 @@ class AnalyticsService(Service):
         clock = asyncio.get_running_loop().time()
         full = clock - self._sampled_at >= self.settings.publish_interval_s  # gauges, samples, thresholds
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch("SELECT campaign_id, seq, published_seq FROM ledgers ORDER BY 1")
-            due = {r["campaign_id"] for r in rows if r["seq"] != r["published_seq"]
+            rows = await conn.fetch("SELECT campaign_id, version, published_version FROM ledgers ORDER BY 1")
+            due = {r["campaign_id"] for r in rows if r["version"] != r["published_version"]
                    and clock - self._published_at.get(r["campaign_id"], -1e9) >= self.settings.publish_interval_s}
             ids = [r["campaign_id"] for r in rows] if full else sorted(due)
             if full:
@@ -221,7 +234,7 @@ class AnalyticsService(Service):
                     ev.BudgetCounters(campaign_id=cid, ledger=snapshot, issued=issued, redeemed=redeemed,
                                       denied=denied, updated_at=now), source=SOURCE), None))
                 self.metrics.freshness.set(max(0.0, (now - lg["changed_at"]).total_seconds()))
-                await conn.execute("UPDATE ledgers SET published_seq = $2 WHERE campaign_id = $1", cid, lg["seq"])
+                await conn.execute("UPDATE ledgers SET published_version = $2 WHERE campaign_id = $1", cid, lg["version"])
             await send_all(self.producer, records)
 
     # ------------------------------------------------------------------ HTTP
@@ -258,6 +271,11 @@ class AnalyticsService(Service):
                     "denied": denied,
                     "note": "lift against the holdout needs the shop's conversions, which Voucherstream does not "
                             "receive; the holdout size is reported so the shop can compute it"}
+
+
+def _moved(status: str) -> bool:
+    """Whether an INSERT ... ON CONFLICT changed a row ("INSERT 0 1"), not a duplicate ("INSERT 0 0")."""
+    return not status.endswith(" 0")
 
 
 def create_app(settings: AnalyticsSettings | None = None) -> AnalyticsService:
