@@ -39,6 +39,11 @@ def refusal(r: Refuse) -> dict[str, Any]:
     return {"valid": False, "reason": r.reason, "detail": r.detail}
 
 
+# A lost race re-reads the voucher (then usually answers already_redeemed); after this many, the
+# pessimistic path takes the locks and waits its turn.
+MAX_OPTIMISTIC_ATTEMPTS = 3
+
+
 class CheckoutHandlers:
     def __init__(self, handlers: IssuanceHandlers) -> None:
         self.handlers = handlers
@@ -66,29 +71,107 @@ class CheckoutHandlers:
     async def redeem(self, conn: asyncpg.Connection, *, api_key_id: str, idempotency_key: str, body: dict,
                      code: str, customer_id: str, order: ev.Money, items: list[ev.LineItem],
                      order_id: str | None) -> tuple[Answer, bool]:
-        """Returns the answer and whether it is a replay. Call inside a transaction."""
+        """Returns the answer and whether it is a replay. Call outside a transaction.
+
+        A single-use code (personal or partner) is redeemed optimistically: read without locks,
+        decide, then one statement that applies only if the voucher is still as read (the usual
+        case: a lost race reads again and answers ``already_redeemed``). A gift card, whose
+        concurrent partial spends would mostly lose that race, takes its row lock first instead."""
         request_hash = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
+        code_hash = codes.code_hash(self.handlers.hash_key, code)
+        for _ in range(MAX_OPTIMISTIC_ATTEMPTS):
+            row, prior = await store.redemption_context(conn, code_hash, api_key_id, idempotency_key)
+            if prior is not None and (prior["prior_status"] is not None or prior["prior_hash"] != request_hash):
+                return self._replay(prior["prior_hash"], prior["prior_status"], prior["prior_response"],
+                                    request_hash), True
+            if prior is not None or (row is not None and row["kind"] == "gift_card"):
+                break  # a gift card, or this key held by a request still in flight: lock and wait
+            now = ev.now_utc()
+            spec = self._spec(row["campaign_id"], row["version"], row["definition"]) if row else None
+            remaining = row["limit_minor"] - row["ledger_reserved"] - row["ledger_spent"] if row else 0
+            outcome = evaluate(view(row) if row else None, spec, row["campaign_status"] if row else None,
+                               customer_id=customer_id, order=order, items=items, now=now,
+                               budget_remaining=remaining)
+            if isinstance(outcome, Refuse):
+                answer = self._refused("redeem", outcome)
+                if await store.store_answer_once(conn, api_key_id, idempotency_key, request_hash, answer.status,
+                                                 answer.body):
+                    return answer, False
+                continue  # the key was used meanwhile: answer as it was answered
+            v, discount = view(row), outcome.discount
+            redemption_id = str(uuid.uuid4())
+            result = Answer(201, {"valid": True, "redemption_id": redemption_id, "voucher_id": v.id,
+                                  "campaign_id": v.campaign_id, "discount": {"amount": discount, "currency": v.currency},
+                                  "remaining_balance": None})
+            try:
+                locked, ledger = await store.redeem_single_use(
+                    conn, voucher_id=v.id, reserved=v.reserved, campaign_id=v.campaign_id, discount=discount,
+                    redemption_id=redemption_id, customer_id=customer_id, order_id=order_id, order_amount=order.amount,
+                    currency=order.currency, at=now, api_key_id=api_key_id, key=idempotency_key,
+                    request_hash=request_hash, response=result.body, topic="voucher-redeemed",
+                    event_template=self._redeemed_template(redemption_id, v, row, customer_id, discount, order, now))
+            except asyncpg.UniqueViolationError:
+                continue  # the same key committed meanwhile: its answer is read next
+            if not locked:
+                continue  # redeemed (or rolled back) since it was read: decide again
+            if ledger is None:
+                if v.customer_id is not None:  # spending what was reserved keeps reserved + spent equal
+                    raise RuntimeError(f"ledger refused a reserved spend on {v.campaign_id}")
+                answer = self._refused("redeem", Refuse("budget_exhausted", "the campaign's budget is spent"))
+                if await store.store_answer_once(conn, api_key_id, idempotency_key, request_hash, answer.status,
+                                                 answer.body):
+                    return answer, False
+                continue
+            self.metrics.checkout.labels("redeem", "redeemed").inc()
+            self.metrics.redeemed_amount.labels(v.campaign_id).inc(discount)
+            return result, False
+        async with conn.transaction():
+            return await self._redeem_locked(conn, api_key_id=api_key_id, idempotency_key=idempotency_key,
+                                             request_hash=request_hash, code_hash=code_hash, customer_id=customer_id,
+                                             order=order, items=items, order_id=order_id)
+
+    def _replay(self, prior_hash: bytes, status: int, response: dict, request_hash: bytes) -> Answer:
+        if prior_hash != request_hash:
+            return Answer(422, {"valid": False, "reason": "idempotency_key_reused",
+                                "detail": "this Idempotency-Key was used with another request body"})
+        return Answer(status, response)
+
+    def _refused(self, action: str, outcome: Refuse) -> Answer:
+        self.metrics.checkout.labels(action, outcome.reason).inc()
+        status = 409 if outcome.reason in ("already_redeemed", "budget_exhausted") else 422
+        return Answer(status, refusal(outcome))
+
+    def _redeemed_template(self, redemption_id: str, v: VoucherView, row: asyncpg.Record, customer_id: str,
+                           discount: int, order: ev.Money, now) -> bytes:
+        """The event, encoded with a placeholder ledger: the statement that moves the budget writes
+        it to the outbox with the ledger it produced."""
+        placeholder = ev.LedgerSnapshot(currency=v.currency, limit=0, reserved=0, spent=0, seq=0)
+        return ev.encode(ev.VoucherRedeemed(
+            redemption_id=redemption_id, voucher_id=v.id, campaign_id=v.campaign_id, customer_id=customer_id,
+            variant=v.variant, channel=row_channel(row), discount=ev.Money(amount=discount, currency=v.currency),
+            order_amount=order, redeemed_at=now, ledger=placeholder), source=SOURCE)
+
+    async def _redeem_locked(self, conn: asyncpg.Connection, *, api_key_id: str, idempotency_key: str,
+                             request_hash: bytes, code_hash: bytes, customer_id: str, order: ev.Money,
+                             items: list[ev.LineItem], order_id: str | None) -> tuple[Answer, bool]:
+        """The pessimistic path, inside a transaction: the key is claimed (a concurrent holder is
+        waited for), the voucher row locked, then the ledger moved last."""
         prior = await store.claim_idempotency_key(conn, api_key_id, idempotency_key, request_hash)
         if prior is not None:
-            if prior["request_hash"] != request_hash:
-                return Answer(422, {"valid": False, "reason": "idempotency_key_reused",
-                                    "detail": "this Idempotency-Key was used with another request body"}), True
-            return Answer(prior["status_code"], prior["response"]), True
+            return self._replay(prior["request_hash"], prior["status_code"], prior["response"], request_hash), True
 
         async def answer(a: Answer) -> Answer:
             await store.store_idempotent_answer(conn, api_key_id, idempotency_key, a.status, a.body)
             return a
 
         now = ev.now_utc()
-        row = await store.lock_for_redemption(conn, codes.code_hash(self.handlers.hash_key, code))
+        row = await store.lock_for_redemption(conn, code_hash)
         spec = self._spec(row["campaign_id"], row["version"], row["definition"]) if row else None
         remaining = row["limit_minor"] - row["ledger_reserved"] - row["ledger_spent"] if row else 0
         outcome = evaluate(view(row) if row else None, spec, row["campaign_status"] if row else None,
                            customer_id=customer_id, order=order, items=items, now=now, budget_remaining=remaining)
         if isinstance(outcome, Refuse):
-            self.metrics.checkout.labels("redeem", outcome.reason).inc()
-            status = 409 if outcome.reason in ("already_redeemed", "budget_exhausted") else 422
-            return await answer(Answer(status, refusal(outcome))), False
+            return await answer(self._refused("redeem", outcome)), False
         v, discount = view(row), outcome.discount
         if v.customer_id is None:  # a partner code: nothing was reserved, spend from what remains
             reserved_used, new_status, new_reserved, new_balance = 0, "redeemed", 0, v.balance
@@ -115,21 +198,14 @@ class CheckoutHandlers:
             redemption=(redemption_id, v.campaign_id, customer_id, order_id, discount, reserved_used, order.amount,
                         order.currency, now),
             api_key_id=api_key_id, idempotency_key=idempotency_key, response=result.body)
-        # The event is encoded now with a placeholder ledger; the statement that moves the budget
-        # writes it to the outbox with the ledger it produced.
-        placeholder = ev.LedgerSnapshot(currency=v.currency, limit=0, reserved=0, spent=0, seq=0)
-        template = ev.encode(ev.VoucherRedeemed(
-            redemption_id=redemption_id, voucher_id=v.id, campaign_id=v.campaign_id, customer_id=customer_id,
-            variant=v.variant, channel=row_channel(row), discount=ev.Money(amount=discount, currency=v.currency),
-            order_amount=order, redeemed_at=now, ledger=placeholder), source=SOURCE)
+        template = self._redeemed_template(redemption_id, v, row, customer_id, discount, order, now)
         moved = await store.move_budget_and_announce(conn, v.campaign_id, -reserved_used, discount, "redeemed", v.id,
                                                      "voucher-redeemed", customer_id, template)
         if moved is None:
             if not can_fail:  # cannot happen: spending what was reserved keeps reserved + spent equal
                 raise RuntimeError(f"ledger refused a reserved spend on {v.campaign_id}")
             await conn.execute("ROLLBACK TO SAVEPOINT redeem")
-            self.metrics.checkout.labels("redeem", "budget_exhausted").inc()
-            return await answer(Answer(409, refusal(Refuse("budget_exhausted", "the campaign's budget is spent")))), False
+            return await answer(self._refused("redeem", Refuse("budget_exhausted", "the campaign's budget is spent"))), False
         self.metrics.checkout.labels("redeem", "redeemed").inc()
         self.metrics.redeemed_amount.labels(v.campaign_id).inc(discount)
         return result, False

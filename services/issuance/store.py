@@ -257,6 +257,70 @@ async def record_redemption(conn: asyncpg.Connection, *, voucher_id: str, status
         voucher_id, status, reserved, balance, closed_at, *redemption, api_key_id, idempotency_key, response)
 
 
+async def redemption_context(conn: asyncpg.Connection, code_hash: bytes, api_key_id: str,
+                             key: str) -> tuple[asyncpg.Record | None, asyncpg.Record | None]:
+    """The voucher with its campaign and ledger (no locks), and the answer already given to this
+    Idempotency-Key if any — one round trip."""
+    row = await conn.fetchrow(
+        "SELECT c.*, k.request_hash AS prior_hash, k.status_code AS prior_status, k.response AS prior_response"
+        " FROM (SELECT 1) AS one LEFT JOIN (" + _CONTEXT + " WHERE v.code_hash = $1) AS c ON true"
+        " LEFT JOIN idempotency_keys k ON k.api_key_id = $2 AND k.key = $3", code_hash, api_key_id, key)
+    prior = row if row["prior_hash"] is not None else None
+    return (row if row["id"] is not None else None), prior
+
+
+async def store_answer_once(conn: asyncpg.Connection, api_key_id: str, key: str, request_hash: bytes,
+                            status_code: int, response: dict) -> bool:
+    """Records a refusal as this key's answer; ``False`` when the key was used meanwhile."""
+    return bool(await conn.fetchval(
+        "INSERT INTO idempotency_keys (api_key_id, key, request_hash, status_code, response)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (api_key_id, key) DO NOTHING RETURNING true",
+        api_key_id, key, request_hash, status_code, response))
+
+
+# A single-use redemption as one statement, run outside any explicit transaction, so every lock
+# it takes — the voucher's, then the campaign ledger's hot row — is held only while the server
+# executes it and commits, never across a round trip to the service (under load the event loop
+# can take milliseconds to send the next statement, and the ledger row serialises a campaign).
+# It applies only if the voucher is still as it was read ($1 id, $2 reserved, status active): a
+# concurrent redemption makes ``locked`` 0 and the caller reads again. Everything else depends on
+# the ledger move: no row from ``l`` (the budget would be overrun) changes nothing. A second use
+# of the Idempotency-Key raises a unique violation, which undoes the whole statement.
+_REDEEM_SINGLE_USE = (
+    "WITH vv AS (SELECT id FROM vouchers WHERE id = $1 AND status = 'active' AND reserved = $2 FOR UPDATE),"
+    " l AS (UPDATE budget_ledger SET reserved = reserved + $4, spent = spent + $5, seq = seq + 1"
+    " WHERE campaign_id = $3 AND EXISTS (SELECT 1 FROM vv) AND reserved + $4 >= 0 AND spent + $5 >= 0"
+    " AND reserved + $4 + spent + $5 <= limit_minor"
+    " RETURNING campaign_id, currency, limit_minor, reserved, spent, seq, vouchers),"
+    " h AS (INSERT INTO budget_ledger_history (campaign_id, seq, limit_minor, reserved, spent, cause, voucher_id)"
+    " SELECT campaign_id, seq, limit_minor, reserved, spent, 'redeemed', $1 FROM l),"
+    " v AS (UPDATE vouchers SET status = 'redeemed', reserved = 0, closed_at = $12"
+    " WHERE id = $1 AND EXISTS (SELECT 1 FROM l)),"
+    " r AS (INSERT INTO redemptions (id, voucher_id, campaign_id, customer_id, order_id, discount, reserved_used,"
+    " order_amount, currency, status, redeemed_at) SELECT $6, $1, $3, $7, $8, $5, -$4, $9, $10, 'redeemed', $12 FROM l),"
+    " k AS (INSERT INTO idempotency_keys (api_key_id, key, request_hash, status_code, response)"
+    " SELECT $13, $14, $15, 201, $16 FROM l),"
+    " o AS (INSERT INTO outbox (topic, key, value) SELECT $17, $11, convert_to(jsonb_set($18::text::jsonb,"
+    " '{data,ledger}', jsonb_build_object('currency', currency, 'limit', limit_minor, 'reserved', reserved,"
+    " 'spent', spent, 'seq', seq))::text, 'UTF8') FROM l)"
+    " SELECT (SELECT count(*) FROM vv) AS locked, l.* FROM (SELECT 1) AS one LEFT JOIN l ON true"
+)
+
+
+async def redeem_single_use(conn: asyncpg.Connection, *, voucher_id: str, reserved: int, campaign_id: str,
+                            discount: int, redemption_id: str, customer_id: str, order_id: str | None,
+                            order_amount: int, currency: str, at: datetime, api_key_id: str, key: str,
+                            request_hash: bytes, response: dict, topic: str,
+                            event_template: bytes) -> tuple[bool, Ledger | None]:
+    """Returns (whether the voucher was still as read, the ledger after the move or ``None``).
+    Call outside a transaction; raises ``asyncpg.UniqueViolationError`` when the key was used."""
+    row = await conn.fetchrow(
+        _REDEEM_SINGLE_USE, voucher_id, reserved, campaign_id, -reserved, discount, redemption_id, customer_id,
+        order_id, order_amount, currency, customer_id.encode(), at, api_key_id, key, request_hash, response, topic,
+        event_template.decode())
+    return bool(row["locked"]), (_ledger(row) if row["seq"] is not None else None)
+
+
 # The conditional ledger change and its history step ($1 campaign, $2/$3 the changes to reserved
 # and spent, $4 cause, $5 voucher): no row comes back when it would break the invariant.
 _MOVE = (

@@ -30,13 +30,15 @@ def order(amount):
     return {"amount": {"amount": amount, "currency": USD}, "items": []}
 
 
-async def fire(client, requests):
-    """All at once: every request is built first, then released together."""
+async def fire(client, requests, idempotency_key: str | None = None):
+    """All at once: every request is built first, then released together (each with its own
+    Idempotency-Key unless one is given for all)."""
     gate = asyncio.Event()
 
     async def one(body):
         await gate.wait()
-        return await client.post("/v1/redemptions", json=body, headers={"Idempotency-Key": str(uuid.uuid4())})
+        return await client.post("/v1/redemptions", json=body,
+                                 headers={"Idempotency-Key": idempotency_key or str(uuid.uuid4())})
 
     tasks = [asyncio.create_task(one(b)) for b in requests]
     await asyncio.sleep(0)
@@ -54,19 +56,20 @@ async def test_concurrent_redemptions_never_double_spend_or_overrun(kafka, issua
         limits = httpx.Limits(max_connections=500, max_keepalive_connections=500, keepalive_expiry=10)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"},
                                      limits=limits, timeout=60) as c:
-            assert (await c.post("/v1/campaigns", json=campaign())).status_code == 201
+            rounds = int(os.environ.get("CHECKOUT_RACE_ROUNDS", "10"))
+            customers = [f"cc-{i:03d}" for i in range(rounds + 51)]
+            assert (await c.post("/v1/campaigns", json=campaign(budget={
+                "limit": {"amount": len(customers) * 2000, "currency": USD}}))).status_code == 201
             assert (await c.post("/v1/campaigns", json=campaign(id="partners", segment="nobody", budget={
                 "limit": {"amount": 100 * 2000, "currency": USD}, "per_customer": None}))).status_code == 201
             assert (await c.post("/v1/campaigns", json=campaign(id="gift", segment="vip", offer={
                 "kind": "gift_card", "balance": {"amount": 10000, "currency": USD}}))).status_code == 201
 
-            rounds = int(os.environ.get("CHECKOUT_RACE_ROUNDS", "10"))
-            customers = [f"cc-{i:03d}" for i in range(100)]
             await publish(kafka, "consent-state", [consent_state(x, "personalized_offers", "email")
                                                    for x in customers + ["g-1"]])
             await asyncio.sleep(1)
             await publish(kafka, "segment-entered", [entered(x) for x in customers] + [entered("g-1", segment="vip")])
-            records = await read_topic(kafka.bootstrap, kafka.topic("delivery-requested"), expect=101, timeout=60)
+            records = await read_topic(kafka.bootstrap, kafka.topic("delivery-requested"), expect=len(customers) + 1, timeout=60)
             codes = {d.customer_id: d.code for d in (ev.decode(r.value)[1] for r in records)}
 
             # 1. 200 at once on one code, round after round: exactly one wins each time.
@@ -74,6 +77,22 @@ async def test_concurrent_redemptions_never_double_spend_or_overrun(kafka, issua
                 answers = await fire(c, [{"code": codes[customer], "customer_id": customer, "order": order(15000)}] * 200)
                 statuses = Counter(a.status_code for a in answers)
                 assert statuses == Counter({201: 1, 409: 199}), (customer, statuses)
+
+            # 1b. One Idempotency-Key sent 50 times at once with the same body: one redemption, one
+            # answer for all; then 50 at once with one key on 50 other codes: one wins, 49 are refused.
+            customer = customers[rounds]
+            answers = await fire(c, [{"code": codes[customer], "customer_id": customer, "order": order(15000)}] * 50,
+                                 idempotency_key="same-key")
+            assert {a.status_code for a in answers} == {201}, Counter(a.status_code for a in answers)
+            assert len({a.json()["redemption_id"] for a in answers}) == 1
+            assert Counter(a.headers["Idempotent-Replayed"] for a in answers) == Counter({"true": 49, "false": 1})
+            others = customers[rounds + 1:rounds + 51]
+            answers = await fire(c, [{"code": codes[x], "customer_id": x, "order": order(15000)} for x in others],
+                                 idempotency_key="shared-key")
+            statuses = Counter(a.status_code for a in answers)
+            assert statuses == Counter({201: 1, 422: 49}), statuses
+            assert {a.json()["reason"] for a in answers if a.status_code == 422} == {"idempotency_key_reused"}
+            redeemed_in_race = rounds + 2
 
             # 2. 500 distinct partner codes at once on a budget for 100: exactly 100.
             r = await c.post("/v1/campaigns/partners/partner-codes", json={"partner": "aff-1", "count": 500})
@@ -94,7 +113,8 @@ async def test_concurrent_redemptions_never_double_spend_or_overrun(kafka, issua
             budgets = {cid: (await c.get(f"/v1/campaigns/{cid}/budget")).json() for cid in ("cart-20", "partners", "gift")}
         assert "Traceback" not in (tmp_path / "issuance.log").read_text()
 
-    assert budgets["cart-20"]["spent"] == rounds * 2000 and budgets["cart-20"]["reserved"] == (100 - rounds) * 2000
+    assert budgets["cart-20"]["spent"] == redeemed_in_race * 2000
+    assert budgets["cart-20"]["reserved"] == (len(customers) - redeemed_in_race) * 2000
     assert budgets["partners"]["spent"] == 100 * 2000 and budgets["partners"]["remaining"] == 0
     assert budgets["gift"]["spent"] == 10000 and budgets["gift"]["reserved"] == 0
     conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value(), server_settings={"search_path": issuance_schema})
@@ -105,6 +125,6 @@ async def test_concurrent_redemptions_never_double_spend_or_overrun(kafka, issua
         for cid in ("cart-20", "partners", "gift"):
             seqs = [h["seq"] for h in history if h["campaign_id"] == cid]
             assert seqs == list(range(1, len(seqs) + 1))
-        assert await conn.fetchval("SELECT count(*) FROM redemptions WHERE campaign_id = 'cart-20'") == rounds
+        assert await conn.fetchval("SELECT count(*) FROM redemptions WHERE campaign_id = 'cart-20'") == redeemed_in_race
     finally:
         await conn.close()
