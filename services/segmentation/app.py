@@ -9,11 +9,18 @@ catches every failure per message and dead-letters it; it never dies on one mess
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
+import sys
+import time
 from datetime import datetime
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 from fastapi import FastAPI, HTTPException, Path
 from prometheus_client import Counter, Gauge
@@ -21,6 +28,7 @@ from prometheus_client import Counter, Gauge
 from services.segmentation import profile as prof
 from services.segmentation import rules
 from services.segmentation.settings import SegmentationSettings
+from services.segmentation.watchdog import StallDetector
 from shared import events as ev
 from shared import logs
 from shared.kafka import DeadLetter, dlq_headers
@@ -45,6 +53,9 @@ class SegmentationMetrics(Metrics):
                                 ["table"], registry=r)
         self.rules_version = Gauge("voucherstream_segmentation_rules_info", "The rule set in force", ["version"],
                                    registry=r)
+        self.stalls = Counter("voucherstream_segmentation_partition_stalls_total",
+                              "Partitions found with messages waiting and no progress, by what was done",
+                              ["action"], registry=r)
 
 
 def partition_of(key: bytes, partitions: int = CUSTOMER_PARTITIONS) -> int:
@@ -99,6 +110,12 @@ class SegmentationService:
         self.app.timer(settings.daily_tick_interval_s)(self._daily)
         self.app.timer(settings.rules_check_interval_s)(self._reload_rules)
         self.app.timer(5.0)(self._gauges)
+        self.app.timer(settings.stall_check_interval_s)(self._watchdog)
+        self.stalls = StallDetector(settings.stall_timeout_s)
+        self._watched: frozenset = frozenset()
+        self._offsets: AIOKafkaConsumer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+        self.exit_code = 0
         self.handled = 0
         self.started = False
 
@@ -111,6 +128,12 @@ class SegmentationService:
 
     async def stop(self) -> None:
         self.started = False
+        if self._offsets is not None:
+            await self._offsets.stop()
+            self._offsets = None
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
         await self.app.stop()
         log.info("service stopped", extra={"service": self.settings.service})
 
@@ -129,6 +152,7 @@ class SegmentationService:
                               extra={"topic": name, "partition": message.partition, "offset": message.offset})
                 await self.dead_letter(message, "handler_error", f"{type(exc).__name__}: {exc}")
             self.handled += 1
+            self.stalls.handled((message.topic, message.partition), message.offset, time.monotonic())
 
     async def dead_letter(self, message, reason: str, detail: str) -> None:
         name = self.names.get(message.topic, message.topic)
@@ -251,6 +275,95 @@ class SegmentationService:
         log.info("rules reloaded", extra={"from_version": self.ruleset.version, "to_version": new.version})
         self.ruleset = new
 
+    async def _watchdog(self) -> None:
+        """Finds assigned partitions with messages waiting and no progress (see watchdog.py): logs
+        faust's and aiokafka's view of each, resumes it, and stops the worker if that did not help."""
+        now = time.monotonic()
+        consumer = self.app.consumer
+        if not self.started or consumer is None or self.app.rebalancing or getattr(self.app, "in_recovery", False):
+            self.stalls.reset(now)
+            return
+        assigned = frozenset(tp for tp in consumer.assignment() if tp.topic in self.names)
+        if assigned != self._watched:
+            self._watched = assigned
+            self.stalls.reset(now)
+        if not assigned:
+            return
+        try:
+            if self._offsets is None:
+                self._offsets = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap, group_id=None,
+                                                 enable_auto_commit=False)
+                await self._offsets.start()
+            if self._admin is None:
+                self._admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka.bootstrap)
+                await self._admin.start()
+            tps = [TopicPartition(tp.topic, tp.partition) for tp in assigned]
+            ends = await asyncio.wait_for(self._offsets.end_offsets(tps), timeout=10)
+            group = await asyncio.wait_for(self._admin.list_consumer_group_offsets(
+                self.settings.group_id, partitions=tps), timeout=10)
+            # Where this worker started on each partition: the group's committed offset, or the
+            # log's start (auto_offset_reset is earliest).
+            starts = await asyncio.wait_for(self._offsets.beginning_offsets(tps), timeout=10)
+            starts.update({tp: meta.offset for tp, meta in group.items() if meta.offset >= 0})
+        except Exception as exc:  # noqa: BLE001 - the broker may be restarting: check next time
+            log.warning("stall check skipped: offsets unavailable", extra={"error": repr(exc)})
+            self.stalls.reset(now)  # a partition cannot progress while the broker is away: not a stall
+            return
+        stalls = self.stalls.check({(tp.topic, tp.partition): end for tp, end in ends.items()}, now,
+                                   {(tp.topic, tp.partition): offset for tp, offset in starts.items()})
+        for stall in stalls:
+            topic, partition = stall.tp
+            tp = next(t for t in assigned if (t.topic, t.partition) == stall.tp)
+            view = self._partition_view(tp)
+            name = self.names.get(topic, topic)
+            if stall.strikes >= self.settings.stall_exit_strikes:
+                self.metrics.stalls.labels("worker_stopped").inc()
+                log.error("partition still stalled after being resumed; stopping this worker (exit code 70) so its "
+                          "supervisor starts a fresh one", extra={"topic": name, "partition": partition,
+                                                                  "waiting": stall.waiting, "idle_s": round(stall.idle_s),
+                                                                  **view})
+                self.exit_code = 70
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            self.metrics.stalls.labels("resumed").inc()
+            log.error("partition stalled: messages waiting, no progress; resuming it",
+                      extra={"topic": name, "partition": partition, "waiting": stall.waiting,
+                             "idle_s": round(stall.idle_s), "strikes": stall.strikes, **view})
+            await self._resume(tp, view)
+
+    def _partition_view(self, tp) -> dict[str, Any]:
+        """faust's and aiokafka's state of one partition, for the log (private attributes: best effort)."""
+        c = self.app.consumer
+        view: dict[str, Any] = {}
+        try:
+            view.update(faust_active=tp in (c._active_partitions or ()), faust_paused=tp in c._paused_partitions,
+                        faust_buffer_full=tp in c._buffered_partitions, faust_flow_active=c.flow_active,
+                        in_recovery=getattr(self.app, "in_recovery", None))
+            ak = c._thread._ensure_consumer()
+            atp = TopicPartition(tp.topic, tp.partition)
+            view["aiokafka_paused"] = atp in ak.paused()
+            state = ak._fetcher._subscriptions.subscription.assignment.state_value(atp)
+            if state is not None:
+                view.update(aiokafka_position=state.position if state.has_valid_position else None,
+                            aiokafka_highwater=state.highwater,
+                            aiokafka_last_fetch_s=round(time.time() - state.timestamp / 1000, 1) if state.timestamp else None)
+            else:
+                view["aiokafka_assigned"] = False
+        except Exception as exc:  # noqa: BLE001 - diagnostics only
+            view["view_error"] = repr(exc)
+        return view
+
+    async def _resume(self, tp, view: dict[str, Any]) -> None:
+        c = self.app.consumer
+        try:
+            c._buffered_partitions.discard(tp)
+            c.resume_partitions([tp])
+            if view.get("aiokafka_paused"):
+                ak = c._thread._ensure_consumer()
+                await c._thread.call_thread(ak.resume, TopicPartition(tp.topic, tp.partition))
+        except Exception as exc:  # noqa: BLE001 - the next strike stops the worker
+            log.error("could not resume a stalled partition", extra={"error": repr(exc)})
+
     async def _gauges(self) -> None:
         self.metrics.table_size.labels("profiles").set(sum(1 for v in self.profiles.values() if v is not None))
         self.metrics.table_size.labels("profiling-consent").set(sum(1 for v in self.consent.values() if v is not None))
@@ -293,4 +406,6 @@ def run() -> None:
     config = uvicorn.Config(service.http(), host=s.http_host, port=s.http_port, log_config=None, access_log=False,
                             lifespan="on", timeout_graceful_shutdown=30, timeout_keep_alive=30)
     uvicorn.Server(config).run()
+    if service.exit_code:
+        sys.exit(service.exit_code)
 
