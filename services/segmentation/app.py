@@ -53,6 +53,9 @@ class SegmentationMetrics(Metrics):
                                 ["table"], registry=r)
         self.rules_version = Gauge("voucherstream_segmentation_rules_info", "The rule set in force", ["version"],
                                    registry=r)
+        self.skipped = Counter("voucherstream_segmentation_skipped_offsets_recovered_total",
+                               "Messages faust's consumer skipped (an offset jump on a non-compacted topic), read "
+                               "back and processed by the agent", ["topic"], registry=r)
         self.stalls = Counter("voucherstream_segmentation_partition_stalls_total",
                               "Partitions found with messages waiting and no progress, by what was done",
                               ["action"], registry=r)
@@ -112,6 +115,14 @@ class SegmentationService:
         self.app.timer(5.0)(self._gauges)
         self.app.timer(settings.stall_check_interval_s)(self._watchdog)
         self.stalls = StallDetector(settings.stall_timeout_s)
+        # The next offset the agent expects per input partition (set from the group's committed
+        # offsets at each assignment): a jump past it on a non-compacted topic means faust skipped
+        # messages, which are read back and processed before the one that revealed the jump.
+        self._next: dict[tuple[str, int], int] = {}
+        self._side: AIOKafkaConsumer | None = None
+        self._baselines: asyncio.Future | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.app.on_partitions_assigned.connect(self._on_assigned)
         self._watched: frozenset = frozenset()
         self._offsets: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
@@ -122,6 +133,7 @@ class SegmentationService:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self.app.start()
         self.started = True
         log.info("service started", extra={"service": self.settings.service})
@@ -134,6 +146,9 @@ class SegmentationService:
         if self._admin is not None:
             await self._admin.close()
             self._admin = None
+        if self._side is not None:
+            await self._side.stop()
+            self._side = None
         await self.app.stop()
         log.info("service stopped", extra={"service": self.settings.service})
 
@@ -142,23 +157,99 @@ class SegmentationService:
     async def _agent(self, stream) -> None:
         async for event in stream.events():
             message = event.message
-            name = self.names.get(message.topic, message.topic)
-            try:
-                await self.handle(name, message.partition, message.key, message.value)
-            except ev.ContractError as exc:
-                await self.dead_letter(message, exc.reason, exc.detail)
-            except Exception as exc:  # noqa: BLE001 - one message never kills the agent
-                log.exception("segmentation failed on a message; dead-lettering it",
-                              extra={"topic": name, "partition": message.partition, "offset": message.offset})
-                await self.dead_letter(message, "handler_error", f"{type(exc).__name__}: {exc}")
-            self.handled += 1
-            self.stalls.handled((message.topic, message.partition), message.offset, time.monotonic())
+            if self._baselines is not None:  # the first message since an assignment
+                baselines, self._baselines = self._baselines, None
+                self._next = await baselines
+            where = (message.topic, message.partition)
+            expected = self._next.get(where)
+            if expected is not None and message.offset > expected and not self._compacted(message.topic):
+                await self._recover_skipped(message.topic, message.partition, expected, message.offset)
+            await self._process(message.topic, message.partition, message.offset, message.key, message.value)
+            self._next[where] = max(expected or 0, message.offset + 1)
+            self.stalls.handled(where, message.offset, time.monotonic())
 
-    async def dead_letter(self, message, reason: str, detail: str) -> None:
-        name = self.names.get(message.topic, message.topic)
-        dead = DeadLetter(message.topic, message.partition, message.offset, message.key, message.value, reason, detail)
-        await self.app.producer.send_and_wait(self.settings.kafka.topic(registry_topic(name).dlq), message.key,
-                                              message.value, partition=None, timestamp=None,
+    async def _process(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
+        name = self.names.get(topic, topic)
+        try:
+            await self.handle(name, partition, key, value)
+        except ev.ContractError as exc:
+            await self.dead_letter(topic, partition, offset, key, value, exc.reason, exc.detail)
+        except Exception as exc:  # noqa: BLE001 - one message never kills the agent
+            log.exception("segmentation failed on a message; dead-lettering it",
+                          extra={"topic": name, "partition": partition, "offset": offset})
+            await self.dead_letter(topic, partition, offset, key, value, "handler_error", f"{type(exc).__name__}: {exc}")
+        self.handled += 1
+
+    def _compacted(self, topic: str) -> bool:
+        name = self.names.get(topic)
+        return name is None or registry_topic(name).compacted
+
+    async def _on_assigned(self, sender, assigned, **_) -> None:
+        """At each assignment faust seeks every partition back to its committed offset: that is
+        where the agent's next message must be. Read after the rebalance (not inside faust's
+        callback, which may run on its consumer thread); the agent waits for it before its next
+        message."""
+        self._next.clear()
+        tps = [TopicPartition(tp.topic, tp.partition) for tp in assigned if tp.topic in self.names]
+        self._baselines = asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(self._read_baselines(tps), self._loop), loop=self._loop)
+
+    async def _read_baselines(self, tps: list[TopicPartition]) -> dict[tuple[str, int], int]:
+        if not tps:
+            return {}
+        try:
+            if self._admin is None:
+                self._admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka.bootstrap)
+                await self._admin.start()
+            group = await asyncio.wait_for(self._admin.list_consumer_group_offsets(
+                self.settings.group_id, partitions=tps), timeout=10)
+            # A partition the group never committed starts at the log's beginning (earliest).
+            starts = await asyncio.wait_for((await self._side_consumer()).beginning_offsets(tps), timeout=10)
+        except Exception as exc:  # noqa: BLE001 - then the first message of each partition is the baseline
+            log.warning("committed offsets unavailable after an assignment; skipped-offset checks start with the "
+                        "next message", extra={"error": repr(exc)})
+            return {}
+        starts.update({tp: meta.offset for tp, meta in group.items() if meta.offset >= 0})
+        return {(tp.topic, tp.partition): offset for tp, offset in starts.items()}
+
+    async def _side_consumer(self) -> AIOKafkaConsumer:
+        if self._side is None:
+            self._side = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap, group_id=None,
+                                          enable_auto_commit=False, auto_offset_reset="earliest")
+            await self._side.start()
+        return self._side
+
+    async def _recover_skipped(self, topic: str, partition: int, start: int, end: int) -> None:
+        """Reads offsets [start, end) of a partition — messages faust's consumer dropped without
+        handing them to the agent (and acknowledged as a gap) — and processes them, in order."""
+        tp = TopicPartition(topic, partition)
+        side = await self._side_consumer()
+        side.assign([tp])
+        side.seek(tp, start)
+        found, position = 0, start
+        deadline = time.monotonic() + 60
+        while position < end and time.monotonic() < deadline:
+            batch = await side.getmany(tp, timeout_ms=1000, max_records=500)
+            for record in batch.get(tp, []):
+                if record.offset >= end:
+                    position = end
+                    break
+                await self._process(topic, partition, record.offset, record.key, record.value)
+                found += 1
+                position = record.offset + 1
+            else:
+                position = max(position, await side.position(tp))
+        self.metrics.skipped.labels(self.names.get(topic, topic)).inc(found)
+        log.warning("faust's consumer skipped messages; read back and processed here",
+                    extra={"topic": self.names.get(topic, topic), "partition": partition, "from_offset": start,
+                           "to_offset": end - 1, "processed": found, "complete": position >= end})
+
+    async def dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                          reason: str, detail: str) -> None:
+        name = self.names.get(topic, topic)
+        dead = DeadLetter(topic, partition, offset, key, value, reason, detail)
+        await self.app.producer.send_and_wait(self.settings.kafka.topic(registry_topic(name).dlq), key,
+                                              value, partition=None, timestamp=None,
                                               headers=dlq_headers(dead, self.settings.group_id))
         self.metrics.dead_letters.labels(self.metrics.service, name, reason).inc()
         self.metrics.events.labels(name, "dead_lettered").inc()

@@ -680,10 +680,12 @@ class Run:
         exits = self.fleet.unexpected_exits()
         # Segmentation's stall watchdog resuming a partition is recovery by the service itself,
         # reported so it is seen; a worker it had to stop shows up as an unexpected exit (exit 70).
-        stalls = sum(path.read_text(errors="replace").count('"message":"partition stalled')
-                     for path in self.fleet.logdir.glob("segmentation*.log"))
+        logs = [path.read_text(errors="replace") for path in self.fleet.logdir.glob("segmentation*.log")]
+        stalls = sum(text.count('"message":"partition stalled') for text in logs)
+        skips = sum(text.count('"message":"faust\'s consumer skipped messages') for text in logs)
         record("each service recovered from each fault by itself", not unrecovered and not exits,
-               unrecovered=unrecovered, unexpected_exits=exits, stalled_partitions_resumed=stalls)
+               unrecovered=unrecovered, unexpected_exits=exits, stalled_partitions_resumed=stalls,
+               faust_skips_read_back=skips)
         return checks
 
     async def _run(self, shop: Shop, observer: Observer, checkout: Checkout) -> dict:
