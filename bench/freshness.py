@@ -1,7 +1,9 @@
 """Counter freshness: from a redemption's HTTP answer to the redemption being visible in the
 analytics service's /metrics and on the ``budget-counters`` topic. Issuance and analytics run as
 their own processes on the local stack; redemptions are spaced a little over a second apart
-(budget-counters publishes a campaign at most once a second).
+(budget-counters publishes a campaign at most once a second), and the first comes `gap` seconds
+after the last voucher was issued (otherwise it measures how long the issuing burst's own
+publication holds the campaign's next one back, up to a second).
 
     python -m bench.freshness --redemptions 30
 """
@@ -87,6 +89,7 @@ async def run(n: int, gap: float) -> dict:
                                 seen_on_topic.setdefault(ev.decode(r.value)[1].redeemed, time.perf_counter())
 
                 watcher = asyncio.create_task(watch_topic())
+                await asyncio.sleep(gap)  # the issuing burst's last publication is a second old
                 metrics_url = f"http://127.0.0.1:{ports['analytics']}/metrics"
                 for i, x in enumerate(customers, start=1):
                     r = await c.post(f"{base}/v1/redemptions", headers={"Idempotency-Key": uuid.uuid4().hex}, json={
