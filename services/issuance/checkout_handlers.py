@@ -56,11 +56,7 @@ class CheckoutHandlers:
                        items: list[ev.LineItem]) -> Answer:
         """Read-only, one query: the voucher with its campaign and ledger."""
         row = await store.checkout_context(conn, codes.code_hash(self.handlers.hash_key, code))
-        spec = self._spec(row["campaign_id"], row["version"], row["definition"]) if row else None
-        remaining = row["limit_minor"] - row["ledger_reserved"] - row["ledger_spent"] if row else 0
-        outcome = evaluate(view(row) if row else None, spec, row["campaign_status"] if row else None,
-                           customer_id=customer_id, order=order, items=items, now=ev.now_utc(),
-                           budget_remaining=remaining)
+        outcome = self._decide(row, customer_id, order, items, ev.now_utc())
         if isinstance(outcome, Refuse):
             self.metrics.checkout.labels("validate", outcome.reason).inc()
             return Answer(200, refusal(outcome))
@@ -87,48 +83,53 @@ class CheckoutHandlers:
             if prior is not None or (row is not None and row["kind"] == "gift_card"):
                 break  # a gift card, or this key held by a request still in flight: lock and wait
             now = ev.now_utc()
-            spec = self._spec(row["campaign_id"], row["version"], row["definition"]) if row else None
-            remaining = row["limit_minor"] - row["ledger_reserved"] - row["ledger_spent"] if row else 0
-            outcome = evaluate(view(row) if row else None, spec, row["campaign_status"] if row else None,
-                               customer_id=customer_id, order=order, items=items, now=now,
-                               budget_remaining=remaining)
-            if isinstance(outcome, Refuse):
-                answer = self._refused("redeem", outcome)
-                if await store.store_answer_once(conn, api_key_id, idempotency_key, request_hash, answer.status,
-                                                 answer.body):
-                    return answer, False
-                continue  # the key was used meanwhile: answer as it was answered
-            v, discount = view(row), outcome.discount
-            redemption_id = str(uuid.uuid4())
-            result = Answer(201, {"valid": True, "redemption_id": redemption_id, "voucher_id": v.id,
-                                  "campaign_id": v.campaign_id, "discount": {"amount": discount, "currency": v.currency},
-                                  "remaining_balance": None})
-            try:
-                locked, ledger = await store.redeem_single_use(
-                    conn, voucher_id=v.id, reserved=v.reserved, campaign_id=v.campaign_id, discount=discount,
-                    redemption_id=redemption_id, customer_id=customer_id, order_id=order_id, order_amount=order.amount,
-                    currency=order.currency, at=now, api_key_id=api_key_id, key=idempotency_key,
-                    request_hash=request_hash, response=result.body, topic="voucher-redeemed",
-                    event_template=self._redeemed_template(redemption_id, v, row, customer_id, discount, order, now))
-            except asyncpg.UniqueViolationError:
-                continue  # the same key committed meanwhile: its answer is read next
-            if not locked:
-                continue  # redeemed (or rolled back) since it was read: decide again
-            if ledger is None:
+            outcome = self._decide(row, customer_id, order, items, now)
+            if not isinstance(outcome, Refuse):
+                v, discount = view(row), outcome.discount
+                redemption_id = str(uuid.uuid4())
+                result = Answer(201, {"valid": True, "redemption_id": redemption_id, "voucher_id": v.id,
+                                      "campaign_id": v.campaign_id,
+                                      "discount": {"amount": discount, "currency": v.currency},
+                                      "remaining_balance": None})
+                try:
+                    locked, ledger = await store.redeem_single_use(
+                        conn, voucher_id=v.id, reserved=v.reserved, campaign_id=v.campaign_id, discount=discount,
+                        redemption_id=redemption_id, customer_id=customer_id, order_id=order_id,
+                        order_amount=order.amount, currency=order.currency, at=now, api_key_id=api_key_id,
+                        key=idempotency_key, request_hash=request_hash, response=result.body,
+                        topic="voucher-redeemed",
+                        event_template=self._redeemed_template(redemption_id, v, row, customer_id, discount, order,
+                                                               now))
+                except asyncpg.UniqueViolationError:
+                    continue  # the same key committed meanwhile: its answer is read next
+                if not locked:
+                    continue  # redeemed (or rolled back) since it was read: decide again
+                if ledger is not None:
+                    self.metrics.checkout.labels("redeem", "redeemed").inc()
+                    self.metrics.redeemed_amount.labels(v.campaign_id).inc(discount)
+                    return result, False
                 if v.customer_id is not None:  # spending what was reserved keeps reserved + spent equal
                     raise RuntimeError(f"ledger refused a reserved spend on {v.campaign_id}")
-                answer = self._refused("redeem", Refuse("budget_exhausted", "the campaign's budget is spent"))
-                if await store.store_answer_once(conn, api_key_id, idempotency_key, request_hash, answer.status,
-                                                 answer.body):
-                    return answer, False
-                continue
-            self.metrics.checkout.labels("redeem", "redeemed").inc()
-            self.metrics.redeemed_amount.labels(v.campaign_id).inc(discount)
-            return result, False
+                outcome = Refuse("budget_exhausted", "the campaign's budget is spent")  # a partner code
+            answer = self._refused("redeem", outcome)
+            if await store.store_answer_once(conn, api_key_id, idempotency_key, request_hash, answer.status,
+                                             answer.body):
+                return answer, False
+            # else the key was used meanwhile: answer as it was answered
         async with conn.transaction():
             return await self._redeem_locked(conn, api_key_id=api_key_id, idempotency_key=idempotency_key,
                                              request_hash=request_hash, code_hash=code_hash, customer_id=customer_id,
                                              order=order, items=items, order_id=order_id)
+
+    def _decide(self, row: asyncpg.Record | None, customer_id: str, order: ev.Money, items: list[ev.LineItem],
+                now):
+        """The discount this voucher row gives this order, or why not (``row``: a checkout context)."""
+        if row is None:
+            return evaluate(None, None, None, customer_id=customer_id, order=order, items=items, now=now,
+                            budget_remaining=0)
+        spec = self._spec(row["campaign_id"], row["version"], row["definition"])
+        return evaluate(view(row), spec, row["campaign_status"], customer_id=customer_id, order=order, items=items,
+                        now=now, budget_remaining=row["limit_minor"] - row["ledger_reserved"] - row["ledger_spent"])
 
     def _replay(self, prior_hash: bytes, status: int, response: dict, request_hash: bytes) -> Answer:
         if prior_hash != request_hash:
@@ -166,10 +167,7 @@ class CheckoutHandlers:
 
         now = ev.now_utc()
         row = await store.lock_for_redemption(conn, code_hash)
-        spec = self._spec(row["campaign_id"], row["version"], row["definition"]) if row else None
-        remaining = row["limit_minor"] - row["ledger_reserved"] - row["ledger_spent"] if row else 0
-        outcome = evaluate(view(row) if row else None, spec, row["campaign_status"] if row else None,
-                           customer_id=customer_id, order=order, items=items, now=now, budget_remaining=remaining)
+        outcome = self._decide(row, customer_id, order, items, now)
         if isinstance(outcome, Refuse):
             return await answer(self._refused("redeem", outcome)), False
         v, discount = view(row), outcome.discount

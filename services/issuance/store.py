@@ -278,32 +278,51 @@ async def store_answer_once(conn: asyncpg.Connection, api_key_id: str, key: str,
         api_key_id, key, request_hash, status_code, response))
 
 
+# The conditional ledger change and its history step ($1 campaign, $2/$3 the changes to reserved
+# and spent, $4 cause, $5 voucher): no row comes back when it would break the invariant. ``first``
+# are CTEs put before it, ``guard`` a further condition on the move.
+def _move_sql(first: str = "", guard: str = "") -> str:
+    return (
+        "WITH " + first + "l AS (UPDATE budget_ledger SET reserved = reserved + $2, spent = spent + $3, seq = seq + 1"
+        " WHERE campaign_id = $1" + guard + " AND reserved + $2 >= 0 AND spent + $3 >= 0"
+        " AND reserved + $2 + spent + $3 <= limit_minor"
+        " RETURNING campaign_id, currency, limit_minor, reserved, spent, seq, vouchers),"
+        " h AS (INSERT INTO budget_ledger_history (campaign_id, seq, limit_minor, reserved, spent, cause, voucher_id)"
+        " SELECT campaign_id, seq, limit_minor, reserved, spent, $4, $5 FROM l)"
+    )
+
+
+_MOVE = _move_sql()
+
+
+def _announce_sql(topic: str, key: str, template: str) -> str:
+    """The outbox row announcing a move (parameters named by position): the event template's
+    ``data.ledger`` is filled in from the ledger row just updated."""
+    return (f", o AS (INSERT INTO outbox (topic, key, value) SELECT {topic}, {key}, convert_to(jsonb_set({template}"
+            "::text::jsonb, '{data,ledger}', jsonb_build_object('currency', currency, 'limit', limit_minor,"
+            " 'reserved', reserved, 'spent', spent, 'seq', seq))::text, 'UTF8') FROM l)")
+
+
 # A single-use redemption as one statement, run outside any explicit transaction, so every lock
 # it takes — the voucher's, then the campaign ledger's hot row — is held only while the server
 # executes it and commits, never across a round trip to the service (under load the event loop
 # can take milliseconds to send the next statement, and the ledger row serialises a campaign).
-# It applies only if the voucher is still as it was read ($1 id, $2 reserved, status active): a
+# It applies only if the voucher is still as it was read ($5 id, $6 reserved, status active): a
 # concurrent redemption makes ``locked`` 0 and the caller reads again. Everything else depends on
 # the ledger move: no row from ``l`` (the budget would be overrun) changes nothing. A second use
 # of the Idempotency-Key raises a unique violation, which undoes the whole statement.
 _REDEEM_SINGLE_USE = (
-    "WITH vv AS (SELECT id FROM vouchers WHERE id = $1 AND status = 'active' AND reserved = $2 FOR UPDATE),"
-    " l AS (UPDATE budget_ledger SET reserved = reserved + $4, spent = spent + $5, seq = seq + 1"
-    " WHERE campaign_id = $3 AND EXISTS (SELECT 1 FROM vv) AND reserved + $4 >= 0 AND spent + $5 >= 0"
-    " AND reserved + $4 + spent + $5 <= limit_minor"
-    " RETURNING campaign_id, currency, limit_minor, reserved, spent, seq, vouchers),"
-    " h AS (INSERT INTO budget_ledger_history (campaign_id, seq, limit_minor, reserved, spent, cause, voucher_id)"
-    " SELECT campaign_id, seq, limit_minor, reserved, spent, 'redeemed', $1 FROM l),"
-    " v AS (UPDATE vouchers SET status = 'redeemed', reserved = 0, closed_at = $12"
-    " WHERE id = $1 AND EXISTS (SELECT 1 FROM l)),"
+    _move_sql(first="vv AS (SELECT id FROM vouchers WHERE id = $5 AND status = 'active' AND reserved = $6"
+                    " FOR UPDATE), ", guard=" AND EXISTS (SELECT 1 FROM vv)")
+    + ", v AS (UPDATE vouchers SET status = 'redeemed', reserved = 0, closed_at = $13"
+    " WHERE id = $5 AND EXISTS (SELECT 1 FROM l)),"
     " r AS (INSERT INTO redemptions (id, voucher_id, campaign_id, customer_id, order_id, discount, reserved_used,"
-    " order_amount, currency, status, redeemed_at) SELECT $6, $1, $3, $7, $8, $5, -$4, $9, $10, 'redeemed', $12 FROM l),"
+    " order_amount, currency, status, redeemed_at) SELECT $7, $5, $1, $8, $9, $3, -$2, $10, $11, 'redeemed', $13"
+    " FROM l),"
     " k AS (INSERT INTO idempotency_keys (api_key_id, key, request_hash, status_code, response)"
-    " SELECT $13, $14, $15, 201, $16 FROM l),"
-    " o AS (INSERT INTO outbox (topic, key, value) SELECT $17, $11, convert_to(jsonb_set($18::text::jsonb,"
-    " '{data,ledger}', jsonb_build_object('currency', currency, 'limit', limit_minor, 'reserved', reserved,"
-    " 'spent', spent, 'seq', seq))::text, 'UTF8') FROM l)"
-    " SELECT (SELECT count(*) FROM vv) AS locked, l.* FROM (SELECT 1) AS one LEFT JOIN l ON true"
+    " SELECT $14, $15, $16, 201, $17 FROM l)"
+    + _announce_sql("$18", "$12", "$19")
+    + " SELECT (SELECT count(*) FROM vv) AS locked, l.* FROM (SELECT 1) AS one LEFT JOIN l ON true"
 )
 
 
@@ -315,22 +334,10 @@ async def redeem_single_use(conn: asyncpg.Connection, *, voucher_id: str, reserv
     """Returns (whether the voucher was still as read, the ledger after the move or ``None``).
     Call outside a transaction; raises ``asyncpg.UniqueViolationError`` when the key was used."""
     row = await conn.fetchrow(
-        _REDEEM_SINGLE_USE, voucher_id, reserved, campaign_id, -reserved, discount, redemption_id, customer_id,
-        order_id, order_amount, currency, customer_id.encode(), at, api_key_id, key, request_hash, response, topic,
-        event_template.decode())
+        _REDEEM_SINGLE_USE, campaign_id, -reserved, discount, "redeemed", voucher_id, reserved, redemption_id,
+        customer_id, order_id, order_amount, currency, customer_id.encode(), at, api_key_id, key, request_hash,
+        response, topic, event_template.decode())
     return bool(row["locked"]), (_ledger(row) if row["seq"] is not None else None)
-
-
-# The conditional ledger change and its history step ($1 campaign, $2/$3 the changes to reserved
-# and spent, $4 cause, $5 voucher): no row comes back when it would break the invariant.
-_MOVE = (
-    "WITH l AS (UPDATE budget_ledger SET reserved = reserved + $2, spent = spent + $3, seq = seq + 1"
-    " WHERE campaign_id = $1 AND reserved + $2 >= 0 AND spent + $3 >= 0"
-    " AND reserved + $2 + spent + $3 <= limit_minor"
-    " RETURNING campaign_id, currency, limit_minor, reserved, spent, seq, vouchers),"
-    " h AS (INSERT INTO budget_ledger_history (campaign_id, seq, limit_minor, reserved, spent, cause, voucher_id)"
-    " SELECT campaign_id, seq, limit_minor, reserved, spent, $4, $5 FROM l)"
-)
 
 
 async def move_budget(conn: asyncpg.Connection, campaign_id: str, d_reserved: int, d_spent: int,
@@ -349,11 +356,8 @@ async def move_budget_and_announce(conn: asyncpg.Connection, campaign_id: str, d
     ``data.ledger`` is filled in from the row just updated. The campaign's hot row lock is thus
     held for one round trip and the commit."""
     row = await conn.fetchrow(
-        _MOVE + ", o AS (INSERT INTO outbox (topic, key, value) SELECT $6, $7, convert_to(jsonb_set($8::text::jsonb,"
-        " '{data,ledger}', jsonb_build_object('currency', currency, 'limit', limit_minor, 'reserved', reserved,"
-        " 'spent', spent, 'seq', seq))::text, 'UTF8') FROM l)"
-        " SELECT * FROM l", campaign_id, d_reserved, d_spent, cause, voucher_id, topic, key.encode(),
-        event_template.decode())
+        _MOVE + _announce_sql("$6", "$7", "$8") + " SELECT * FROM l", campaign_id, d_reserved, d_spent, cause,
+        voucher_id, topic, key.encode(), event_template.decode())
     return _ledger(row) if row else None
 
 
