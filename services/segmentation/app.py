@@ -124,7 +124,6 @@ class SegmentationService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.app.on_partitions_assigned.connect(self._on_assigned)
         self._watched: frozenset = frozenset()
-        self._offsets: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self.exit_code = 0
         self.handled = 0
@@ -140,9 +139,6 @@ class SegmentationService:
 
     async def stop(self) -> None:
         self.started = False
-        if self._offsets is not None:
-            await self._offsets.stop()
-            self._offsets = None
         if self._admin is not None:
             await self._admin.close()
             self._admin = None
@@ -198,21 +194,26 @@ class SegmentationService:
         if not tps:
             return {}
         try:
-            if self._admin is None:
-                self._admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka.bootstrap)
-                await self._admin.start()
-            group = await asyncio.wait_for(self._admin.list_consumer_group_offsets(
-                self.settings.group_id, partitions=tps), timeout=10)
-            # A partition the group never committed starts at the log's beginning (earliest).
-            starts = await asyncio.wait_for((await self._side_consumer()).beginning_offsets(tps), timeout=10)
+            return await self._starts(tps)
         except Exception as exc:  # noqa: BLE001 - then the first message of each partition is the baseline
             log.warning("committed offsets unavailable after an assignment; skipped-offset checks start with the "
                         "next message", extra={"error": repr(exc)})
             return {}
+
+    async def _starts(self, tps: list[TopicPartition]) -> dict[tuple[str, int], int]:
+        """Where this worker starts on each partition: the group's committed offset, or the log's
+        beginning for a partition the group never committed (auto_offset_reset is earliest)."""
+        if self._admin is None:
+            self._admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka.bootstrap)
+            await self._admin.start()
+        group = await asyncio.wait_for(self._admin.list_consumer_group_offsets(
+            self.settings.group_id, partitions=tps), timeout=10)
+        starts = await asyncio.wait_for((await self._side_consumer()).beginning_offsets(tps), timeout=10)
         starts.update({tp: meta.offset for tp, meta in group.items() if meta.offset >= 0})
         return {(tp.topic, tp.partition): offset for tp, offset in starts.items()}
 
     async def _side_consumer(self) -> AIOKafkaConsumer:
+        """A consumer outside the group: offsets for the watchdog, skipped ranges for the agent."""
         if self._side is None:
             self._side = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap, group_id=None,
                                           enable_auto_commit=False, auto_offset_reset="earliest")
@@ -381,27 +382,14 @@ class SegmentationService:
         if not assigned:
             return
         try:
-            if self._offsets is None:
-                self._offsets = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap, group_id=None,
-                                                 enable_auto_commit=False)
-                await self._offsets.start()
-            if self._admin is None:
-                self._admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka.bootstrap)
-                await self._admin.start()
             tps = [TopicPartition(tp.topic, tp.partition) for tp in assigned]
-            ends = await asyncio.wait_for(self._offsets.end_offsets(tps), timeout=10)
-            group = await asyncio.wait_for(self._admin.list_consumer_group_offsets(
-                self.settings.group_id, partitions=tps), timeout=10)
-            # Where this worker started on each partition: the group's committed offset, or the
-            # log's start (auto_offset_reset is earliest).
-            starts = await asyncio.wait_for(self._offsets.beginning_offsets(tps), timeout=10)
-            starts.update({tp: meta.offset for tp, meta in group.items() if meta.offset >= 0})
+            ends = await asyncio.wait_for((await self._side_consumer()).end_offsets(tps), timeout=10)
+            starts = await self._starts(tps)
         except Exception as exc:  # noqa: BLE001 - the broker may be restarting: check next time
             log.warning("stall check skipped: offsets unavailable", extra={"error": repr(exc)})
             self.stalls.reset(now)  # a partition cannot progress while the broker is away: not a stall
             return
-        stalls = self.stalls.check({(tp.topic, tp.partition): end for tp, end in ends.items()}, now,
-                                   {(tp.topic, tp.partition): offset for tp, offset in starts.items()})
+        stalls = self.stalls.check({(tp.topic, tp.partition): end for tp, end in ends.items()}, now, starts)
         for stall in stalls:
             topic, partition = stall.tp
             tp = next(t for t in assigned if (t.topic, t.partition) == stall.tp)

@@ -1,27 +1,47 @@
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 
 import httpx
 import pytest
 
-from services.segmentation.app import SegmentationService
+from services.segmentation.app import SegmentationService, partition_of
 from services.segmentation.settings import SegmentationSettings
 from shared import events as ev
 from shared.kafka import send_all, start_producer
 from tests.support import wait_for
 
 
+@contextlib.asynccontextmanager
+async def running(settings: SegmentationSettings):
+    """A started worker with its partitions assigned; stopped afterwards."""
+    service = SegmentationService(settings)
+    await service.start()
+    try:
+        await wait_for(lambda: bool(service.app.consumer.assignment()), timeout=30, what="partitions assigned")
+        yield service
+    finally:
+        await service.stop()
+
+
+async def consented_cart_partition(service: SegmentationService, kafka, customer: str):
+    """Gives ``customer`` profiling consent (handled by ``service``) and returns the worker's
+    ``cart-abandoned`` partition for that customer."""
+    await publish(kafka, "consent-state", [consent(customer)])
+    await wait_for(lambda: service.consent.get(customer), timeout=30, what="the consent to be handled")
+    carts = kafka.topic("cart-abandoned")
+    return next(t for t in service.app.consumer.assignment()
+                if t.topic == carts and t.partition == partition_of(customer.encode()))
+
+
 @pytest.fixture
 async def segmentation(kafka):
-    service = SegmentationService(SegmentationSettings(kafka=kafka, rules_check_interval_s=0.5))
-    await service.start()
-    await wait_for(lambda: bool(service.app.consumer.assignment()), timeout=30, what="partitions assigned")
-    service.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=service.http(manage_lifecycle=False)),
-                                       base_url="http://segmentation")
-    yield service
-    await service.client.aclose()
-    await service.stop()
+    async with running(SegmentationSettings(kafka=kafka, rules_check_interval_s=0.5)) as service:
+        service.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=service.http(manage_lifecycle=False)),
+                                           base_url="http://segmentation")
+        yield service
+        await service.client.aclose()
 
 
 async def publish(kafka, topic: str, events: list[ev.Event]) -> None:

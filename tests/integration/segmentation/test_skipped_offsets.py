@@ -7,25 +7,16 @@ from __future__ import annotations
 
 import logging
 
-from services.segmentation.app import SegmentationService, partition_of
 from services.segmentation.settings import SegmentationSettings
-from tests.integration.segmentation.conftest import consent, publish
+from tests.integration.segmentation.conftest import consented_cart_partition, publish, running
 from tests.integration.segmentation.test_profiles_and_segments import cart, entries
-from tests.support import wait_for
 
 
 async def test_offsets_faust_skips_are_read_back_and_processed(kafka, caplog):
-    service = SegmentationService(SegmentationSettings(kafka=kafka, stall_timeout_s=3600))
-    await service.start()
-    try:
-        await wait_for(lambda: bool(service.app.consumer.assignment()), timeout=30, what="partitions assigned")
+    async with running(SegmentationSettings(kafka=kafka, stall_timeout_s=3600)) as service:
         customer = "skip-1"
-        await publish(kafka, "consent-state", [consent(customer)])
-        await wait_for(lambda: service.consent.get(customer), timeout=30, what="the consent to be handled")
-        carts = kafka.topic("cart-abandoned")
-        tp = next(t for t in service.app.consumer.assignment()
-                  if t.topic == carts and t.partition == partition_of(customer.encode()))
-        assert service._next[(carts, tp.partition)] == 0  # set at assignment: the log's beginning
+        tp = await consented_cart_partition(service, kafka, customer)
+        assert service._next[(tp.topic, tp.partition)] == 0  # set at assignment: the log's beginning
         # What faust does in the chaos runs, made deterministic: the partition's first three
         # messages never reach the stream (here: paused, then the consumer moved past them).
         service.app.consumer.pause_partitions([tp])
@@ -39,5 +30,3 @@ async def test_offsets_faust_skips_are_read_back_and_processed(kafka, caplog):
         warned = [r for r in caplog.records if r.getMessage().startswith("faust's consumer skipped messages")]
         assert [(r.from_offset, r.to_offset, r.processed) for r in warned] == [(0, 2, 3)]
         assert service.metrics.skipped.labels("cart-abandoned")._value.get() == 3
-    finally:
-        await service.stop()

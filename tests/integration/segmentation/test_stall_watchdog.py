@@ -6,24 +6,16 @@ from __future__ import annotations
 
 import logging
 
-from services.segmentation.app import SegmentationService, partition_of
 from services.segmentation.settings import SegmentationSettings
-from tests.integration.segmentation.conftest import consent, publish
+from tests.integration.segmentation.conftest import consented_cart_partition, publish, running
 from tests.integration.segmentation.test_profiles_and_segments import cart, entries
-from tests.support import wait_for
 
 
 async def test_a_partition_left_paused_is_found_and_resumed(kafka, caplog):
-    service = SegmentationService(SegmentationSettings(kafka=kafka, stall_timeout_s=3, stall_check_interval_s=1))
-    await service.start()
-    try:
-        await wait_for(lambda: bool(service.app.consumer.assignment()), timeout=30, what="partitions assigned")
+    settings = SegmentationSettings(kafka=kafka, stall_timeout_s=3, stall_check_interval_s=1)
+    async with running(settings) as service:
         customer = "stall-1"
-        await publish(kafka, "consent-state", [consent(customer)])
-        await wait_for(lambda: service.consent.get(customer), timeout=30, what="the consent to be handled")
-        carts = kafka.topic("cart-abandoned")
-        tp = next(t for t in service.app.consumer.assignment()
-                  if t.topic == carts and t.partition == partition_of(customer.encode()))
+        tp = await consented_cart_partition(service, kafka, customer)
         service.app.consumer.pause_partitions([tp])  # as faust sometimes leaves one after a rebalance
         caplog.set_level(logging.ERROR, logger="services.segmentation.app")
         await publish(kafka, "cart-abandoned", [cart(customer, 35_000, "k-stall")])
@@ -32,5 +24,3 @@ async def test_a_partition_left_paused_is_found_and_resumed(kafka, caplog):
         stalled = [r for r in caplog.records if r.getMessage().startswith("partition stalled")]
         assert stalled and stalled[0].partition == tp.partition and stalled[0].faust_paused is True
         assert service.metrics.stalls.labels("resumed")._value.get() >= 1
-    finally:
-        await service.stop()
