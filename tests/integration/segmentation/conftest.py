@@ -15,11 +15,14 @@ from tests.support import wait_for
 
 @contextlib.asynccontextmanager
 async def running(settings: SegmentationSettings):
-    """A started worker with its partitions assigned; stopped afterwards."""
+    """A started worker with its partitions assigned and its tables recovered (faust resumes every
+    partition when recovery completes, which would undo a test's pause); stopped afterwards."""
     service = SegmentationService(settings)
     await service.start()
     try:
         await wait_for(lambda: bool(service.app.consumer.assignment()), timeout=30, what="partitions assigned")
+        await wait_for(lambda: service.app.tables.recovery.completed.is_set() and not service.app.in_recovery,
+                       timeout=30, what="table recovery")
         yield service
     finally:
         await service.stop()
