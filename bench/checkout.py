@@ -96,6 +96,24 @@ def pgbench_update(seconds: int = 10, clients: int = 10, rate: int | None = None
         script.unlink()
 
 
+async def writer_totals(client: httpx.AsyncClient) -> dict[str, float]:
+    """The redemption writer's histograms' sums and counts, from the service's /metrics."""
+    text = (await client.get("/metrics")).text
+    wanted = ("voucherstream_redemption_batch_size_sum", "voucherstream_redemption_batch_size_count",
+              "voucherstream_redemption_write_seconds_sum")
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith(wanted)}
+
+
+def writer_stats(before: dict[str, float], after: dict[str, float]) -> dict:
+    d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    writes = d.get("voucherstream_redemption_batch_size_count", 0)
+    if not writes:
+        return {"writes": 0}
+    return {"writes": int(writes),
+            "mean_batch": round(d["voucherstream_redemption_batch_size_sum"] / writes, 1),
+            "mean_write_ms": round(1000 * d["voucherstream_redemption_write_seconds_sum"] / writes, 2)}
+
+
 async def run(rate: int, seconds: float, max_rate: int, workers: int, pg_seconds: int = 10) -> dict:
     bootstrap = KafkaSettings().bootstrap
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
@@ -146,10 +164,17 @@ async def run(rate: int, seconds: float, max_rate: int, workers: int, pg_seconds
             await attack(validate, 200, 2)
             result["validate_at_rate"] = await attack(validate, rate, seconds)
             await attack(redeem_targets(400), 200, 2)
-            result["redeem_at_rate"] = await attack(redeem_targets(int(rate * seconds)), rate, seconds)
-            result["trivial_endpoint_max"] = await attack(health, max_rate, 5)
-            result["validate_max"] = await attack(validate, max_rate, 5)
-            result["redeem_max"] = await attack(redeem_targets(int(max_rate * 5)), max_rate, 5)
+            async with httpx.AsyncClient(base_url=base) as metrics:
+                before = await writer_totals(metrics)
+                result["redeem_at_rate"] = await attack(redeem_targets(int(rate * seconds)), rate, seconds)
+                middle = await writer_totals(metrics)
+                result["trivial_endpoint_max"] = await attack(health, max_rate, 5)
+                result["validate_max"] = await attack(validate, max_rate, 5)
+                result["redeem_max"] = await attack(redeem_targets(int(max_rate * 5)), max_rate, 5)
+                # The redemption writer (single process: http_workers 1) — how many redemptions
+                # each write carried, and how long a write took.
+                result["redeem_at_rate"]["writer"] = writer_stats(before, middle)
+                result["redeem_max"]["writer"] = writer_stats(middle, await writer_totals(metrics))
     finally:
         await topics.delete_topics(bootstrap, prefix)
     loop = asyncio.get_running_loop()

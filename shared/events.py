@@ -58,7 +58,8 @@ CustomerId = Annotated[
 Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")]
 Text = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
 """Short free text without control characters (PostgreSQL refuses NUL; logs hate newlines)."""
-MinorUnits = Annotated[int, Field(strict=True, ge=0, description="Integer minor units (cents)")]
+# The upper bound keeps every amount, and every sum of a few, inside PostgreSQL's bigint.
+MinorUnits = Annotated[int, Field(strict=True, ge=0, le=10**15, description="Integer minor units (cents)")]
 CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO-4217 code, e.g. USD")]
 
 

@@ -236,11 +236,10 @@ def routes(app: FastAPI, service) -> None:
                      principal: Principal = Depends(checkout_scope)) -> JSONResponse:
         guard(principal, request)
         started = time.perf_counter()
-        async with service.pool.acquire() as conn:  # redeem() manages its own transactions
-            answer, replay = await service.checkout.redeem(
-                conn, api_key_id=principal.key_id, idempotency_key=idempotency_key,
-                body=body.model_dump(mode="json"), code=body.code, customer_id=body.customer_id,
-                order=body.order.amount, items=body.order.items, order_id=body.order_id)
+        answer, replay = await service.checkout.redeem(  # takes connections as it needs them
+            service.pool, api_key_id=principal.key_id, idempotency_key=idempotency_key,
+            body=body.model_dump(mode="json"), code=body.code, customer_id=body.customer_id,
+            order=body.order.amount, items=body.order.items, order_id=body.order_id)
         if not replay:
             count_failure(principal, request, answer.body)
         service.metrics.checkout_latency.labels("redeem").observe(time.perf_counter() - started)

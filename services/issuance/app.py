@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import asyncpg
 from fastapi import FastAPI
 
 from services.issuance import api
@@ -12,7 +13,9 @@ from services.issuance.checkout_handlers import CheckoutHandlers
 from services.issuance.ratelimit import FailureLimiter
 from services.issuance.handlers import CampaignAdmin, IssuanceHandlers
 from services.issuance.metrics import IssuanceMetrics
+from services.issuance.redemption_writer import RedemptionWriter
 from services.issuance.settings import IssuanceSettings
+from shared import db
 from shared.auth import Authenticator
 from shared.service import Service
 
@@ -27,14 +30,29 @@ class IssuanceService(Service):
         self.handlers = IssuanceHandlers(settings, self.metrics)
         self.admin = CampaignAdmin(self.handlers)
         self.outbox_seal_key = self.handlers.outbox_key
-        self.checkout = CheckoutHandlers(self.handlers)
+        self.writer_pool: asyncpg.Pool | None = None
+        self.checkout = CheckoutHandlers(self.handlers, RedemptionWriter(
+            lambda: self.writer_pool, max_batch=settings.redemption_batch_max,
+            observe=self.observe_redemption_write))
         self.auth = Authenticator(lambda: self.pool)
         self.limiter = FailureLimiter(settings.failed_attempts_per_minute, settings.failed_attempts_burst)
 
     async def on_start(self) -> None:
+        s = self.settings
+        self.writer_pool = await db.create_pool(s.postgres, s.schema, application_name=f"{s.service}-redemptions",
+                                                min_size=1, max_size=s.redemption_write_connections)
         self.consume(["consent-state", "segment-entered", "erasure-requested", "export-requested"],
                      lambda batch: self.handlers.on_batch(self.pool, batch))
         self.every("expiry", self.settings.expiry_interval_s, self.expire)
+
+    def observe_redemption_write(self, size: int, seconds: float) -> None:
+        self.metrics.redemption_batch.observe(size)
+        self.metrics.redemption_write.observe(seconds)
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self.writer_pool is not None:
+            await self.writer_pool.close()
 
     async def expire(self) -> None:
         while await self.handlers.expire_due(self.pool) >= self.settings.expiry_batch:

@@ -1,9 +1,12 @@
 """Checkout use cases: validate, redeem, roll back, on-site offers.
 
-Redemption is one transaction: the idempotency key is claimed first (a concurrent request with
-the same key waits, then gets the first answer), then the voucher row is locked (two redemptions
-of one code are serialised: exactly one wins), then the campaign's ledger row (the budget moves
-under the same lock as issuing). Refusals are answered too, and replayed as given.
+A single-use code (personal or partner) is read without locks and decided, then written by the
+redemption writer together with the campaign's other redemptions of the moment: the write
+applies only if the voucher is still as read and the Idempotency-Key new, else the request reads
+again (two redemptions of one code: exactly one wins). A gift card takes the pessimistic path,
+one transaction: the key is claimed first (a concurrent request with the same key waits, then
+gets the first answer), the voucher row locked, the campaign's ledger row moved last. Refusals
+are answered too, and replayed as given.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from services.issuance import codes, store
 from services.issuance.campaigns import offer_summary
 from services.issuance.checkout import Refuse, VoucherView, evaluate
 from services.issuance.handlers import SOURCE, IssuanceHandlers
+from services.issuance.redemption_writer import RedemptionWriter, SingleUse
 from shared import events as ev
 from shared.outbox import enqueue, event_record
 
@@ -45,9 +49,10 @@ MAX_OPTIMISTIC_ATTEMPTS = 3
 
 
 class CheckoutHandlers:
-    def __init__(self, handlers: IssuanceHandlers) -> None:
+    def __init__(self, handlers: IssuanceHandlers, writer: RedemptionWriter) -> None:
         self.handlers = handlers
         self.metrics = handlers.metrics
+        self.writer = writer
 
     def _spec(self, campaign_id: str, version: int, definition: dict):
         return self.handlers.spec({"id": campaign_id, "version": version, "definition": definition})
@@ -64,19 +69,22 @@ class CheckoutHandlers:
         return Answer(200, {"valid": True, "discount": {"amount": outcome.discount, "currency": order.currency},
                             "voucher_id": row["id"], "campaign_id": row["campaign_id"]})
 
-    async def redeem(self, conn: asyncpg.Connection, *, api_key_id: str, idempotency_key: str, body: dict,
+    async def redeem(self, pool: asyncpg.Pool, *, api_key_id: str, idempotency_key: str, body: dict,
                      code: str, customer_id: str, order: ev.Money, items: list[ev.LineItem],
                      order_id: str | None) -> tuple[Answer, bool]:
-        """Returns the answer and whether it is a replay. Call outside a transaction.
+        """Returns the answer and whether it is a replay. Takes a connection of ``pool`` only for
+        each statement: while the writer has the redemption, the request holds none (the pool's
+        size would otherwise cap how many redemptions one batch can gather).
 
         A single-use code (personal or partner) is redeemed optimistically: read without locks,
-        decide, then one statement that applies only if the voucher is still as read (the usual
-        case: a lost race reads again and answers ``already_redeemed``). A gift card, whose
-        concurrent partial spends would mostly lose that race, takes its row lock first instead."""
+        decide, then written by the redemption writer (with the campaign's other redemptions of
+        the moment) only if the voucher is still as read (the usual case: a lost race reads again
+        and answers ``already_redeemed``). A gift card, whose concurrent partial spends would
+        mostly lose that race, takes its row lock first instead."""
         request_hash = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
         code_hash = codes.code_hash(self.handlers.hash_key, code)
         for _ in range(MAX_OPTIMISTIC_ATTEMPTS):
-            row, prior = await store.redemption_context(conn, code_hash, api_key_id, idempotency_key)
+            row, prior = await store.redemption_context(pool, code_hash, api_key_id, idempotency_key)
             if prior is not None and (prior["prior_status"] is not None or prior["prior_hash"] != request_hash):
                 return self._replay(prior["prior_hash"], prior["prior_status"], prior["prior_response"],
                                     request_hash), True
@@ -91,20 +99,15 @@ class CheckoutHandlers:
                                       "campaign_id": v.campaign_id,
                                       "discount": {"amount": discount, "currency": v.currency},
                                       "remaining_balance": None})
-                try:
-                    locked, ledger = await store.redeem_single_use(
-                        conn, voucher_id=v.id, reserved=v.reserved, campaign_id=v.campaign_id, discount=discount,
-                        redemption_id=redemption_id, customer_id=customer_id, order_id=order_id,
-                        order_amount=order.amount, currency=order.currency, at=now, api_key_id=api_key_id,
-                        key=idempotency_key, request_hash=request_hash, response=result.body,
-                        topic="voucher-redeemed",
-                        event_template=self._redeemed_template(redemption_id, v, row, customer_id, discount, order,
-                                                               now))
-                except asyncpg.UniqueViolationError:
-                    continue  # the same key committed meanwhile: its answer is read next
-                if not locked:
-                    continue  # redeemed (or rolled back) since it was read: decide again
-                if ledger is not None:
+                written = await self.writer.write(SingleUse(
+                    campaign_id=v.campaign_id, voucher_id=v.id, reserved=v.reserved, discount=discount,
+                    redemption_id=redemption_id, customer_id=customer_id, order_id=order_id,
+                    order_amount=order.amount, currency=order.currency, at=now, api_key_id=api_key_id,
+                    key=idempotency_key, request_hash=request_hash, response=result.body,
+                    event_template=self._redeemed_template(redemption_id, v, row, customer_id, discount, order, now)))
+                if written.outcome in ("stale", "key_used"):
+                    continue  # redeemed, rolled back or the key answered since it was read: read again
+                if written.outcome == "redeemed":
                     self.metrics.checkout.labels("redeem", "redeemed").inc()
                     self.metrics.redeemed_amount.labels(v.campaign_id).inc(discount)
                     return result, False
@@ -112,11 +115,11 @@ class CheckoutHandlers:
                     raise RuntimeError(f"ledger refused a reserved spend on {v.campaign_id}")
                 outcome = Refuse("budget_exhausted", "the campaign's budget is spent")  # a partner code
             answer = self._refused("redeem", outcome)
-            if await store.store_answer_once(conn, api_key_id, idempotency_key, request_hash, answer.status,
+            if await store.store_answer_once(pool, api_key_id, idempotency_key, request_hash, answer.status,
                                              answer.body):
                 return answer, False
             # else the key was used meanwhile: answer as it was answered
-        async with conn.transaction():
+        async with pool.acquire() as conn, conn.transaction():
             return await self._redeem_locked(conn, api_key_id=api_key_id, idempotency_key=idempotency_key,
                                              request_hash=request_hash, code_hash=code_hash, customer_id=customer_id,
                                              order=order, items=items, order_id=order_id)

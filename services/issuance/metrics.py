@@ -28,3 +28,9 @@ class IssuanceMetrics(Metrics):
                                           ["operation"], buckets=LATENCY_BUCKETS, registry=r)
         self.partner_codes = Counter("voucherstream_partner_codes_generated_total", "Partner codes generated",
                                      ["campaign"], registry=r)
+        self.redemption_batch = Histogram("voucherstream_redemption_batch_size",
+                                          "Single-use redemptions written together (one ledger lock and one commit)",
+                                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.redemption_write = Histogram("voucherstream_redemption_write_seconds",
+                                          "One write of the redemption writer (a batch, its ledger move and commit)",
+                                          buckets=LATENCY_BUCKETS, registry=r)

@@ -20,3 +20,6 @@ class IssuanceSettings(ServiceSettings):
     failed_attempts_per_minute: float = Field(30.0, gt=0, description="failed validations/redemptions refilled per "
                                               "minute, per API key and per client address")
     failed_attempts_burst: int = Field(30, ge=1)
+    redemption_write_connections: int = Field(2, ge=1, description="connections of the redemption writer (batches of "
+                                              "different campaigns are written in parallel)")
+    redemption_batch_max: int = Field(200, ge=1, description="most single-use redemptions written in one statement")

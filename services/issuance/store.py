@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from services.issuance.budget import Ledger
 from services.issuance.rules import CustomerConsent
 from shared.events import Channel
+
+if TYPE_CHECKING:
+    from services.issuance.redemption_writer import SingleUse
 
 # ------------------------------------------------------------------ campaigns
 
@@ -257,7 +260,7 @@ async def record_redemption(conn: asyncpg.Connection, *, voucher_id: str, status
         voucher_id, status, reserved, balance, closed_at, *redemption, api_key_id, idempotency_key, response)
 
 
-async def redemption_context(conn: asyncpg.Connection, code_hash: bytes, api_key_id: str,
+async def redemption_context(conn: asyncpg.Connection | asyncpg.Pool, code_hash: bytes, api_key_id: str,
                              key: str) -> tuple[asyncpg.Record | None, asyncpg.Record | None]:
     """The voucher with its campaign and ledger (no locks), and the answer already given to this
     Idempotency-Key if any — one round trip."""
@@ -269,7 +272,7 @@ async def redemption_context(conn: asyncpg.Connection, code_hash: bytes, api_key
     return (row if row["id"] is not None else None), prior
 
 
-async def store_answer_once(conn: asyncpg.Connection, api_key_id: str, key: str, request_hash: bytes,
+async def store_answer_once(conn: asyncpg.Connection | asyncpg.Pool, api_key_id: str, key: str, request_hash: bytes,
                             status_code: int, response: dict) -> bool:
     """Records a refusal as this key's answer; ``False`` when the key was used meanwhile."""
     return bool(await conn.fetchval(
@@ -279,20 +282,15 @@ async def store_answer_once(conn: asyncpg.Connection, api_key_id: str, key: str,
 
 
 # The conditional ledger change and its history step ($1 campaign, $2/$3 the changes to reserved
-# and spent, $4 cause, $5 voucher): no row comes back when it would break the invariant. ``first``
-# are CTEs put before it, ``guard`` a further condition on the move.
-def _move_sql(first: str = "", guard: str = "") -> str:
-    return (
-        "WITH " + first + "l AS (UPDATE budget_ledger SET reserved = reserved + $2, spent = spent + $3, seq = seq + 1"
-        " WHERE campaign_id = $1" + guard + " AND reserved + $2 >= 0 AND spent + $3 >= 0"
-        " AND reserved + $2 + spent + $3 <= limit_minor"
-        " RETURNING campaign_id, currency, limit_minor, reserved, spent, seq, vouchers),"
-        " h AS (INSERT INTO budget_ledger_history (campaign_id, seq, limit_minor, reserved, spent, cause, voucher_id)"
-        " SELECT campaign_id, seq, limit_minor, reserved, spent, $4, $5 FROM l)"
-    )
-
-
-_MOVE = _move_sql()
+# and spent, $4 cause, $5 voucher): no row comes back when it would break the invariant.
+_MOVE = (
+    "WITH l AS (UPDATE budget_ledger SET reserved = reserved + $2, spent = spent + $3, seq = seq + 1"
+    " WHERE campaign_id = $1 AND reserved + $2 >= 0 AND spent + $3 >= 0"
+    " AND reserved + $2 + spent + $3 <= limit_minor"
+    " RETURNING campaign_id, currency, limit_minor, reserved, spent, seq, vouchers),"
+    " h AS (INSERT INTO budget_ledger_history (campaign_id, seq, limit_minor, reserved, spent, cause, voucher_id)"
+    " SELECT campaign_id, seq, limit_minor, reserved, spent, $4, $5 FROM l)"
+)
 
 
 def _announce_sql(topic: str, key: str, template: str) -> str:
@@ -303,41 +301,20 @@ def _announce_sql(topic: str, key: str, template: str) -> str:
             " 'reserved', reserved, 'spent', spent, 'seq', seq))::text, 'UTF8') FROM l)")
 
 
-# A single-use redemption as one statement, run outside any explicit transaction, so every lock
-# it takes — the voucher's, then the campaign ledger's hot row — is held only while the server
-# executes it and commits, never across a round trip to the service (under load the event loop
-# can take milliseconds to send the next statement, and the ledger row serialises a campaign).
-# It applies only if the voucher is still as it was read ($5 id, $6 reserved, status active): a
-# concurrent redemption makes ``locked`` 0 and the caller reads again. Everything else depends on
-# the ledger move: no row from ``l`` (the budget would be overrun) changes nothing. A second use
-# of the Idempotency-Key raises a unique violation, which undoes the whole statement.
-_REDEEM_SINGLE_USE = (
-    _move_sql(first="vv AS (SELECT id FROM vouchers WHERE id = $5 AND status = 'active' AND reserved = $6"
-                    " FOR UPDATE), ", guard=" AND EXISTS (SELECT 1 FROM vv)")
-    + ", v AS (UPDATE vouchers SET status = 'redeemed', reserved = 0, closed_at = $13"
-    " WHERE id = $5 AND EXISTS (SELECT 1 FROM l)),"
-    " r AS (INSERT INTO redemptions (id, voucher_id, campaign_id, customer_id, order_id, discount, reserved_used,"
-    " order_amount, currency, status, redeemed_at) SELECT $7, $5, $1, $8, $9, $3, -$2, $10, $11, 'redeemed', $13"
-    " FROM l),"
-    " k AS (INSERT INTO idempotency_keys (api_key_id, key, request_hash, status_code, response)"
-    " SELECT $14, $15, $16, 201, $17 FROM l)"
-    + _announce_sql("$18", "$12", "$19")
-    + " SELECT (SELECT count(*) FROM vv) AS locked, l.* FROM (SELECT 1) AS one LEFT JOIN l ON true"
-)
-
-
-async def redeem_single_use(conn: asyncpg.Connection, *, voucher_id: str, reserved: int, campaign_id: str,
-                            discount: int, redemption_id: str, customer_id: str, order_id: str | None,
-                            order_amount: int, currency: str, at: datetime, api_key_id: str, key: str,
-                            request_hash: bytes, response: dict, topic: str,
-                            event_template: bytes) -> tuple[bool, Ledger | None]:
-    """Returns (whether the voucher was still as read, the ledger after the move or ``None``).
-    Call outside a transaction; raises ``asyncpg.UniqueViolationError`` when the key was used."""
-    row = await conn.fetchrow(
-        _REDEEM_SINGLE_USE, campaign_id, -reserved, discount, "redeemed", voucher_id, reserved, redemption_id,
-        customer_id, order_id, order_amount, currency, customer_id.encode(), at, api_key_id, key, request_hash,
-        response, topic, event_template.decode())
-    return bool(row["locked"]), (_ledger(row) if row["seq"] is not None else None)
+async def redeem_single_use_batch(conn: asyncpg.Connection, campaign_id: str, topic: str,
+                                  items: Sequence[SingleUse]) -> list[tuple[str, Ledger | None]]:
+    """Writes single-use redemptions of one campaign in one call of ``redeem_single_use_batch``
+    (migration 003), run outside any explicit transaction: each item is decided as if alone, in
+    order. Returns each item's outcome, with the ledger right after it when it was redeemed."""
+    cols = list(zip(*[(i.voucher_id, i.reserved, i.discount, i.redemption_id, i.customer_id, i.order_id,
+                       i.order_amount, i.currency, i.at, i.api_key_id, i.key, i.request_hash, i.response,
+                       i.event_template.decode()) for i in items], strict=True))
+    rows = await conn.fetch(
+        "SELECT * FROM redeem_single_use_batch($1, $2, $3::text[], $4::bigint[], $5::bigint[], $6::text[],"
+        " $7::text[], $8::text[], $9::bigint[], $10::text[], $11::timestamptz[], $12::text[], $13::text[],"
+        " $14::bytea[], $15::jsonb[], $16::text[])", campaign_id, topic, *[list(c) for c in cols])
+    return [(r["outcome"], Ledger(campaign_id, r["currency"], r["limit_minor"], r["reserved"], r["spent"], r["seq"],
+                                  r["vouchers"]) if r["outcome"] == "redeemed" else None) for r in rows]
 
 
 async def move_budget(conn: asyncpg.Connection, campaign_id: str, d_reserved: int, d_spent: int,
