@@ -221,9 +221,7 @@ def routes(app: FastAPI, service) -> None:
                        principal: Principal = Depends(checkout_scope)) -> JSONResponse:
         guard(principal, request)
         started = time.perf_counter()
-        async with service.pool.acquire() as conn:
-            answer = await service.checkout.validate(conn, body.code, body.customer_id, body.order.amount,
-                                                     body.order.items)
+        answer = await service.checkout.validate(body.code, body.customer_id, body.order.amount, body.order.items)
         count_failure(principal, request, answer.body)
         service.metrics.checkout_latency.labels("validate").observe(time.perf_counter() - started)
         return JSONResponse(answer.body, status_code=answer.status)
@@ -237,7 +235,7 @@ def routes(app: FastAPI, service) -> None:
         guard(principal, request)
         started = time.perf_counter()
         answer, replay = await service.checkout.redeem(  # takes connections as it needs them
-            service.pool, api_key_id=principal.key_id, idempotency_key=idempotency_key,
+            api_key_id=principal.key_id, idempotency_key=idempotency_key,
             body=body.model_dump(mode="json"), code=body.code, customer_id=body.customer_id,
             order=body.order.amount, items=body.order.items, order_id=body.order_id)
         if not replay:

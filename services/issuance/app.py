@@ -31,9 +31,9 @@ class IssuanceService(Service):
         self.admin = CampaignAdmin(self.handlers)
         self.outbox_seal_key = self.handlers.outbox_key
         self.writer_pool: asyncpg.Pool | None = None
-        self.checkout = CheckoutHandlers(self.handlers, RedemptionWriter(
+        self.checkout = CheckoutHandlers(self.handlers, lambda: self.pool, RedemptionWriter(
             lambda: self.writer_pool, max_batch=settings.redemption_batch_max,
-            observe=self.observe_redemption_write))
+            observe=self.observe_redemption_write), max_batch=settings.redemption_batch_max)
         self.auth = Authenticator(lambda: self.pool)
         self.limiter = FailureLimiter(settings.failed_attempts_per_minute, settings.failed_attempts_burst)
 

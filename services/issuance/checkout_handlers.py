@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from services.issuance.checkout import Refuse, VoucherView, evaluate
 from services.issuance.handlers import SOURCE, IssuanceHandlers
 from services.issuance.redemption_writer import RedemptionWriter, SingleUse
 from shared import events as ev
+from shared.batching import Batcher
 from shared.outbox import enqueue, event_record
 
 
@@ -49,18 +51,30 @@ MAX_OPTIMISTIC_ATTEMPTS = 3
 
 
 class CheckoutHandlers:
-    def __init__(self, handlers: IssuanceHandlers, writer: RedemptionWriter) -> None:
+    def __init__(self, handlers: IssuanceHandlers, pool: Callable[[], asyncpg.Pool], writer: RedemptionWriter,
+                 *, max_batch: int = 200) -> None:
         self.handlers = handlers
         self.metrics = handlers.metrics
+        self._pool = pool
         self.writer = writer
+        # Validations and redemptions read their vouchers together: what arrives while one read
+        # is in flight goes in the next (one round trip for many; each request alone when idle).
+        self._reader: Batcher[None, tuple[bytes, str, str], tuple] = Batcher(self._read, max_batch=max_batch)
+
+    async def _read(self, _: None, lookups: list[tuple[bytes, str, str]]) -> list[tuple]:
+        return await store.redemption_contexts(self._pool(), lookups)
+
+    async def _context(self, code_hash: bytes, api_key_id: str = "", key: str = ""):
+        """The voucher with its campaign and ledger, and the answer already given to this
+        Idempotency-Key (none when no key is given)."""
+        return await self._reader.submit(None, (code_hash, api_key_id, key))
 
     def _spec(self, campaign_id: str, version: int, definition: dict):
         return self.handlers.spec({"id": campaign_id, "version": version, "definition": definition})
 
-    async def validate(self, conn: asyncpg.Connection, code: str, customer_id: str, order: ev.Money,
-                       items: list[ev.LineItem]) -> Answer:
-        """Read-only, one query: the voucher with its campaign and ledger."""
-        row = await store.checkout_context(conn, codes.code_hash(self.handlers.hash_key, code))
+    async def validate(self, code: str, customer_id: str, order: ev.Money, items: list[ev.LineItem]) -> Answer:
+        """Read-only: the voucher with its campaign and ledger."""
+        row, _ = await self._context(codes.code_hash(self.handlers.hash_key, code))
         outcome = self._decide(row, customer_id, order, items, ev.now_utc())
         if isinstance(outcome, Refuse):
             self.metrics.checkout.labels("validate", outcome.reason).inc()
@@ -69,10 +83,10 @@ class CheckoutHandlers:
         return Answer(200, {"valid": True, "discount": {"amount": outcome.discount, "currency": order.currency},
                             "voucher_id": row["id"], "campaign_id": row["campaign_id"]})
 
-    async def redeem(self, pool: asyncpg.Pool, *, api_key_id: str, idempotency_key: str, body: dict,
+    async def redeem(self, *, api_key_id: str, idempotency_key: str, body: dict,
                      code: str, customer_id: str, order: ev.Money, items: list[ev.LineItem],
                      order_id: str | None) -> tuple[Answer, bool]:
-        """Returns the answer and whether it is a replay. Takes a connection of ``pool`` only for
+        """Returns the answer and whether it is a replay. Takes a connection of the pool only for
         each statement: while the writer has the redemption, the request holds none (the pool's
         size would otherwise cap how many redemptions one batch can gather).
 
@@ -84,7 +98,7 @@ class CheckoutHandlers:
         request_hash = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
         code_hash = codes.code_hash(self.handlers.hash_key, code)
         for _ in range(MAX_OPTIMISTIC_ATTEMPTS):
-            row, prior = await store.redemption_context(pool, code_hash, api_key_id, idempotency_key)
+            row, prior = await self._context(code_hash, api_key_id, idempotency_key)
             if prior is not None and (prior["prior_status"] is not None or prior["prior_hash"] != request_hash):
                 return self._replay(prior["prior_hash"], prior["prior_status"], prior["prior_response"],
                                     request_hash), True
@@ -115,11 +129,11 @@ class CheckoutHandlers:
                     raise RuntimeError(f"ledger refused a reserved spend on {v.campaign_id}")
                 outcome = Refuse("budget_exhausted", "the campaign's budget is spent")  # a partner code
             answer = self._refused("redeem", outcome)
-            if await store.store_answer_once(pool, api_key_id, idempotency_key, request_hash, answer.status,
+            if await store.store_answer_once(self._pool(), api_key_id, idempotency_key, request_hash, answer.status,
                                              answer.body):
                 return answer, False
             # else the key was used meanwhile: answer as it was answered
-        async with pool.acquire() as conn, conn.transaction():
+        async with self._pool().acquire() as conn, conn.transaction():
             return await self._redeem_locked(conn, api_key_id=api_key_id, idempotency_key=idempotency_key,
                                              request_hash=request_hash, code_hash=code_hash, customer_id=customer_id,
                                              order=order, items=items, order_id=order_id)

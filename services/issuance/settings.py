@@ -22,4 +22,5 @@ class IssuanceSettings(ServiceSettings):
     failed_attempts_burst: int = Field(30, ge=1)
     redemption_write_connections: int = Field(2, ge=1, description="connections of the redemption writer (batches of "
                                               "different campaigns are written in parallel)")
-    redemption_batch_max: int = Field(200, ge=1, description="most single-use redemptions written in one statement")
+    redemption_batch_max: int = Field(200, ge=1, description="most checkout reads, or single-use redemptions of one "
+                                      "campaign, sent in one statement")

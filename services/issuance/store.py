@@ -235,12 +235,6 @@ _CONTEXT = (
 )
 
 
-async def checkout_context(conn: asyncpg.Connection, code_hash: bytes) -> asyncpg.Record | None:
-    """The voucher, its campaign and its ledger in one round trip (no locks: validation)."""
-    return await conn.fetchrow(
-        _CONTEXT + " WHERE v.code_hash = $1", code_hash)
-
-
 async def lock_for_redemption(conn: asyncpg.Connection, code_hash: bytes) -> asyncpg.Record | None:
     """The voucher, locked (two redemptions of one code are serialised), with its campaign and an
     unlocked read of its ledger — one round trip."""
@@ -260,16 +254,19 @@ async def record_redemption(conn: asyncpg.Connection, *, voucher_id: str, status
         voucher_id, status, reserved, balance, closed_at, *redemption, api_key_id, idempotency_key, response)
 
 
-async def redemption_context(conn: asyncpg.Connection | asyncpg.Pool, code_hash: bytes, api_key_id: str,
-                             key: str) -> tuple[asyncpg.Record | None, asyncpg.Record | None]:
-    """The voucher with its campaign and ledger (no locks), and the answer already given to this
-    Idempotency-Key if any — one round trip."""
-    row = await conn.fetchrow(
-        "SELECT c.*, k.request_hash AS prior_hash, k.status_code AS prior_status, k.response AS prior_response"
-        " FROM (SELECT 1) AS one LEFT JOIN (" + _CONTEXT + " WHERE v.code_hash = $1) AS c ON true"
-        " LEFT JOIN idempotency_keys k ON k.api_key_id = $2 AND k.key = $3", code_hash, api_key_id, key)
-    prior = row if row["prior_hash"] is not None else None
-    return (row if row["id"] is not None else None), prior
+async def redemption_contexts(conn: asyncpg.Connection | asyncpg.Pool,
+                              lookups: Sequence[tuple[bytes, str, str]]) -> list[tuple[asyncpg.Record | None,
+                                                                                       asyncpg.Record | None]]:
+    """For each ``(code hash, API key id, Idempotency-Key)``: the voucher with its campaign and
+    ledger (no locks), and the answer already given to that key if any — one round trip for all."""
+    cols = list(zip(*lookups, strict=True))
+    rows = await conn.fetch(
+        "SELECT ctx.*, k.request_hash AS prior_hash, k.status_code AS prior_status, k.response AS prior_response"
+        " FROM unnest($1::bytea[], $2::text[], $3::text[]) WITH ORDINALITY AS q(code_hash, api_key_id, key, i)"
+        " LEFT JOIN LATERAL (" + _CONTEXT + " WHERE v.code_hash = q.code_hash) AS ctx ON true"
+        " LEFT JOIN idempotency_keys k ON k.api_key_id = q.api_key_id AND k.key = q.key ORDER BY q.i",
+        *[list(c) for c in cols])
+    return [(row if row["id"] is not None else None, row if row["prior_hash"] is not None else None) for row in rows]
 
 
 async def store_answer_once(conn: asyncpg.Connection | asyncpg.Pool, api_key_id: str, key: str, request_hash: bytes,
