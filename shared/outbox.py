@@ -156,12 +156,13 @@ class OutboxRelay:
     async def publish_once(self) -> int:
         """Publishes up to ``batch_size`` unsent rows; returns how many it handled."""
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtext($1))", f"outbox:{self.schema}"):
-                return 0  # another instance of the service is relaying
+            # No row either when there is none or when another instance of the service holds the
+            # lock (it is relaying); one round trip for both, as the relay polls all the time.
             rows = await conn.fetch(
-                "SELECT id, topic, key, value, headers, sealed, created_at FROM outbox WHERE sent_at IS NULL"
-                " ORDER BY id LIMIT $1",
-                self.batch_size,
+                "SELECT o.* FROM (SELECT pg_try_advisory_xact_lock(hashtext($1)) AS mine) AS lock,"
+                " LATERAL (SELECT id, topic, key, value, headers, sealed, created_at FROM outbox"
+                " WHERE lock.mine AND sent_at IS NULL ORDER BY id LIMIT $2) AS o",
+                f"outbox:{self.schema}", self.batch_size,
             )
             if not rows:
                 self.metrics.outbox_pending.labels(self.metrics.service).set(0)
@@ -192,7 +193,10 @@ class OutboxRelay:
             # Sent rows are deleted, not kept: Kafka is the log, and a published row would otherwise
             # keep a customer's id (or a sealed code) in the database after an erasure.
             await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", ids)
-            pending = await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+            # A short round read every unsent row there was: what is pending is only counted
+            # (a round trip more) when the round was full.
+            pending = (await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+                       if len(rows) >= self.batch_size else 0)
         now = time.time()
         for row, topic, _ in placed:
             self.metrics.outbox_published.labels(self.metrics.service, row["topic"]).inc()

@@ -10,13 +10,15 @@ import contextlib
 import gc
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 from pathlib import Path
 
 import asyncpg
+import orjson
 import uvicorn
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from shared import db, logs
@@ -26,6 +28,16 @@ from shared.outbox import OutboxRelay
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+
+
+class JSONBody(Response):
+    """A JSON response serialised by orjson (what ``JSONResponse`` does with the standard
+    library's encoder, several times faster): for the hot routes' plain dict answers."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 class ErrorOut(BaseModel):

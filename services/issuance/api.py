@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import time
 
 from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path, Request, status
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from shared import events as ev
@@ -20,7 +20,7 @@ from shared.auth import AUTH_RESPONSES, Principal
 from services.issuance import store
 from services.issuance.campaigns import CampaignSpec
 from services.issuance.handlers import CampaignError
-from shared.service import NOT_FOUND, ErrorOut
+from shared.service import NOT_FOUND, ErrorOut, JSONBody
 
 CampaignPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")]
 CONFLICT = {409: {"model": ErrorOut, "description": "The change conflicts with the campaign's state"}}
@@ -218,20 +218,20 @@ def routes(app: FastAPI, service) -> None:
     @app.post("/v1/validations", response_model=CheckoutOut, tags=["checkout"], responses=REFUSED | AUTH_RESPONSES,
               summary="Is this code good for this order, and how much off?")
     async def validate(body: ValidationIn, request: Request,
-                       principal: Principal = Depends(checkout_scope)) -> JSONResponse:
+                       principal: Principal = Depends(checkout_scope)) -> Response:
         guard(principal, request)
         started = time.perf_counter()
         answer = await service.checkout.validate(body.code, body.customer_id, body.order.amount, body.order.items)
         count_failure(principal, request, answer.body)
         service.metrics.checkout_latency.labels("validate").observe(time.perf_counter() - started)
-        return JSONResponse(answer.body, status_code=answer.status)
+        return JSONBody(answer.body, status_code=answer.status)
 
     @app.post("/v1/redemptions", response_model=CheckoutOut, status_code=201, tags=["checkout"],
               responses=REFUSED | AUTH_RESPONSES,
               summary="Redeem a code, atomically and once; replays of an Idempotency-Key get the first answer")
     async def redeem(body: RedemptionIn, request: Request,
                      idempotency_key: str = Header(min_length=1, max_length=200, alias="Idempotency-Key"),
-                     principal: Principal = Depends(checkout_scope)) -> JSONResponse:
+                     principal: Principal = Depends(checkout_scope)) -> Response:
         guard(principal, request)
         started = time.perf_counter()
         answer, replay = await service.checkout.redeem(  # takes connections as it needs them
@@ -241,16 +241,16 @@ def routes(app: FastAPI, service) -> None:
         if not replay:
             count_failure(principal, request, answer.body)
         service.metrics.checkout_latency.labels("redeem").observe(time.perf_counter() - started)
-        return JSONResponse(answer.body, status_code=answer.status, headers={"Idempotent-Replayed": str(replay).lower()})
+        return JSONBody(answer.body, status_code=answer.status, headers={"Idempotent-Replayed": str(replay).lower()})
 
     @app.post("/v1/redemptions/{redemption_id}/rollback", response_model=RollbackOut, tags=["checkout"],
               responses=NOT_FOUND | AUTH_RESPONSES, summary="Give back what a redemption spent (once)")
     async def rollback(redemption_id: str = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$"),
-                       principal: Principal = Depends(checkout_scope)) -> JSONResponse:
+                       principal: Principal = Depends(checkout_scope)) -> Response:
         async with service.pool.acquire() as conn:
             async with conn.transaction():
                 answer = await service.checkout.rollback(conn, redemption_id)
-        return JSONResponse(answer.body, status_code=answer.status)
+        return JSONBody(answer.body, status_code=answer.status)
 
     @app.get("/v1/customers/{customer_id}/offers", response_model=OffersOut, tags=["checkout"],
              responses=AUTH_RESPONSES, summary="A customer's active vouchers, for banners, pop-ups and live chat")

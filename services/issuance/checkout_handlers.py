@@ -162,12 +162,12 @@ class CheckoutHandlers:
     def _redeemed_template(self, redemption_id: str, v: VoucherView, row: asyncpg.Record, customer_id: str,
                            discount: int, order: ev.Money, now) -> bytes:
         """The event, encoded with a placeholder ledger: the statement that moves the budget writes
-        it to the outbox with the ledger it produced."""
+        it to the outbox with the ledger it produced. Its id is the redemption's (one event each)."""
         placeholder = ev.LedgerSnapshot(currency=v.currency, limit=0, reserved=0, spent=0, seq=0)
         return ev.encode(ev.VoucherRedeemed(
             redemption_id=redemption_id, voucher_id=v.id, campaign_id=v.campaign_id, customer_id=customer_id,
             variant=v.variant, channel=row_channel(row), discount=ev.Money(amount=discount, currency=v.currency),
-            order_amount=order, redeemed_at=now, ledger=placeholder), source=SOURCE)
+            order_amount=order, redeemed_at=now, ledger=placeholder), source=SOURCE, event_id=redemption_id)
 
     async def _redeem_locked(self, conn: asyncpg.Connection, *, api_key_id: str, idempotency_key: str,
                              request_hash: bytes, code_hash: bytes, customer_id: str, order: ev.Money,

@@ -160,3 +160,20 @@ async def test_migrations_apply_once_and_an_edited_one_is_refused(postgres_setti
         assert "was edited after it was applied" in str(exc)
     else:
         raise AssertionError("an edited migration was accepted")
+
+
+async def test_only_one_relay_per_schema_publishes_at_a_time(kafka, pg_schema):
+    schema, pool = pg_schema
+    async with pool.acquire() as conn, conn.transaction():
+        await enqueue(conn, [OutboxRecord("erasure-requested", "cust-1", b"1")])
+    producer = await start_producer(kafka, "test")
+    relay = OutboxRelay(pool=pool, producer=producer, kafka=kafka, schema=schema, metrics=Metrics("t"))
+    try:
+        async with pool.acquire() as other, other.transaction():  # another instance, mid-round
+            await other.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"outbox:{schema}")
+            assert await relay.publish_once() == 0
+            assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
+        assert await relay.publish_once() == 1
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    finally:
+        await producer.stop()
