@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 from datetime import datetime
 from typing import Any
@@ -80,6 +81,9 @@ class SegmentationService:
             settings.group_id,
             broker=f"kafka://{k.bootstrap}",
             store="memory://",
+            # Tables live in memory (rebuilt from their changelogs); faust still makes a data
+            # folder, which belongs in the temporary directory, not wherever the service started.
+            datadir=os.path.join(tempfile.gettempdir(), "voucherstream-faust-{conf.name}"),
             topic_partitions=CUSTOMER_PARTITIONS,
             topic_replication_factor=1,
             table_standby_replicas=settings.standby_replicas,
