@@ -4,7 +4,7 @@ partner codes on a budget for 100; 50 partial spends of one gift card. The ledge
 checked at every step.
 
 The suite runs 10 rounds of the 200-at-once race; `make test-races` runs the full 100
-(CHECKOUT_RACE_ROUNDS=100: passed in 98.6 s on a 2-core machine).
+(CHECKOUT_RACE_ROUNDS=100: passed in 78.7 s on a 2-core machine with the redemption writer).
 """
 
 from __future__ import annotations
