@@ -22,5 +22,9 @@ async def test_a_partition_left_paused_is_found_and_resumed(kafka, caplog):
         found = await entries(kafka, expect=1, timeout=60)
         assert [(e.customer_id, e.segment) for e in found] == [(customer, "cart-abandoned-300")]
         stalled = [r for r in caplog.records if r.getMessage().startswith("partition stalled")]
-        assert stalled and stalled[0].partition == tp.partition and stalled[0].faust_paused is True
+        assert stalled and stalled[0].partition == tp.partition
+        # The log carries faust's and aiokafka's view of the partition. Which of them still calls it
+        # paused is not asserted: twice in CI faust had dropped its own record of the pause while the
+        # partition stayed stalled — the very state the watchdog exists for.
+        assert {"faust_paused", "aiokafka_paused"} <= set(vars(stalled[0]))
         assert service.metrics.stalls.labels("resumed")._value.get() >= 1
