@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 import faust
+from faust.types import TP
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
@@ -226,7 +227,8 @@ class SegmentationService:
 
     async def _recover_skipped(self, topic: str, partition: int, start: int, end: int) -> None:
         """Reads offsets [start, end) of a partition — messages faust's consumer dropped without
-        handing them to the agent (and acknowledged as a gap) — and processes them, in order."""
+        handing them to the agent — processes them, in order, and records them as done with faust
+        (a gap), so that its offset commit moves past them."""
         tp = TopicPartition(topic, partition)
         side = await self._side_consumer()
         side.assign([tp])
@@ -244,6 +246,11 @@ class SegmentationService:
                 position = record.offset + 1
             else:
                 position = max(position, await side.position(tp))
+        if position > start:
+            # faust commits only an unbroken run of acknowledged offsets past its last commit;
+            # offsets it skipped without recording a gap (its read position was unknown, after
+            # a rebalance) would hold the group's commit back for good. They are done now.
+            await self.app.consumer._add_gap(TP(topic, partition), start, position - 1)
         self.metrics.skipped.labels(self.names.get(topic, topic)).inc(found)
         log.warning("faust's consumer skipped messages; read back and processed here",
                     extra={"topic": self.names.get(topic, topic), "partition": partition, "from_offset": start,

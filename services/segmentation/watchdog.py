@@ -46,8 +46,12 @@ class StallDetector:
             w.next_offset, w.since, w.strikes = offset + 1, now, 0
 
     def reset(self, now: float) -> None:
-        """After a rebalance or recovery: every partition's clock starts again."""
-        self._watch.clear()
+        """After a rebalance, a recovery or the broker away: every partition's clock starts again.
+        What was handled here stays known: a message handled just before a broker restart whose
+        offset commit was lost with it is not waiting (the chaos run of 2026-11-29 19:02 stopped
+        a healthy worker over one such message)."""
+        for w in self._watch.values():
+            w.since, w.strikes = now, 0
 
     def check(self, ends: dict[Hashable, int], now: float,
               committed: dict[Hashable, int] | None = None) -> list[Stall]:
@@ -64,9 +68,15 @@ class StallDetector:
             if w is None:
                 self._watch[tp] = _Watch(None, end, now)
                 continue
-            # Waiting: past the next offset to handle; for a partition nothing was handled on
-            # yet, past its committed offset (or, without one, what arrived since it was watched).
-            start = w.next_offset if w.next_offset is not None else committed.get(tp, w.first_end)
+            # Waiting: past the next offset to handle here and past the committed offset (another
+            # worker may have handled more while the partition was away); for a partition nothing
+            # was handled on yet, past its committed offset (or, without one, what arrived since
+            # it was watched).
+            base = committed.get(tp)
+            if w.next_offset is None:
+                start = base if base is not None else w.first_end
+            else:
+                start = w.next_offset if base is None else max(w.next_offset, base)
             waiting = end - start
             if waiting <= 0:
                 w.since, w.strikes = now, 0

@@ -29,6 +29,25 @@ def test_a_partition_never_handled_here_stalls_when_new_messages_are_not_process
     assert [s.waiting for s in d.check({"p3": 520}, now=80)] == [20]
 
 
+def test_what_was_handled_before_a_reset_is_not_waiting_after_it():
+    # A message handled just before a broker restart, its offset commit lost with the restart.
+    d = StallDetector(timeout_s=30)
+    d.check({"p2": 0}, now=0, committed={"p2": 0})
+    d.handled("p2", 0, now=1)
+    d.reset(now=5)
+    assert d.check({"p2": 1}, now=5, committed={"p2": 0}) == []
+    assert d.check({"p2": 1}, now=100, committed={"p2": 0}) == []
+
+
+def test_a_committed_offset_past_what_was_handled_here_counts():
+    # The partition went to another worker, which handled more, and came back.
+    d = StallDetector(timeout_s=30)
+    d.handled("p0", 9, now=0)
+    d.check({"p0": 50}, now=0, committed={"p0": 50})
+    assert d.check({"p0": 50}, now=100, committed={"p0": 50}) == []
+    assert [s.waiting for s in d.check({"p0": 60}, now=200, committed={"p0": 50})] == [10]
+
+
 def test_reset_and_revocation_forget_the_clocks():
     d = StallDetector(timeout_s=30)
     d.handled("p0", 0, now=0)
