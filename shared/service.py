@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 class JSONBody(Response):
     """A JSON response serialised by orjson (what ``JSONResponse`` does with the standard
-    library's encoder, several times faster): for the hot routes' plain dict answers."""
+    library's encoder, several times faster): for the hot routes' plain dict answers. FastAPI's
+    own ``ORJSONResponse`` is deprecated in the version locked here."""
 
     media_type = "application/json"
 

@@ -290,14 +290,6 @@ _MOVE = (
 )
 
 
-def _announce_sql(topic: str, key: str, template: str) -> str:
-    """The outbox row announcing a move (parameters named by position): the event template's
-    ``data.ledger`` is filled in from the ledger row just updated."""
-    return (f", o AS (INSERT INTO outbox (topic, key, value) SELECT {topic}, {key}, convert_to(jsonb_set({template}"
-            "::text::jsonb, '{data,ledger}', jsonb_build_object('currency', currency, 'limit', limit_minor,"
-            " 'reserved', reserved, 'spent', spent, 'seq', seq))::text, 'UTF8') FROM l)")
-
-
 async def redeem_single_use_batch(conn: asyncpg.Connection, campaign_id: str, topic: str,
                                   items: Sequence[SingleUse]) -> list[tuple[str, Ledger | None]]:
     """Writes single-use redemptions of one campaign in one call of ``redeem_single_use_batch``
@@ -330,8 +322,11 @@ async def move_budget_and_announce(conn: asyncpg.Connection, campaign_id: str, d
     ``data.ledger`` is filled in from the row just updated. The campaign's hot row lock is thus
     held for one round trip and the commit."""
     row = await conn.fetchrow(
-        _MOVE + _announce_sql("$6", "$7", "$8") + " SELECT * FROM l", campaign_id, d_reserved, d_spent, cause,
-        voucher_id, topic, key.encode(), event_template.decode())
+        _MOVE + ", o AS (INSERT INTO outbox (topic, key, value) SELECT $6, $7, convert_to(jsonb_set($8::text::jsonb,"
+        " '{data,ledger}', jsonb_build_object('currency', currency, 'limit', limit_minor, 'reserved', reserved,"
+        " 'spent', spent, 'seq', seq))::text, 'UTF8') FROM l)"
+        " SELECT * FROM l", campaign_id, d_reserved, d_spent, cause, voucher_id, topic, key.encode(),
+        event_template.decode())
     return _ledger(row) if row else None
 
 

@@ -72,11 +72,8 @@ class StallDetector:
             # worker may have handled more while the partition was away); for a partition nothing
             # was handled on yet, past its committed offset (or, without one, what arrived since
             # it was watched).
-            base = committed.get(tp)
-            if w.next_offset is None:
-                start = base if base is not None else w.first_end
-            else:
-                start = w.next_offset if base is None else max(w.next_offset, base)
+            known = [o for o in (w.next_offset, committed.get(tp)) if o is not None]
+            start = max(known) if known else w.first_end
             waiting = end - start
             if waiting <= 0:
                 w.since, w.strikes = now, 0
