@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
+import subprocess
 import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +21,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def kafka_libs() -> Path:
+    """The Kafka jars the local stack runs (fetched into the cache by ``stack.sh fetch``)."""
+    pom = (ROOT / "deploy/local/kafka/pom.xml").read_text()
+    version = re.search(r"<kafka.version>(.*?)</kafka.version>", pom).group(1)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "voucherstream"
+    libs = cache / f"kafka-{version}" / "libs"
+    if not (libs / ".complete").exists():
+        subprocess.run(["bash", str(ROOT / "deploy/local/stack.sh"), "fetch"], check=True)
+    return libs
+
+
+def kafka_tool(main: str, *args: str, timeout: float = 120) -> str:
+    """Runs one of Kafka's own tools (a class in the jars) and returns what it printed."""
+    cmd = ["java", "-Xmx512m", f"-Dlog4j2.configurationFile={ROOT / 'deploy/local/kafka/log4j2.yaml'}",
+           "-cp", f"{kafka_libs()}/*", main, *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{main} {' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return done.stdout
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -21,26 +21,11 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.common import ROOT
+from bench.common import ROOT, kafka_tool
 from bench.issuance import raw_postgres_insert_rate
 from shared.settings import KafkaSettings
 
 RECORD_SIZE = 400  # bytes: a typical shop event in its CloudEvents envelope
-
-
-def kafka_libs() -> Path:
-    pom = (ROOT / "deploy/local/kafka/pom.xml").read_text()
-    version = re.search(r"<kafka.version>(.*?)</kafka.version>", pom).group(1)
-    libs = Path.home() / ".cache/voucherstream" / f"kafka-{version}" / "libs"
-    if not (libs / ".complete").exists():
-        subprocess.run(["bash", str(ROOT / "deploy/local/stack.sh"), "fetch"], check=True)
-    return libs
-
-
-def kafka_tool(main: str, *args: str) -> str:
-    cmd = ["java", "-Xmx512m", f"-Dlog4j2.configurationFile={ROOT / 'deploy/local/kafka/log4j2.yaml'}",
-           "-cp", f"{kafka_libs()}/*", main, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
 async def create_topic(bootstrap: str, name: str, partitions: int) -> None:

@@ -60,6 +60,7 @@ class Message:
 
 
 Handler = Callable[[list[Message]], Awaitable[None]]
+Validator = Callable[[Message], None]  # raises ContractError for a message that breaks the contract
 
 
 class TransientError(Exception):
@@ -235,6 +236,8 @@ class BatchConsumer:
         metrics: Metrics,
         auto_offset_reset: str = "earliest",
         max_backoff_s: float = 5.0,
+        validate: Validator | None = None,
+        assignors: tuple = (),
     ) -> None:
         self.settings = settings
         self.group_id = group_id
@@ -244,6 +247,8 @@ class BatchConsumer:
         self.metrics = metrics
         self.auto_offset_reset = auto_offset_reset
         self.max_backoff_s = max_backoff_s
+        self.validate = validate
+        self.assignors = assignors
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -255,6 +260,13 @@ class BatchConsumer:
     def stop(self) -> None:
         """Asks the loop to finish the batch in flight and return."""
         self._stopping.set()
+
+    def assignment(self) -> set[tuple[str, int]]:
+        """The (registry topic, partition) pairs this member holds now."""
+        consumer = self._consumer
+        if consumer is None:
+            return set()
+        return {(self.topics[tp.topic].name, tp.partition) for tp in consumer.assignment() if tp.topic in self.topics}
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -268,6 +280,7 @@ class BatchConsumer:
             max_poll_interval_ms=self.settings.max_poll_interval_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             metadata_max_age_ms=30_000,  # a broker restart is noticed within 30 s, not 5 minutes
+            **({"partition_assignment_strategy": self.assignors} if self.assignors else {}),
         )
         consumer.subscribe(topics=list(self.topics), listener=_CommitBeforeRevoke(self))
         self._consumer = consumer
@@ -345,7 +358,11 @@ class BatchConsumer:
         envelope, event = decode(record.value, spec.events)
         if key is not None and event.key() != key:
             raise ContractError("key_mismatch", f"message key does not match data.{event.KEY_FIELD}")
-        return Message(spec.name, record.partition, record.offset, key, envelope, event, record.timestamp, record.value)
+        message = Message(spec.name, record.partition, record.offset, key, envelope, event, record.timestamp,
+                          record.value)
+        if self.validate is not None:
+            self.validate(message)
+        return message
 
     async def _handle(self, messages: list[Message]) -> None:
         try:

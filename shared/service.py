@@ -110,10 +110,12 @@ class Service:
         self.started = False
         log.info("service stopped", extra={"service": self.settings.service})
 
-    def consume(self, topics: list[str], handler: Handler, *, group_suffix: str = "") -> BatchConsumer:
+    def consume(self, topics: list[str], handler: Handler, *, group_suffix: str = "", **options) -> BatchConsumer:
+        """Adds a batch consumer; ``options`` go to :class:`BatchConsumer` (``validate``, ``assignors``)."""
         assert self.producer is not None, "consume() belongs in on_start()"
         consumer = BatchConsumer(settings=self.settings.kafka, group_id=self.settings.group_id + group_suffix,
-                                 topics=topics, handler=handler, producer=self.producer, metrics=self.metrics)
+                                 topics=topics, handler=handler, producer=self.producer, metrics=self.metrics,
+                                 **options)
         self.consumers.append(consumer)
         self.spawn(f"consumer:{','.join(topics)}", consumer.run)
         return consumer

@@ -134,3 +134,34 @@ async def columns_containing(pool, needle: str) -> list[str]:
         if await pool.fetchval(f'SELECT count(*) FROM "{c["table_name"]}" WHERE {expr} LIKE $1', f"%{needle}%"):
             hits.append(f'{c["table_name"]}.{c["column_name"]}')
     return hits
+
+
+GROUP_COMMAND = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"
+
+
+def reset_group(bootstrap: str, group: str, to: str = "--to-earliest") -> str:
+    """Moves every committed offset of an inactive group with Kafka's own consumer-groups tool
+    (what an operator runs to replay after a fix or a restore)."""
+    from bench.common import kafka_tool
+
+    return kafka_tool(GROUP_COMMAND, "--bootstrap-server", bootstrap, "--group", group, "--reset-offsets",
+                      "--all-topics", to, "--execute")
+
+
+def describe_lags(bootstrap: str, group: str) -> dict[tuple[str, int], int | None]:
+    """LAG per (topic, partition) as Kafka's consumer-groups tool prints it (None: '-', no commit)."""
+    from bench.common import kafka_tool
+
+    out = kafka_tool(GROUP_COMMAND, "--bootstrap-server", bootstrap, "--group", group, "--describe")
+    lags: dict[tuple[str, int], int | None] = {}
+    header: list[str] | None = None
+    for line in out.splitlines():
+        cols = line.split()
+        if cols[:2] == ["GROUP", "TOPIC"]:
+            header = cols
+            continue
+        if header is None or len(cols) < 6 or cols[0] != group:
+            continue
+        row = dict(zip(header, cols, strict=False))
+        lags[(row["TOPIC"], int(row["PARTITION"]))] = None if row["LAG"] == "-" else int(row["LAG"])
+    return lags

@@ -14,9 +14,3 @@ class SegmentationSettings(ServiceSettings):
     rules_file: Path = Field(Path(__file__).parent / "rules.yaml", description="the versioned segment rules")
     rules_check_interval_s: float = Field(5.0, gt=0, description="how often the rules file is checked for changes")
     daily_tick_interval_s: float = Field(86400.0, gt=0, description="how often birthdays are evaluated for everyone")
-    standby_replicas: int = Field(0, ge=0, description="faust table standby replicas")
-    stall_timeout_s: float = Field(45.0, gt=0, description="a partition with messages waiting and no progress for "
-                                   "this long is stalled: logged with faust's view of it, then resumed")
-    stall_check_interval_s: float = Field(10.0, gt=0, description="how often partitions are checked for stalls")
-    stall_exit_strikes: int = Field(4, ge=2, description="consecutive stalled checks after which the worker stops "
-                                    "(exit code 70) so that its supervisor starts a fresh one")

@@ -6,41 +6,49 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from services.segmentation.app import SegmentationService, partition_of
+from services.segmentation import store
+from services.segmentation.app import SegmentationService
 from services.segmentation.settings import SegmentationSettings
+from shared import db
 from shared import events as ev
 from shared.kafka import send_all, start_producer
-from tests.support import wait_for
+from shared.settings import PostgresSettings
+from tests.support import unique, wait_for
+
+
+def settings_for(kafka, schema: str | None = None, **over) -> SegmentationSettings:
+    return SegmentationSettings(kafka=kafka, schema_name=schema or unique("test_segmentation_"), **over)
 
 
 @contextlib.asynccontextmanager
-async def running(settings: SegmentationSettings):
-    """A started worker with its partitions assigned and its tables recovered (faust resumes every
-    partition when recovery completes, which would undo a test's pause); stopped afterwards."""
+async def running(settings: SegmentationSettings, *, drop: bool = True):
+    """A started worker with its partitions assigned; stopped (and its schema dropped) afterwards."""
     service = SegmentationService(settings)
     await service.start()
     try:
-        await wait_for(lambda: bool(service.app.consumer.assignment()), timeout=30, what="partitions assigned")
-        await wait_for(lambda: service.app.tables.recovery.completed.is_set() and not service.app.in_recovery,
-                       timeout=30, what="table recovery")
+        await wait_for(lambda: bool(service.consumer.assignment()), timeout=30, what="partitions assigned")
         yield service
     finally:
         await service.stop()
+        if drop:
+            pool = await db.create_pool(PostgresSettings(), settings.schema, min_size=1, max_size=1)
+            await db.drop_schema(pool, settings.schema)
+            await pool.close()
 
 
-async def consented_cart_partition(service: SegmentationService, kafka, customer: str):
-    """Gives ``customer`` profiling consent (handled by ``service``) and returns the worker's
-    ``cart-abandoned`` partition for that customer."""
-    await publish(kafka, "consent-state", [consent(customer)])
-    await wait_for(lambda: service.consent.get(customer), timeout=30, what="the consent to be handled")
-    carts = kafka.topic("cart-abandoned")
-    return next(t for t in service.app.consumer.assignment()
-                if t.topic == carts and t.partition == partition_of(customer.encode()))
+async def profile(service: SegmentationService, customer: str) -> dict | None:
+    async with service.pool.acquire() as conn:
+        return await store.profile(conn, customer)
+
+
+async def kept(service: SegmentationService, customer: str) -> bool:
+    async with service.pool.acquire() as conn:
+        return bool(await store.load(conn, [customer]))
 
 
 @pytest.fixture
 async def segmentation(kafka):
-    async with running(SegmentationSettings(kafka=kafka, rules_check_interval_s=0.5)) as service:
+    async with running(settings_for(kafka, rules_check_interval_s=0.5)) as service:
         service.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=service.http(manage_lifecycle=False)),
                                            base_url="http://segmentation")
         yield service

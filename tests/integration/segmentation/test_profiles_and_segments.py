@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from services.segmentation import profile as prof
 from shared import events as ev
-from tests.integration.segmentation.conftest import consent, publish
-from tests.support import read_topic, wait_for
+from tests.integration.segmentation.conftest import consent, kept, profile, publish, running, settings_for
+from tests.support import read_topic, reset_group, wait_for
 
 NOW = datetime.now(UTC)
 
@@ -41,13 +39,14 @@ async def test_only_consented_customers_get_minimal_profiles_and_each_segment_fi
     soon = NOW + timedelta(days=3)
     await publish(kafka, "consent-state", [consent("yes-1"), consent("yes-2"), consent("no-1", profiling=False)])
     # Consent first (events of a customer without profiling consent are dropped by design).
-    await wait_for(lambda: all(segmentation.consent.get(c) is not None for c in ("yes-1", "yes-2")),
-                   what="consent table")
+    await wait_for(lambda: both_kept(segmentation, "yes-1", "yes-2"), what="consent table")
     await publish(kafka, "customer-registered", [registered("yes-1", soon.month, soon.day), registered("yes-2"),
                                                  registered("no-1", soon.month, soon.day), registered("nobody")])
     # Topics are consumed side by side, in no fixed order across topics: let the registrations land first.
-    await wait_for(lambda: (segmentation.profiles.get("yes-2") or {}).get("preferred_channel") == "email",
-                   what="the registrations")
+    async def registered_yes_2():
+        return ((await profile(segmentation, "yes-2")) or {}).get("preferred_channel") == "email"
+
+    await wait_for(registered_yes_2, what="the registrations")
     await publish(kafka, "order-placed", [order("yes-1", 9_000, "o0"), order("yes-2", 150_000, "o1"), order("yes-2", 60_000, "o2"),
                                           order("yes-2", 10_000, "o3"), order("no-1", 300_000, "o4")])
     await publish(kafka, "cart-abandoned", [cart("yes-2", 31_000, "k1"), cart("yes-2", 31_000, "k1"),
@@ -64,11 +63,11 @@ async def test_only_consented_customers_get_minimal_profiles_and_each_segment_fi
     assert by[("yes-2", "cart-abandoned-300")].caused_by == ["k1"]
 
     # The tables: profiles only for the consented, holding only the listed fields.
-    assert segmentation.profiles.get("no-1") is None and segmentation.profiles.get("nobody") is None
+    assert not await kept(segmentation, "no-1") and not await kept(segmentation, "nobody")
     for cid in ("yes-1", "yes-2"):
-        p = segmentation.profiles.get(cid)
+        p = await profile(segmentation, cid)
         assert prof.only_listed_fields(p), p.keys()
-    assert segmentation.profiles["yes-2"]["brands"] == {prof.month_key(NOW): {"Maison": 3}}
+    assert (await profile(segmentation, "yes-2"))["brands"] == {prof.month_key(NOW): {"Maison": 3}}
     dropped = segmentation.metrics.render().decode()
     assert 'voucherstream_segmentation_events_total{outcome="dropped_no_profiling_consent",type="order-placed"} 1.0' in dropped
 
@@ -77,12 +76,20 @@ async def test_only_consented_customers_get_minimal_profiles_and_each_segment_fi
     assert (await segmentation.client.get("/v1/customers/no-1/segments")).status_code == 404
 
     # A daily tick on every owned partition re-evaluates birthdays: nothing new (once per year).
-    await segmentation._daily()
+    await segmentation.daily()
     await wait_for(lambda: _ticks_handled(segmentation), what="ticks handled")
     # Withdrawal deletes the profile at once.
     await publish(kafka, "consent-state", [consent("yes-1", profiling=False)])
-    await wait_for(lambda: segmentation.profiles.get("yes-1") is None, what="profile deleted on withdrawal")
+    await wait_for(lambda: gone(segmentation, "yes-1"), what="profile deleted on withdrawal")
     assert len(await entries(kafka)) == 3
+
+
+async def both_kept(service, *customers) -> bool:
+    return all([await kept(service, c) for c in customers])
+
+
+async def gone(service, customer) -> bool:
+    return not await kept(service, customer)
 
 
 def _ticks_handled(segmentation) -> bool:
@@ -90,31 +97,37 @@ def _ticks_handled(segmentation) -> bool:
     return 'type="segmentation-ticks"' in text
 
 
-async def test_replaying_the_inputs_from_offset_0_emits_nothing_new(segmentation, kafka):
-    await publish(kafka, "consent-state", [consent("r-1")])
-    await wait_for(lambda: segmentation.consent.get("r-1") is not None, what="consent")
-    await publish(kafka, "cart-abandoned", [cart("r-1", 40_000, "k-r")])
-    await entries(kafka, expect=1)
-    handled = segmentation.handled
-    # Replay: seek every input partition of the running worker back to the beginning.
-    consumer = segmentation.app.consumer
-    for tp in list(consumer.assignment()):
-        if tp.topic in segmentation.names and segmentation.names[tp.topic] != "segmentation-ticks":
-            await consumer.seek(tp, 0)
-    await wait_for(lambda: segmentation.handled >= handled + 2, what="the replayed events")
+async def test_a_worker_restarted_after_its_group_was_reset_to_the_earliest_offsets_changes_nothing(kafka):
+    """Kafka's own consumer-groups tool moves the group back to offset 0; the restarted worker
+    reads everything again, finds it applied (offsets kept with the state) and emits nothing."""
+    settings = settings_for(kafka)
+    async with running(settings, drop=False) as first:
+        await publish(kafka, "consent-state", [consent("r-1")])
+        await wait_for(lambda: kept(first, "r-1"), what="consent")
+        await publish(kafka, "order-placed", [order("r-1", 150_000, "o-r1"), order("r-1", 49_000, "o-r2")])
+        await publish(kafka, "cart-abandoned", [cart("r-1", 40_000, "k-r")])
+        await entries(kafka, expect=1)
+        await wait_for(lambda: first.handled >= 4, what="every event handled")
+        before = await profile(first, "r-1")
+    reset_group(kafka.bootstrap, settings.group_id)
+    async with running(settings) as second:
+        await wait_for(lambda: second.handled >= 4, what="the replayed events")
+        assert await profile(second, "r-1") == before
+        assert prof.spend_12m(before, "USD", NOW) == 199_000  # just under the 2,000 USD of the gift card
+        assert second.metrics.already_applied.labels("order-placed")._value.get() == 2
     assert len(await entries(kafka, timeout=3)) == 1
 
 
 async def test_erasure_deletes_the_profile_and_is_confirmed(segmentation, kafka):
     await publish(kafka, "consent-state", [consent("e-1")])
-    await wait_for(lambda: segmentation.consent.get("e-1") is not None, what="consent")
+    await wait_for(lambda: kept(segmentation, "e-1"), what="consent")
     await publish(kafka, "order-placed", [order("e-1", 1000, "o-e")])
-    await wait_for(lambda: segmentation.profiles.get("e-1") is not None, what="profile")
+    await wait_for(lambda: profile(segmentation, "e-1"), what="profile")
     await publish(kafka, "erasure-requested", [ev.ErasureRequested(request_id="r1", customer_id="e-1",
                                                                    requested_at=NOW)])
     done = ev.decode((await read_topic(kafka.bootstrap, kafka.topic("erasure-completed"), expect=1))[0].value)[1]
     assert done.service == "segmentation" and done.request_id == "r1"
-    assert segmentation.profiles.get("e-1") is None and segmentation.consent.get("e-1") is None
+    assert not await kept(segmentation, "e-1")
 
 
 async def test_a_malformed_event_is_dead_lettered_and_the_agent_keeps_going(segmentation, kafka):
@@ -130,29 +143,15 @@ async def test_a_malformed_event_is_dead_lettered_and_the_agent_keeps_going(segm
     assert [e.customer_id for e in await entries(kafka, expect=1)] == ["m-1"]
 
 
-async def test_a_restarted_worker_recovers_its_tables_from_the_changelogs(kafka):
-    from services.segmentation.app import SegmentationService
-    from services.segmentation.settings import SegmentationSettings
+async def test_an_event_on_the_wrong_partition_is_dead_lettered_with_its_reason(segmentation, kafka):
+    from shared.kafka import send_all, start_producer
+    from services.segmentation.engine import partition_of
 
-    first = SegmentationService(SegmentationSettings(kafka=kafka))
-    await first.start()
-    try:
-        await publish(kafka, "consent-state", [consent("rs-1")])
-        await wait_for(lambda: first.consent.get("rs-1") is not None, timeout=30, what="consent")
-        await publish(kafka, "cart-abandoned", [cart("rs-1", 45_000, "k-rs")])
-        await wait_for(lambda: (first.profiles.get("rs-1") or {}).get("emitted"), timeout=30, what="profile")
-        await asyncio.sleep(3)  # let the consumer commit its offsets
-    finally:
-        await first.stop()
-    second = SegmentationService(SegmentationSettings(kafka=kafka))
-    await second.start()
-    try:
-        await wait_for(lambda: (second.profiles.get("rs-1") or {}).get("last_cart"), timeout=60,
-                       what="the profile recovered from its changelog")
-        assert second.profiles["rs-1"]["emitted"] == ["cart-abandoned-300:k-rs"]
-        # The same cart again after the restart: nothing new.
-        await publish(kafka, "cart-abandoned", [cart("rs-1", 45_000, "k-rs")])
-        await wait_for(lambda: second.handled >= 1, timeout=30, what="the replayed cart")
-        assert len(await entries(kafka, timeout=3)) == 1
-    finally:
-        await second.stop()
+    await publish(kafka, "consent-state", [consent("wp-1")])
+    wrong = (partition_of(b"wp-1") + 1) % 6
+    producer = await start_producer(kafka, "shop")
+    await (await producer.send(kafka.topic("cart-abandoned"), key=b"wp-1",
+                               value=ev.encode(cart("wp-1", 50_000, "k-wp"), source="shop"), partition=wrong))
+    await producer.stop()
+    dead = await read_topic(kafka.bootstrap, kafka.topic("cart-abandoned.dlq"), expect=1)
+    assert dict(dead[0].headers)["dlq.reason"] == b"wrong_partition"

@@ -1,0 +1,172 @@
+"""What one consumed batch does to segmentation's state, decided without I/O.
+
+The handler loads the stored state of every customer a batch touches (:class:`Customer`: the
+profiling consent and the profile), hands it here with the batch's new messages, and writes back
+what :func:`apply_batch` returns — the changed customers, the events to emit — in the same
+transaction as the consumed offsets. So every input changes state once, whatever Kafka
+redelivers, and these rules are tested with plain values.
+
+Messages are applied in the order given (per partition, the log's order). A customer's topics
+share a partition (Kafka's murmur2 of the customer id), so one worker — and one lock — holds a
+customer's consent, profile and events together.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from aiokafka.partitioner import murmur2
+
+from services.segmentation import profile as prof
+from services.segmentation import rules
+from shared import events as ev
+from shared.topics import CUSTOMER_PARTITIONS
+
+TICKS = "segmentation-ticks"
+
+
+def partition_of(key: bytes, partitions: int = CUSTOMER_PARTITIONS) -> int:
+    """Kafka's default (Java client) partitioner: murmur2 of the key. The shop must partition
+    the same way (librdkafka/kcat: ``partitioner=murmur2_random``) so a customer's events and
+    consent meet on one partition."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def check_partition(topic: str, partition: int, key: str | None, partitions: int = CUSTOMER_PARTITIONS) -> None:
+    """Refuses a customer's event on another partition than its customer's: its consent and
+    profile live with that partition's owner."""
+    if topic == TICKS or key is None:
+        return
+    right = partition_of(key.encode(), partitions)
+    if right != partition:
+        raise ev.ContractError("wrong_partition", f"key belongs on partition {right}, not {partition}: "
+                               "publish with Kafka's default murmur2 partitioner")
+
+
+@dataclass(slots=True)
+class Customer:
+    """What segmentation keeps on one customer: nothing at all without profiling consent."""
+
+    profiling_since: str | None = None  # when profiling consent was given (ISO-8601), None: not given
+    profile: prof.Profile | None = None
+
+    @property
+    def kept(self) -> bool:
+        return self.profiling_since is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    """One message of the batch, as the engine needs it (``event`` None: a tombstone)."""
+
+    topic: str
+    partition: int
+    key: str | None
+    event: ev.Event | None
+
+
+@dataclass(slots=True)
+class Outcome:
+    customers: dict[str, Customer]  # every customer loaded or touched, as it is after the batch
+    changed: set[str] = field(default_factory=set)  # those to write back (or delete when not kept)
+    emit: list[tuple[str, ev.Event]] = field(default_factory=list)  # (registry topic, event), in order
+    counts: Counter = field(default_factory=Counter)  # (topic, outcome) -> n
+    entries: Counter = field(default_factory=Counter)  # segment -> n
+
+
+def apply_batch(customers: dict[str, Customer], inputs: Iterable[Input], ruleset: rules.RuleSet, now: datetime,
+                partitions: int = CUSTOMER_PARTITIONS) -> Outcome:
+    """Applies ``inputs`` in order to ``customers`` (every customer the inputs name, and every
+    customer of a ticked partition, as stored; absent ones are new)."""
+    out = Outcome(customers=dict(customers))
+    for item in inputs:
+        _apply(out, item, ruleset, now, partitions)
+    return out
+
+
+def _apply(out: Outcome, item: Input, ruleset: rules.RuleSet, now: datetime, partitions: int) -> None:
+    e = item.event
+    if e is None:  # a consent-state tombstone: the customer was erased
+        _forget(out, item.key)
+        out.counts[(item.topic, "tombstone")] += 1
+        return
+    if isinstance(e, ev.ConsentState):
+        _on_consent(out, e)
+    elif isinstance(e, ev.ErasureRequested):
+        _forget(out, e.customer_id)
+        out.emit.append(("erasure-completed", ev.ErasureCompleted(
+            request_id=e.request_id, customer_id=e.customer_id, service="segmentation", completed_at=now,
+            erased={"profiles": 1, "consent": 1})))
+    elif isinstance(e, ev.ExportRequested):
+        c = out.customers.get(e.customer_id) or Customer()
+        out.emit.append(("export-completed", ev.ExportCompleted(
+            request_id=e.request_id, customer_id=e.customer_id, service="segmentation", completed_at=now,
+            data={"profiling_consent_since": c.profiling_since, "profile": c.profile})))
+    elif isinstance(e, ev.SegmentationTick):
+        for cid in sorted(out.customers):
+            c = out.customers[cid]
+            if c.profile is not None and partition_of(cid.encode(), partitions) == e.partition:
+                _evaluate(out, cid, c.profile, c.profile, None, ruleset, now)
+    else:
+        c = out.customers.get(e.customer_id)
+        if c is None or not c.kept:
+            out.counts[(item.topic, "dropped_no_profiling_consent")] += 1
+            return
+        before = c.profile or prof.empty()
+        _evaluate(out, e.customer_id, before, prof.apply(before, e, now), e, ruleset, now)
+    out.counts[(item.topic, "handled")] += 1
+
+
+def _on_consent(out: Outcome, state: ev.ConsentState) -> None:
+    cid = state.customer_id
+    if not state.granted(ev.Purpose.PROFILING):
+        _forget(out, cid)  # withdrawal deletes the profile at once
+        return
+    since = state.purposes[ev.Purpose.PROFILING].since.isoformat()
+    c = out.customers.get(cid) or Customer()
+    if c.profiling_since != since:
+        out.customers[cid] = Customer(since, c.profile)
+        out.changed.add(cid)
+
+
+def _forget(out: Outcome, cid: str | None) -> None:
+    if cid is None:
+        return
+    c = out.customers.get(cid)
+    if c is not None and (c.kept or c.profile is not None):
+        out.customers[cid] = Customer()
+        out.changed.add(cid)
+
+
+def _evaluate(out: Outcome, cid: str, before: prof.Profile, after: prof.Profile, event: ev.Event | None,
+              ruleset: rules.RuleSet, now: datetime) -> None:
+    """Stores ``after`` with the segments it enters now, each emitted once per trigger key."""
+    facts = rules.facts(before, after, event, now)
+    entries = rules.evaluate(ruleset, facts, set(after.get("emitted", ())))
+    if entries:
+        caused_by = [_cause(event)]
+        segments: dict[str, Any] = dict(after.get("segments", {}))
+        for entry in entries:
+            out.emit.append(("segment-entered", ev.SegmentEntered(
+                customer_id=cid, segment=entry.segment, rule_version=ruleset.version, trigger_key=entry.trigger_key,
+                facts=entry.facts, caused_by=caused_by, preferred_channel=after.get("preferred_channel"),
+                evaluated_at=now)))
+            after = prof.remember(after, entry.trigger_key)
+            segments[entry.segment] = {"entered_at": now.isoformat(), "rule_version": ruleset.version,
+                                       "trigger_key": entry.trigger_key, "facts": entry.facts, "caused_by": caused_by}
+            out.entries[entry.segment] += 1
+        after = {**after, "segments": segments}
+    current = out.customers[cid]
+    if after != current.profile:
+        out.customers[cid] = Customer(current.profiling_since, after)
+        out.changed.add(cid)
+
+
+def _cause(event: ev.Event | None) -> str:
+    if event is None:
+        return "daily"
+    return getattr(event, "order_id", None) or getattr(event, "cart_id", None) or "daily"
