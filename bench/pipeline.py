@@ -48,8 +48,7 @@ def fleet_env(prefix: str, tag: str) -> tuple[dict[str, int], dict[str, str]]:
     for s in SERVICES:
         env[f"{s.upper()}_HTTP_PORT"] = str(ports[s])
         env[f"{s.upper()}_LOG_LEVEL"] = "WARNING"
-        if s != "segmentation":
-            env[f"{s.upper()}_SCHEMA_NAME"] = f"bench_{tag}_{s}_{uuid.uuid4().hex[:6]}"
+        env[f"{s.upper()}_SCHEMA_NAME"] = f"bench_{tag}_{s}_{uuid.uuid4().hex[:6]}"
     return ports, env
 
 

@@ -14,7 +14,11 @@ to Kafka in id order and marks them sent. Guarantees:
   failed round (published, not yet marked sent), the relay reads back the tail of the partitions
   its unsent rows map to and marks the ones already there as sent instead of publishing them
   again;
-- **one relay at a time** per schema (an advisory lock), so replicas of a service never interleave.
+- **one relay at a time** per schema: the relay that holds a session advisory lock publishes, the
+  others stand by. A relay that takes the lock over reads the partition tails back first (its
+  predecessor may have died between publishing a round and marking it sent), so a ``kill -9``
+  of the publishing replica never duplicates a record. (A lock taken anew for every round would
+  let replicas alternate, and one would re-publish the round another died in.)
 
 The relay polls: every ``min_poll_s`` while rows keep coming, slowing down to ``max_poll_s``
 when idle. (LISTEN/NOTIFY would wake it sooner, but PostgreSQL serialises the commits of every
@@ -33,14 +37,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.partitioner import murmur2
 
 from shared import sealing
 from shared.events import Event, encode
 from shared.kafka import Producer, is_transient
 from shared.metrics import Metrics
 from shared.settings import KafkaSettings
+from shared.topics import partition_for
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +83,14 @@ async def enqueue(conn: asyncpg.Connection, records: Sequence[OutboxRecord], sea
         rows.append((r.topic, r.key.encode(), value, [list(h) for h in r.headers], r.sealed))
     if len(rows) == 1:
         await conn.execute("INSERT INTO outbox (topic, key, value, headers, sealed) VALUES ($1, $2, $3, $4, $5)", *rows[0])
-    else:
-        await conn.executemany("INSERT INTO outbox (topic, key, value, headers, sealed) VALUES ($1, $2, $3, $4, $5)", rows)
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """Kafka's default partitioner for keyed records (murmur2, positive, modulo)."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+        return
+    # One statement for the batch (arrays, unnested in order, so ids follow the records' order).
+    await conn.execute(
+        "INSERT INTO outbox (topic, key, value, headers, sealed)"
+        " SELECT t, k, v, h::jsonb, s FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[], $5::bool[])"
+        " WITH ORDINALITY AS r(t, k, v, h, s, n) ORDER BY n",
+        [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+        [orjson.dumps(r[3]).decode() for r in rows], [r[4] for r in rows])
 
 
 class OutboxRelay:
@@ -117,6 +123,8 @@ class OutboxRelay:
         self.source = f"{schema}"
         self._stopping = asyncio.Event()
         self._needs_recovery = True
+        self._leader: asyncpg.pool.PoolConnectionProxy | None = None  # holds the session lock
+        self.standby_poll_s = 1.0
         self._partitions: dict[str, int] = {}
         self.published = 0
         self.recovered = 0  # rows found already on Kafka after a crash and marked sent, not re-sent
@@ -127,23 +135,64 @@ class OutboxRelay:
     async def run(self) -> None:
         delay = 0.1
         idle = self.min_poll_s
-        while not self._stopping.is_set():
-            try:
-                n = await self.publish_once()
-                delay = 0.1
-            except Exception as exc:  # noqa: BLE001 - the relay must outlive the database and the broker
-                self._needs_recovery = True
-                level = logging.WARNING if is_transient(exc) else logging.ERROR
-                log.log(level, "outbox relay round failed, retrying", exc_info=not is_transient(exc),
-                        extra={"schema": self.schema, "error": repr(exc), "retry_in_s": delay})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            if n >= self.batch_size:
-                continue
-            idle = self.min_poll_s if n else min(idle * 2, self.max_poll_s)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=idle)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    n = await self.publish_once()
+                    delay = 0.1
+                except Exception as exc:  # noqa: BLE001 - the relay must outlive the database and the broker
+                    self._needs_recovery = True
+                    await self._resign()
+                    level = logging.WARNING if is_transient(exc) else logging.ERROR
+                    log.log(level, "outbox relay round failed, retrying", exc_info=not is_transient(exc),
+                            extra={"schema": self.schema, "error": repr(exc), "retry_in_s": delay})
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                if n >= self.batch_size:
+                    continue
+                if self._leader is None:
+                    idle = self.standby_poll_s  # another replica relays: check now and then whether it still does
+                else:
+                    idle = self.min_poll_s if n else min(idle * 2, self.max_poll_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=idle)
+        finally:
+            await self._resign()
+
+    async def _lead(self) -> bool:
+        """Whether this relay holds the schema's relay lock (taking it if it is free)."""
+        if self._leader is not None:
+            if not self._leader.is_closed():
+                return True
+            await self._resign()
+        conn = await self.pool.acquire()
+        try:
+            mine = await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", f"outbox:{self.schema}")
+        except BaseException:
+            await self.pool.release(conn)
+            raise
+        if not mine:
+            await self.pool.release(conn)
+            return False
+        self._leader = conn
+        self._needs_recovery = True  # whoever relayed before may have died mid-round
+        log.info("this instance relays the outbox now", extra={"schema": self.schema})
+        return True
+
+    async def close(self) -> None:
+        """Gives the relay lock up (``run`` does it when it ends; for callers of ``publish_once``)."""
+        await self._resign()
+
+    async def _resign(self) -> None:
+        conn, self._leader = self._leader, None
+        if conn is None:
+            return
+        try:
+            await asyncio.wait_for(conn.execute("SELECT pg_advisory_unlock_all()"), 5)
+        except Exception:  # noqa: BLE001 - a broken connection lost its lock with its session
+            conn.terminate()
+        await self.pool.release(conn)
 
     async def _partition_count(self, topic: str) -> int:
         if topic not in self._partitions:
@@ -155,15 +204,12 @@ class OutboxRelay:
 
     async def publish_once(self) -> int:
         """Publishes up to ``batch_size`` unsent rows; returns how many it handled."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            # No row either when there is none or when another instance of the service holds the
-            # lock (it is relaying); one round trip for both, as the relay polls all the time.
-            rows = await conn.fetch(
-                "SELECT o.* FROM (SELECT pg_try_advisory_xact_lock(hashtext($1)) AS mine) AS lock,"
-                " LATERAL (SELECT id, topic, key, value, headers, sealed, created_at FROM outbox"
-                " WHERE lock.mine AND sent_at IS NULL ORDER BY id LIMIT $2) AS o",
-                f"outbox:{self.schema}", self.batch_size,
-            )
+        if not await self._lead():
+            return 0  # another instance of the service relays
+        conn = self._leader
+        async with conn.transaction():
+            rows = await conn.fetch("SELECT id, topic, key, value, headers, sealed, created_at FROM outbox"
+                                    " WHERE sent_at IS NULL ORDER BY id LIMIT $1", self.batch_size)
             if not rows:
                 self.metrics.outbox_pending.labels(self.metrics.service).set(0)
                 return 0

@@ -12,7 +12,10 @@ import asyncio
 import os
 import sys
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal
+
+from aiokafka.partitioner import murmur2
 
 from shared import events as ev
 
@@ -20,6 +23,16 @@ DAY_MS = 24 * 3600 * 1000
 # One deployment-wide setting: every service, `make topics` and the shop's producers must agree on
 # it (segmentation co-partitions by it). Grow it with `make topics`, never shrink it.
 CUSTOMER_PARTITIONS = int(os.environ.get("VOUCHERSTREAM_CUSTOMER_PARTITIONS", "6"))
+
+
+@lru_cache(maxsize=1 << 16)
+def partition_for(key: bytes, partitions: int) -> int:
+    """Kafka's default partitioner for keyed records (murmur2, positive, modulo), as the Java
+    client and librdkafka's ``murmur2_random`` place them. Cached: murmur2 in Python is slow and
+    the same customers come back."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 CAMPAIGN_PARTITIONS = 6
 DLQ_PARTITIONS = 1
 DLQ_SUFFIX = ".dlq"

@@ -19,12 +19,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from aiokafka.partitioner import murmur2
-
 from services.segmentation import profile as prof
 from services.segmentation import rules
 from shared import events as ev
-from shared.topics import CUSTOMER_PARTITIONS
+from shared.topics import CUSTOMER_PARTITIONS, partition_for
 
 TICKS = "segmentation-ticks"
 
@@ -33,7 +31,7 @@ def partition_of(key: bytes, partitions: int = CUSTOMER_PARTITIONS) -> int:
     """Kafka's default (Java client) partitioner: murmur2 of the key. The shop must partition
     the same way (librdkafka/kcat: ``partitioner=murmur2_random``) so a customer's events and
     consent meet on one partition."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return partition_for(key, partitions)
 
 
 def check_partition(topic: str, partition: int, key: str | None, partitions: int = CUSTOMER_PARTITIONS) -> None:
@@ -167,6 +165,8 @@ def _evaluate(out: Outcome, cid: str, before: prof.Profile, after: prof.Profile,
 
 
 def _cause(event: ev.Event | None) -> str:
-    if event is None:
-        return "daily"
-    return getattr(event, "order_id", None) or getattr(event, "cart_id", None) or "daily"
+    if isinstance(event, ev.OrderPlaced):
+        return event.order_id
+    if isinstance(event, ev.CartAbandoned):
+        return event.cart_id
+    return "daily"

@@ -10,6 +10,7 @@ addresses or order lines — the shop's events may carry more; it is dropped on 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from typing import Any
 
 from shared import events as ev
@@ -31,15 +32,20 @@ def month_key(at: datetime) -> str:
     return at.strftime("%Y-%m")
 
 
-def months_back(now: datetime, n: int) -> set[str]:
-    y, m = now.year, now.month
+def months_back(now: datetime, n: int) -> frozenset[str]:
+    """The ``n`` month keys ending with ``now``'s month."""
+    return _months_back(now.year, now.month, n)
+
+
+@lru_cache(maxsize=64)
+def _months_back(y: int, m: int, n: int) -> frozenset[str]:
     out = set()
     for _ in range(n):
         out.add(f"{y:04d}-{m:02d}")
         m -= 1
         if m == 0:
             y, m = y - 1, 12
-    return out
+    return frozenset(out)
 
 
 def _prune(buckets: dict[str, Any], now: datetime) -> dict[str, Any]:

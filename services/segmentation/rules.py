@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import operator
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -69,32 +70,53 @@ def _check(node: ast.AST, rule: str) -> None:
         raise RuleError(f"rule {rule}: {type(node).__name__} is not allowed in a rule expression")
 
 
-def _eval(node: ast.AST, facts: dict[str, Any]) -> Any:
+Compiled = Callable[[dict[str, Any]], Any]
+
+
+def _compile(node: ast.AST) -> Compiled:
+    """A checked expression as nested closures over the facts (several times faster than walking
+    the tree for every evaluation; still no ``eval``). A comparison that cannot be made — a
+    number against an absent fact (None) — does not hold."""
     if isinstance(node, ast.Expression):
-        return _eval(node.body, facts)
+        return _compile(node.body)
     if isinstance(node, ast.BoolOp):
+        parts = [_compile(v) for v in node.values]
         if isinstance(node.op, ast.And):
-            return all(_eval(v, facts) for v in node.values)
-        return any(_eval(v, facts) for v in node.values)
+            def all_hold(facts):
+                return all(p(facts) for p in parts)
+            return all_hold
+
+        def any_holds(facts):
+            return any(p(facts) for p in parts)
+        return any_holds
     if isinstance(node, ast.UnaryOp):
-        return not _eval(node.operand, facts)
+        operand = _compile(node.operand)
+        return lambda facts: not operand(facts)
     if isinstance(node, ast.Compare):
-        left = _eval(node.left, facts)
-        for op, right_node in zip(node.ops, node.comparators, strict=True):
-            right = _eval(right_node, facts)
-            try:
-                if not _COMPARE[type(op)](left, right):
+        first = _compile(node.left)
+        steps = [(_COMPARE[type(op)], _compile(right)) for op, right in zip(node.ops, node.comparators, strict=True)]
+
+        def compare(facts):
+            left = first(facts)
+            for op, right_of in steps:
+                right = right_of(facts)
+                try:
+                    if not op(left, right):
+                        return False
+                except TypeError:
                     return False
-            except TypeError:  # comparing None with a number: the fact is absent, the rule does not hold
-                return False
-            left = right
-        return True
+                left = right
+            return True
+        return compare
     if isinstance(node, ast.Name):
-        return facts.get(node.id)
+        name = node.id
+        return lambda facts: facts.get(name)
     if isinstance(node, ast.Constant):
-        return node.value
+        value = node.value
+        return lambda facts: value
     if isinstance(node, (ast.Tuple, ast.List)):
-        return tuple(_eval(v, facts) for v in node.elts)
+        items = [_compile(v) for v in node.elts]
+        return lambda facts: tuple(i(facts) for i in items)
     raise RuleError(f"cannot evaluate {type(node).__name__}")
 
 
@@ -104,10 +126,10 @@ class Rule:
     when: str
     trigger: str
     explain: tuple[str, ...]
-    tree: ast.Expression
+    test: Compiled
 
     def holds(self, facts: dict[str, Any]) -> bool:
-        return bool(_eval(self.tree, facts))
+        return bool(self.test(facts))
 
     def trigger_key(self, facts: dict[str, Any]) -> str:
         return self.trigger.format(**{k: facts.get(k) for k in FACTS})
@@ -142,7 +164,7 @@ def parse(text: str) -> RuleSet:
         for name in explain:
             if name not in FACTS:
                 raise RuleError(f"rule {segment}: explain lists unknown fact {name!r}")
-        rules.append(Rule(str(segment), str(spec["when"]), str(spec["trigger"]), explain, tree))
+        rules.append(Rule(str(segment), str(spec["when"]), str(spec["trigger"]), explain, _compile(tree)))
     return RuleSet(str(doc["version"]), tuple(rules))
 
 

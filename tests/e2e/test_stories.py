@@ -52,7 +52,7 @@ async def add_key(schema: str, key: str) -> None:
 
 async def test_birthday_cart_and_loyalty_stories_with_consent_checkout_counters_and_erasure(kafka, tmp_path):
     ports = {s: free_port() for s in SERVICES}
-    schemas = {s: unique(f"e2e_{s}_") for s in ("consent", "issuance", "analytics")}
+    schemas = {s: unique(f"e2e_{s}_") for s in ("consent", "segmentation", "issuance", "analytics")}
     env = {"VOUCHERSTREAM_KAFKA_TOPIC_PREFIX": kafka.topic_prefix, "CONSENT_PRIVACY_SERVICES": ",".join(SERVICES)}
     for s in SERVICES:
         env[f"{s.upper()}_HTTP_PORT"] = str(ports[s])

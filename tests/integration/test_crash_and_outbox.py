@@ -175,5 +175,13 @@ async def test_only_one_relay_per_schema_publishes_at_a_time(kafka, pg_schema):
             assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
         assert await relay.publish_once() == 1
         assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+        # While it holds the lock, another relay of the schema stands by.
+        async with pool.acquire() as conn, conn.transaction():
+            await enqueue(conn, [OutboxRecord("erasure-requested", "cust-1", b"2")])
+        standby = OutboxRelay(pool=pool, producer=producer, kafka=kafka, schema=schema, metrics=Metrics("t2"))
+        assert await standby.publish_once() == 0
+        await relay.close()  # the relaying instance goes away
+        assert await standby.publish_once() == 1
+        await standby.close()
     finally:
         await producer.stop()

@@ -134,6 +134,7 @@ async def test_a_malformed_event_is_dead_lettered_and_the_agent_keeps_going(segm
     from shared.kafka import send_all, start_producer
 
     await publish(kafka, "consent-state", [consent("m-1")])
+    await wait_for(lambda: kept(segmentation, "m-1"), what="consent")
     producer = await start_producer(kafka, "shop")
     await send_all(producer, [(kafka.topic("order-placed"), b"m-1", b'{"specversion": "1.0"', None)])
     await producer.stop()

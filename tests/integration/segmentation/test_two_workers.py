@@ -1,9 +1,8 @@
 """A second worker in the same group takes over half the partitions, and the results are the same
 as with one worker: each consented customer's cart fires once, nobody else's.
 
-The workers run as users run them, each in its own process (``python -m services.segmentation``):
-two faust apps inside one interpreter are not a deployment anyone runs, and they interfere (a
-message can go missing between them), so an in-process pair would test the wrong thing."""
+The workers run as users run them, each in its own process (``python -m services.segmentation``),
+sharing the service's schema."""
 
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ import httpx
 from bench.common import free_port, service_process
 from shared import events as ev
 from tests.integration.segmentation.conftest import consent, publish
-from tests.support import group_members, read_topic, wait_for
+from tests.support import group_members, read_topic, unique, wait_for
 
 
 def handled(metrics: str, topic: str = "") -> float:
@@ -28,7 +27,7 @@ def handled(metrics: str, topic: str = "") -> float:
 
 async def test_two_worker_processes_split_the_partitions_and_agree_with_one(kafka, tmp_path):
     ports = [free_port(), free_port()]
-    env = {"VOUCHERSTREAM_KAFKA_TOPIC_PREFIX": kafka.topic_prefix}
+    env = {"VOUCHERSTREAM_KAFKA_TOPIC_PREFIX": kafka.topic_prefix, "SEGMENTATION_SCHEMA_NAME": unique("test_seg2_")}
     async with contextlib.AsyncExitStack() as stack:
         for i, port in enumerate(ports):
             await stack.enter_async_context(service_process(
