@@ -52,7 +52,7 @@ bench-issuance: venv ## vouchers/s at saturation and p50/p99 at 1,000 events/s, 
 	@$(STACK) up kafka postgres
 	@$(PY) -m bench.issuance --saturation 20000 --rate 1000 --seconds 15
 
-bench-segmentation: venv ## profile-update events/s for one faust worker next to a raw aiokafka consume
+bench-segmentation: venv ## events/s of one segmentation worker (carts, each a trigger) next to a raw aiokafka consume
 	@$(STACK) up kafka postgres
 	@$(PY) -m bench.segmentation --events 50000 --customers 5000
 

@@ -120,7 +120,7 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str]]:
                  verdict(pipe.get("p99_ms"), "< 250"))]
     seg = r.get("segmentation", {})
     if seg:
-        out.append(("Segmentation events/s, one faust worker", num(seg.get("worker_events_per_s"), "/s"),
+        out.append(("Segmentation events/s, one worker (carts, each a trigger)", num(seg.get("worker_events_per_s"), "/s"),
                     num(seg.get("raw_aiokafka_consume_per_s"), "/s aiokafka consume"), ratio(seg.get("worker_events_per_s"),
                                                                                             seg.get("raw_aiokafka_consume_per_s")),
                     verdict(seg.get("worker_events_per_s"), ">= 5000")))

@@ -295,8 +295,8 @@ class SegmentEntered(Event):
 
 class SegmentationTick(Event):
     """Internal to segmentation: wakes the worker that owns ``partition`` to evaluate time-based
-    rules (birthdays) for the customers of that partition, inside a stream event (faust tables
-    can only be written there)."""
+    rules (birthdays) for the customers of that partition, as an input like any other (so its
+    effects are applied once, with the partition's consumed offsets)."""
 
     TYPE = "voucherstream.segmentation.tick.v1"
     KEY_FIELD = "partition_key"

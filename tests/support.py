@@ -148,12 +148,13 @@ def reset_group(bootstrap: str, group: str, to: str = "--to-earliest") -> str:
                       "--all-topics", to, "--execute")
 
 
-def describe_lags(bootstrap: str, group: str) -> dict[tuple[str, int], int | None]:
-    """LAG per (topic, partition) as Kafka's consumer-groups tool prints it (None: '-', no commit)."""
+def describe_lags(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
+    """LAG per (topic, partition) as Kafka's consumer-groups tool prints it; a partition the group
+    never committed on ('-') lags by its log-end offset (0 when nothing was ever written to it)."""
     from bench.common import kafka_tool
 
     out = kafka_tool(GROUP_COMMAND, "--bootstrap-server", bootstrap, "--group", group, "--describe")
-    lags: dict[tuple[str, int], int | None] = {}
+    lags: dict[tuple[str, int], int] = {}
     header: list[str] | None = None
     for line in out.splitlines():
         cols = line.split()
@@ -163,5 +164,7 @@ def describe_lags(bootstrap: str, group: str) -> dict[tuple[str, int], int | Non
         if header is None or len(cols) < 6 or cols[0] != group:
             continue
         row = dict(zip(header, cols, strict=False))
-        lags[(row["TOPIC"], int(row["PARTITION"]))] = None if row["LAG"] == "-" else int(row["LAG"])
+        end = row["LOG-END-OFFSET"]
+        lag = row["LAG"] if row["LAG"] != "-" else end
+        lags[(row["TOPIC"], int(row["PARTITION"]))] = int(lag) if lag != "-" else 0
     return lags

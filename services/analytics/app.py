@@ -2,7 +2,7 @@
 from the issuance events, published on the compacted ``budget-counters`` topic (at most once a
 second per campaign), as Prometheus metrics, and at ``GET /v1/campaigns/{id}/stats``.
 
-Why PostgreSQL and not faust tables here: the events are keyed by customer, the counters by
+Why PostgreSQL here (as in segmentation): the events are keyed by customer, the counters by
 campaign. Exactness needs per-voucher and per-redemption state (so a duplicate is a no-op) and the
 ledger snapshot with the highest sequence number; one transaction per consumed batch gives both
 without a repartition topic. The state is still a pure function of the stream: dropping the

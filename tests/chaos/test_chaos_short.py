@@ -14,7 +14,7 @@ import pytest
 
 from bench.common import ROOT
 
-pytestmark = [pytest.mark.chaos, pytest.mark.kafka, pytest.mark.postgres]
+pytestmark = [pytest.mark.chaos, pytest.mark.kafka, pytest.mark.postgres, pytest.mark.timeout(900)]
 
 
 async def test_every_fault_kind_nothing_lost_nothing_twice(tmp_path):

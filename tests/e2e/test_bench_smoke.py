@@ -13,7 +13,7 @@ import pytest
 from bench import all as bench_all
 from bench.common import ROOT
 
-pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.postgres]
+pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.postgres, pytest.mark.timeout(600)]
 
 
 async def test_every_benchmark_step_runs_and_fills_the_table(tmp_path):
