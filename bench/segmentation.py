@@ -93,21 +93,27 @@ async def run(events: int, customers: int, bootstrap: str, profile: bool) -> dic
         service = SegmentationService(settings)
         await service.start()
         started = None
+        cpu_at_start = None
         if profiler:
             profiler.enable()
         deadline = time.perf_counter() + 600
         while time.perf_counter() < deadline:
             if started is None and service.handled:
-                started = time.perf_counter()
+                started, cpu_at_start = time.perf_counter(), time.process_time()
             if service.handled >= events and await count_records(entered) >= events:
                 break
             await asyncio.sleep(0.01)
         elapsed = time.perf_counter() - (started or deadline)
+        cpu = time.process_time() - (cpu_at_start or 0)
         if profiler:
             profiler.disable()
         result["handled"] = service.handled
         result["segment_entered"] = await count_records(entered)
         result["worker_events_per_s"] = round(result["handled"] / elapsed) if elapsed > 0 else None
+        # The worker's own CPU per event (this process: consumer, handler, outbox relay); the rest
+        # of the wall time it waits on PostgreSQL and Kafka, which share the machine's cores.
+        result["worker_cpu_us_per_event"] = round(cpu / max(result["handled"], 1) * 1e6)
+        result["worker_cpu_share_of_wall"] = round(cpu / elapsed, 2) if elapsed > 0 else None
         result["ratio_to_raw_consume"] = round(result["worker_events_per_s"] / result["raw_aiokafka_consume_per_s"], 3)
         result["batches"] = service.consumers[0].batches_committed
         if profiler:

@@ -18,6 +18,8 @@ Rules the models enforce:
 
 from __future__ import annotations
 
+import os
+import random
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -522,12 +524,21 @@ def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
     return "; ".join(parts)
 
 
+_ids = random.Random(os.urandom(32))  # unique ids, not secrets: no system call per event
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))  # a forked worker draws its own
+
+
+def new_event_id() -> str:
+    """A random (version 4) UUID for an envelope's ``id``."""
+    return str(uuid.UUID(int=_ids.getrandbits(128), version=4))
+
+
 def encode(event: Event, *, source: str, event_id: str | None = None, time: datetime | None = None) -> bytes:
     """Wraps ``event`` in an envelope and serialises it to JSON bytes."""
     return orjson.dumps(
         {
             "specversion": SPECVERSION,
-            "id": event_id or str(uuid.uuid4()),
+            "id": event_id or new_event_id(),
             "type": event.TYPE,
             "source": source,
             "time": (time or now_utc()).astimezone(UTC).isoformat().replace("+00:00", "Z"),

@@ -61,6 +61,10 @@ class Message:
 
 Handler = Callable[[list[Message]], Awaitable[None]]
 Validator = Callable[[Message], None]  # raises ContractError for a message that breaks the contract
+# Given the log-end offset of each newly assigned (registry topic, partition), where to start
+# reading (a consumer whose state keeps its own offsets); partitions it leaves out start at the
+# group's committed offset.
+StartPositions = Callable[[dict[tuple[str, int], int]], Awaitable[dict[tuple[str, int], int]]]
 
 
 class TransientError(Exception):
@@ -238,6 +242,7 @@ class BatchConsumer:
         max_backoff_s: float = 5.0,
         validate: Validator | None = None,
         assignors: tuple = (),
+        start_positions: StartPositions | None = None,
     ) -> None:
         self.settings = settings
         self.group_id = group_id
@@ -249,10 +254,12 @@ class BatchConsumer:
         self.max_backoff_s = max_backoff_s
         self.validate = validate
         self.assignors = assignors
+        self.start_positions = start_positions
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._last_lag = 0.0
+        self._committed: dict[TopicPartition, int] = {}  # what this member last committed, per partition
         self.batches_committed = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -298,6 +305,9 @@ class BatchConsumer:
                             log.info("stopping while a batch was being retried; it will be redelivered",
                                      extra={"group": self.group_id})
                             break
+                else:
+                    async with self._lock:
+                        await self._commit_positions(consumer)
                 await self._update_lag(consumer)
         finally:
             self._consumer = None
@@ -339,6 +349,7 @@ class BatchConsumer:
         try:
             await consumer.commit(offsets)
             self.batches_committed += 1
+            self._committed.update({tp: meta.offset for tp, meta in offsets.items()})
         except (CommitFailedError, IllegalStateError) as exc:
             # The group rebalanced under us: the new owner re-reads the batch; handlers are idempotent.
             log.warning("offset commit refused after a rebalance; the batch will be redelivered",
@@ -350,6 +361,27 @@ class BatchConsumer:
                 self.metrics.consumed.labels(self.metrics.service, base, "handled").inc(handled)
         self.metrics.batch_size.labels(self.metrics.service).observe(len(messages) + len(dead))
         self.metrics.batch_duration.labels(self.metrics.service).observe(time.perf_counter() - started)
+
+    async def _commit_positions(self, consumer: AIOKafkaConsumer) -> None:
+        """When idle (nothing was waiting), commits each partition's position where it is ahead of
+        the last commit: a partition whose position moved without a record to handle — a seek to a
+        stored position, the offset gaps of a compacted topic or of transaction markers — would
+        otherwise keep its old commit, and its lag would never reach 0."""
+        ahead = {}
+        for tp in consumer.assignment():
+            try:  # (waits while a new assignment's position is being reset)
+                position = await asyncio.wait_for(consumer.position(tp), 5)
+            except (IllegalStateError, KafkaError, TimeoutError):
+                continue
+            if position > self._committed.get(tp, -1):
+                ahead[tp] = position
+        if not ahead:
+            return
+        try:
+            await consumer.commit({tp: OffsetAndMetadata(p, "") for tp, p in ahead.items()})
+            self._committed.update(ahead)
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            log.info("idle position commit not done; next time", extra={"group": self.group_id, "error": repr(exc)})
 
     def _decode(self, spec: Topic, record: ConsumerRecord) -> Message:
         key = record.key.decode("utf-8", "replace") if record.key is not None else None
@@ -471,10 +503,25 @@ class _CommitBeforeRevoke(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked) -> None:
         async with self.owner._lock:
             self.owner.forget_lag(revoked)
+            for tp in revoked:
+                self.owner._committed.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned) -> None:
         log.info("partitions assigned", extra={"group": self.owner.group_id,
                                                "partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)})
+        owner, consumer = self.owner, self.owner._consumer
+        if owner.start_positions is None or consumer is None or not assigned:
+            return
+        tps = {(owner.topics[tp.topic].name, tp.partition): tp for tp in assigned if tp.topic in owner.topics}
+        try:
+            ends = await consumer.end_offsets(list(tps.values()))
+            starts = await owner.start_positions({key: ends[tp] for key, tp in tps.items()})
+        except Exception as exc:  # noqa: BLE001 - then the committed offsets: the handler still skips what it applied
+            log.warning("start positions unavailable; reading from the committed offsets",
+                        extra={"group": owner.group_id, "error": repr(exc)})
+            return
+        for key, offset in starts.items():
+            consumer.seek(tps[key], offset)
 
 
 def is_dlq(name: str) -> bool:

@@ -43,7 +43,8 @@ class SegmentationService(Service):
         # Range assignment gives one worker the same partition of every input: a customer's
         # consent, profile and events stay together (the topics share their partition count).
         self.consumer = self.consume(INPUTS, lambda batch: self.handlers.on_batch(self.pool, batch),
-                                     validate=self._validate, assignors=(RangePartitionAssignor,))
+                                     validate=self._validate, assignors=(RangePartitionAssignor,),
+                                     start_positions=lambda ends: self.handlers.start_positions(self.pool, ends))
         self.every("daily-tick", self.settings.daily_tick_interval_s, self.daily)
         self.every("rules-reload", self.settings.rules_check_interval_s, self.reload_rules)
         self.every("gauges", 15.0, self.gauges)

@@ -59,7 +59,8 @@ class Customer:
 
 @dataclass(frozen=True, slots=True)
 class Input:
-    """One message of the batch, as the engine needs it (``event`` None: a tombstone)."""
+    """One message of the batch, as the engine needs it (``event`` None: a tombstone). The
+    consumer's ``shared.kafka.Message`` has the same fields and is passed as it is."""
 
     topic: str
     partition: int

@@ -10,6 +10,7 @@ finds its offsets applied and changes nothing.
 from __future__ import annotations
 
 import heapq
+import logging
 from collections.abc import Callable
 
 import asyncpg
@@ -20,6 +21,7 @@ from shared import events as ev
 from shared.kafka import Message
 from shared.outbox import enqueue, event_record
 
+log = logging.getLogger(__name__)
 SOURCE = "voucherstream/segmentation"
 
 
@@ -56,8 +58,7 @@ class SegmentationHandlers:
             ticks = {m.event.partition for m in fresh if isinstance(m.event, ev.SegmentationTick)}
             ids = {m.key for m in fresh if m.topic != engine.TICKS and m.key is not None}
             stored = await store.load(conn, ids, ticks)
-            inputs = [engine.Input(m.topic, m.partition, m.key, m.event) for m in in_time_order(fresh)]
-            outcome = engine.apply_batch(stored, inputs, self.ruleset(), ev.now_utc())
+            outcome = engine.apply_batch(stored, in_time_order(fresh), self.ruleset(), ev.now_utc())
             await store.save(conn, {cid: outcome.customers[cid] for cid in outcome.changed}, engine.partition_of)
             await enqueue(conn, [event_record(topic, e, source=SOURCE) for topic, e in outcome.emit])
         offsets: dict[tuple[str, int], int] = {}
@@ -65,6 +66,19 @@ class SegmentationHandlers:
             offsets[(m.topic, m.partition)] = max(offsets.get((m.topic, m.partition), 0), m.offset + 1)
         await store.save_offsets(conn, offsets)
         return outcome, fresh
+
+    async def start_positions(self, pool: asyncpg.Pool, ends: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+        """Where a newly assigned partition resumes: after what this service applied, whatever the
+        group's committed offset says (a restored database resumes from its own state; an
+        operator's reset to the earliest offsets is skipped quickly rather than re-read)."""
+        async with pool.acquire() as conn:
+            applied = await store.next_offsets(conn, ends)
+        beyond = {tp: offset for tp, offset in applied.items() if offset > ends[tp]}
+        if beyond:
+            log.error("applied offsets beyond the end of their partitions: was the topic recreated while the database "
+                      "was kept? Those partitions' messages below the applied offsets are skipped; drop the "
+                      "segmentation schema to start over", extra={"partitions": sorted(f"{t}:{p}" for t, p in beyond)})
+        return {tp: offset for tp, offset in applied.items() if tp not in beyond}
 
     def _count(self, messages: list[Message], fresh: list[Message], outcome: engine.Outcome | None) -> None:
         self.handled += len(messages)

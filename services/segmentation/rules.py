@@ -83,11 +83,17 @@ def _compile(node: ast.AST) -> Compiled:
         parts = [_compile(v) for v in node.values]
         if isinstance(node.op, ast.And):
             def all_hold(facts):
-                return all(p(facts) for p in parts)
+                for p in parts:
+                    if not p(facts):
+                        return False
+                return True
             return all_hold
 
         def any_holds(facts):
-            return any(p(facts) for p in parts)
+            for p in parts:
+                if p(facts):
+                    return True
+            return False
         return any_holds
     if isinstance(node, ast.UnaryOp):
         operand = _compile(node.operand)
@@ -128,11 +134,13 @@ class Rule:
     explain: tuple[str, ...]
     test: Compiled
 
-    def holds(self, facts: dict[str, Any]) -> bool:
+    trigger_facts: tuple[str, ...]  # the facts the trigger's format string names
+
+    def holds(self, facts: Facts) -> bool:
         return bool(self.test(facts))
 
-    def trigger_key(self, facts: dict[str, Any]) -> str:
-        return self.trigger.format(**{k: facts.get(k) for k in FACTS})
+    def trigger_key(self, facts: Facts) -> str:
+        return self.trigger.format(**{k: facts.get(k) for k in self.trigger_facts})
 
 
 @dataclass(frozen=True)
@@ -164,7 +172,8 @@ def parse(text: str) -> RuleSet:
         for name in explain:
             if name not in FACTS:
                 raise RuleError(f"rule {segment}: explain lists unknown fact {name!r}")
-        rules.append(Rule(str(segment), str(spec["when"]), str(spec["trigger"]), explain, _compile(tree)))
+        names = tuple(name for _, name, _, _ in string.Formatter().parse(str(spec["trigger"])) if name)
+        rules.append(Rule(str(segment), str(spec["when"]), str(spec["trigger"]), explain, _compile(tree), names))
     return RuleSet(str(doc["version"]), tuple(rules))
 
 
@@ -172,28 +181,63 @@ def load(path: Path) -> RuleSet:
     return parse(path.read_text())
 
 
-def facts(before: prof.Profile, after: prof.Profile, event: ev.Event | None, now: datetime) -> dict[str, Any]:
+_EVENT_KIND = {ev.CustomerRegistered: "customer_registered", ev.CustomerUpdated: "customer_updated",
+               ev.OrderPlaced: "order_placed", ev.CartAbandoned: "cart_abandoned"}
+
+
+class Facts:
+    """The facts a rule may read, from the profile before and after the triggering event. Each is
+    computed when a rule first reads it (a cart rule never needs the 12-month spend), then kept."""
+
+    __slots__ = ("_before", "_after", "_event", "_now", "_known")
+
+    def __init__(self, before: prof.Profile, after: prof.Profile, event: ev.Event | None, now: datetime) -> None:
+        self._before, self._after, self._event, self._now = before, after, event, now
+        self._known: dict[str, Any] = {"event": _EVENT_KIND.get(type(event), "daily")}
+
+    def get(self, name: str) -> Any:
+        try:
+            return self._known[name]
+        except KeyError:
+            value = self._known[name] = self._compute(name)
+            return value
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in FACTS:
+            raise KeyError(name)
+        return self.get(name)
+
+    def _compute(self, name: str) -> Any:
+        after, now, event = self._after, self._now, self._event
+        if name == "spend_12m_usd":
+            return prof.spend_12m(after, "USD", now)
+        if name == "spend_12m_usd_before":
+            return prof.spend_12m(self._before, "USD", now)
+        if name == "spend_window":
+            return (now - datetime(2000, 1, 1, tzinfo=now.tzinfo)).days // 365
+        if name == "favourite_brand":
+            return prof.favourite(after.get("brands", {}), now)
+        if name == "favourite_category":
+            return prof.favourite(after.get("categories", {}), now)
+        if name == "preferred_channel":
+            return after.get("preferred_channel")
+        if name in ("birthday_in_days", "birthday_year"):
+            upcoming = prof.next_birthday(after, now.date())
+            self._known["birthday_in_days"] = (upcoming - now.date()).days if upcoming else None
+            self._known["birthday_year"] = upcoming.year if upcoming else None
+            return self._known[name]
+        if name in ("cart_id", "cart_value", "cart_currency"):
+            cart = isinstance(event, ev.CartAbandoned)
+            self._known["cart_id"] = event.cart_id if cart else None
+            self._known["cart_value"] = event.value.amount if cart else None
+            self._known["cart_currency"] = event.value.currency if cart else None
+            return self._known[name]
+        return None  # not a fact (rules are checked against FACTS when loaded)
+
+
+def facts(before: prof.Profile, after: prof.Profile, event: ev.Event | None, now: datetime) -> Facts:
     """The facts a rule may read, from the profile before and after the triggering event."""
-    kind = {ev.CustomerRegistered: "customer_registered", ev.CustomerUpdated: "customer_updated",
-            ev.OrderPlaced: "order_placed", ev.CartAbandoned: "cart_abandoned"}.get(type(event), "daily")
-    out: dict[str, Any] = {
-        "event": kind,
-        "spend_12m_usd": prof.spend_12m(after, "USD", now),
-        "spend_12m_usd_before": prof.spend_12m(before, "USD", now),
-        "spend_window": (now - datetime(2000, 1, 1, tzinfo=now.tzinfo)).days // 365,
-        "favourite_brand": prof.favourite(after.get("brands", {}), now),
-        "favourite_category": prof.favourite(after.get("categories", {}), now),
-        "preferred_channel": after.get("preferred_channel"),
-        "birthday_in_days": None, "birthday_year": None,
-        "cart_id": None, "cart_value": None, "cart_currency": None,
-    }
-    upcoming = prof.next_birthday(after, now.date())
-    if upcoming is not None:
-        out["birthday_in_days"] = (upcoming - now.date()).days
-        out["birthday_year"] = upcoming.year
-    if isinstance(event, ev.CartAbandoned):
-        out.update(cart_id=event.cart_id, cart_value=event.value.amount, cart_currency=event.value.currency)
-    return out
+    return Facts(before, after, event, now)
 
 
 @dataclass(frozen=True)
@@ -203,7 +247,7 @@ class Entry:
     facts: dict[str, Any]
 
 
-def evaluate(ruleset: RuleSet, facts_: dict[str, Any], already: set[str]) -> list[Entry]:
+def evaluate(ruleset: RuleSet, facts_: Facts, already: set[str]) -> list[Entry]:
     """The segments entered now, each at most once per trigger (``already`` holds the triggers
     this customer has emitted)."""
     out = []

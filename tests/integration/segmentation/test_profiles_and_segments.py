@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 from services.segmentation import profile as prof
 from shared import events as ev
 from tests.integration.segmentation.conftest import consent, kept, profile, publish, running, settings_for
-from tests.support import read_topic, reset_group, wait_for
+from services.segmentation.engine import partition_of
+from tests.support import describe_lags, read_topic, reset_group, wait_for
 
 NOW = datetime.now(UTC)
 
@@ -99,7 +100,7 @@ def _ticks_handled(segmentation) -> bool:
 
 async def test_a_worker_restarted_after_its_group_was_reset_to_the_earliest_offsets_changes_nothing(kafka):
     """Kafka's own consumer-groups tool moves the group back to offset 0; the restarted worker
-    reads everything again, finds it applied (offsets kept with the state) and emits nothing."""
+    resumes after what its database says it applied, emits nothing, and the group's lag is 0."""
     settings = settings_for(kafka)
     async with running(settings, drop=False) as first:
         await publish(kafka, "consent-state", [consent("r-1")])
@@ -110,12 +111,39 @@ async def test_a_worker_restarted_after_its_group_was_reset_to_the_earliest_offs
         await wait_for(lambda: first.handled >= 4, what="every event handled")
         before = await profile(first, "r-1")
     reset_group(kafka.bootstrap, settings.group_id)
+    assert any(describe_lags(kafka.bootstrap, settings.group_id).values())  # back at the start
     async with running(settings) as second:
-        await wait_for(lambda: second.handled >= 4, what="the replayed events")
-        assert await profile(second, "r-1") == before
-        assert prof.spend_12m(before, "USD", NOW) == 199_000  # just under the 2,000 USD of the gift card
-        assert second.metrics.already_applied.labels("order-placed")._value.get() == 2
+        await publish(kafka, "customer-updated", [ev.CustomerUpdated(customer_id="r-1", preferred_channel="sms",
+                                                                     updated_at=NOW)])
+        await wait_for(lambda: second.handled >= 1, what="the next event")
+        await wait_for(lambda: not any(describe_lags(kafka.bootstrap, settings.group_id).values()), timeout=30,
+                       interval=1, what="lag 0 on every partition")
+        after = await profile(second, "r-1")
+        assert second.handled == 1  # the reset offsets were not read again
+        assert after == {**before, "preferred_channel": "sms"}
+        assert prof.spend_12m(after, "USD", NOW) == 199_000  # just under the 2,000 USD of the gift card
     assert len(await entries(kafka, timeout=3)) == 1
+
+
+async def test_a_redelivered_batch_changes_nothing_and_emits_nothing(segmentation, kafka):
+    """What a crash between the database commit and the Kafka commit redelivers (or a second
+    worker during a rebalance): the same offsets again, applied once."""
+    from shared.kafka import Message
+
+    def message(topic, offset, event):
+        return Message(topic, partition_of(event.key().encode()), offset, event.key(), None, event, 0)
+
+    batch = [message("consent-state", 10**6, consent("rd-1")), message("order-placed", 10**6, order("rd-1", 150_000, "o-a")),
+             message("order-placed", 10**6 + 1, order("rd-1", 60_000, "o-b"))]
+    await segmentation.handlers.on_batch(segmentation.pool, batch)
+    first = await profile(segmentation, "rd-1")
+    await segmentation.handlers.on_batch(segmentation.pool, batch)
+    await segmentation.handlers.on_batch(segmentation.pool, batch[2:])
+    assert await profile(segmentation, "rd-1") == first
+    assert prof.spend_12m(first, "USD", NOW) == 210_000
+    assert segmentation.metrics.already_applied.labels("order-placed")._value.get() == 3
+    async with segmentation.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM outbox WHERE key = 'rd-1'::bytea") <= 1
 
 
 async def test_erasure_deletes_the_profile_and_is_confirmed(segmentation, kafka):
