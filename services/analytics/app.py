@@ -22,7 +22,7 @@ from prometheus_client import Gauge
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services.analytics import stats
+from services.analytics import stats, store
 from shared import events as ev
 from shared.kafka import send_all
 from shared.metrics import Metrics
@@ -84,56 +84,42 @@ class AnalyticsService(Service):
     # ------------------------------------------------------------------ the stream
 
     async def on_batch(self, messages) -> None:
-        answers = []
-        async with self.pool.acquire() as conn, conn.transaction():
-            changed: set[str] = set()  # campaigns whose counters this batch moved
-            for m in messages:
-                e = m.event
-                if isinstance(e, ev.CampaignChanged):
-                    await conn.execute(
-                        "INSERT INTO campaigns VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (campaign_id) DO UPDATE SET"
-                        " name = $2, status = $3, currency = $4, holdout_percent = $5, updated_at = $6"
-                        " WHERE campaigns.updated_at IS NULL OR campaigns.updated_at <= $6",
-                        e.campaign_id, e.name, e.status, e.budget_limit.currency, e.holdout_percent, e.updated_at)
-                    continue
-                if isinstance(e, (ev.ErasureRequested, ev.ExportRequested)):
-                    answers.append(e)  # analytics holds no customer ids: nothing to erase or export
-                    continue
-                if isinstance(e, ev.IssuanceDenied):
-                    status = await conn.execute("INSERT INTO denials VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                                                m.envelope.id, e.campaign_id, e.variant, e.reason)
-                    if _moved(status):
-                        changed.add(e.campaign_id)
-                    continue
-                # Every statement below is a no-op on a duplicate; an ending has its own table so it
-                # counts even when it is consumed before the voucher or redemption it ends.
+        answers, denials, vouchers, endings, redemptions, rollbacks = [], [], [], [], [], []
+        ledgers: dict[str, ev.LedgerSnapshot] = {}  # the highest-seq snapshot of the batch per campaign
+        campaigns: list[ev.CampaignChanged] = []
+        for m in messages:
+            e = m.event
+            if isinstance(e, ev.CampaignChanged):
+                campaigns.append(e)
+            elif isinstance(e, (ev.ErasureRequested, ev.ExportRequested)):
+                answers.append(e)  # analytics holds no customer ids: nothing to erase or export
+            elif isinstance(e, ev.IssuanceDenied):
+                denials.append((m.envelope.id, e.campaign_id, e.variant, e.reason))
+            else:
+                # An ending has its own table so it counts even when it is consumed before the
+                # voucher or redemption it ends.
                 if isinstance(e, ev.VoucherIssued):
-                    status = await conn.execute(
-                        "INSERT INTO voucher_states VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-                        e.voucher_id, e.campaign_id, e.variant, e.channel.value, e.max_discount.amount, e.issued_at)
+                    vouchers.append((e.voucher_id, e.campaign_id, e.variant, e.channel.value, e.max_discount.amount,
+                                     e.issued_at))
                 elif isinstance(e, (ev.VoucherExpired, ev.VoucherRevoked)):
-                    state = "expired" if isinstance(e, ev.VoucherExpired) else "revoked"
-                    status = await conn.execute("INSERT INTO voucher_endings VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                                                e.voucher_id, e.campaign_id, state)
+                    endings.append((e.voucher_id, e.campaign_id,
+                                    "expired" if isinstance(e, ev.VoucherExpired) else "revoked"))
                 elif isinstance(e, ev.VoucherRedeemed):
-                    status = await conn.execute(
-                        "INSERT INTO redemption_states VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-                        e.redemption_id, e.voucher_id, e.campaign_id, e.variant, e.channel.value, e.discount.amount,
-                        e.order_amount.amount, e.redeemed_at)
+                    redemptions.append((e.redemption_id, e.voucher_id, e.campaign_id, e.variant, e.channel.value,
+                                        e.discount.amount, e.order_amount.amount, e.redeemed_at))
                 else:  # RedemptionRolledBack
-                    status = await conn.execute("INSERT INTO redemption_rollbacks VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                                                e.redemption_id, e.campaign_id)
-                lg = e.ledger
-                ledger_status = await conn.execute(
-                    "INSERT INTO ledgers (campaign_id, currency, limit_minor, reserved, spent, seq) VALUES ($1, $2, $3, $4, $5, $6)"
-                    " ON CONFLICT (campaign_id) DO UPDATE SET limit_minor = $3, reserved = $4, spent = $5, seq = $6,"
-                    " changed_at = now() WHERE ledgers.seq < $6",
-                    e.campaign_id, lg.currency, lg.limit, lg.reserved, lg.spent, lg.seq)
-                if _moved(status) or _moved(ledger_status):
-                    changed.add(e.campaign_id)
-            if changed:
-                await conn.execute("UPDATE ledgers SET version = version + 1 WHERE campaign_id = ANY($1::text[])",
-                                   sorted(changed))
+                    rollbacks.append((e.redemption_id, e.campaign_id))
+                seen = ledgers.get(e.campaign_id)
+                if seen is None or seen.seq < e.ledger.seq:
+                    ledgers[e.campaign_id] = e.ledger
+        async with self.pool.acquire() as conn, conn.transaction():
+            for c in campaigns:
+                await store.upsert_campaign(conn, c)
+            # Every statement is a no-op on a duplicate; each returns the campaigns it moved.
+            changed = (await store.add_denials(conn, denials) | await store.add_vouchers(conn, vouchers)
+                       | await store.add_voucher_endings(conn, endings) | await store.add_redemptions(conn, redemptions)
+                       | await store.add_rollbacks(conn, rollbacks) | await store.advance_ledgers(conn, ledgers))
+            await store.bump_versions(conn, changed)
         if answers:
             records = []
             now = ev.now_utc()
