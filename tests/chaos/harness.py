@@ -515,8 +515,13 @@ class Run:
                 for r in rows:
                     if r["reserved"] + r["spent"] > r["limit_minor"] or r["reserved"] < 0:
                         self.violations.append(dict(r) | {"at": time.time()})
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError,
+                    TimeoutError):
+                # (a PostgreSQL restart can leave the connection mid-operation: "cannot switch to
+                # state ...; another operation is in progress" — a fresh connection next time)
                 self.sample_errors += 1
+                if conn is not None:
+                    conn.terminate()
                 conn = None
             await asyncio.sleep(1)
         if conn is not None:
