@@ -133,23 +133,25 @@ async def test_every_order_counts_once_through_kill_9_at_random_points(kafka, tm
 async def test_a_database_failure_under_the_handler_is_retried_not_dead_lettered(kafka):
     async with running(settings_for(kafka)) as service:
         dsn = PostgresSettings().dsn.get_secret_value()
-        blocker = await asyncpg.connect(dsn)
+        blocker, watcher = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
         try:
             tx = blocker.transaction()
             await tx.start()
             await blocker.execute(f"LOCK TABLE {service.settings.schema}.customers IN ACCESS EXCLUSIVE MODE")
             await publish(kafka, "consent-state", [consent("tf-1")])
 
-            async def waiting_backend():
-                return await blocker.fetchval(
+            async def waiting_backend():  # the handler's load, not the gauges' count, waits on the lock
+                # (from another connection: a transaction sees one snapshot of pg_stat_activity)
+                return await watcher.fetchval(
                     "SELECT pid FROM pg_stat_activity WHERE application_name = 'segmentation'"
-                    " AND wait_event_type = 'Lock' AND query LIKE '%customers%'")
+                    " AND wait_event_type = 'Lock' AND query LIKE '%profiling_since, profile::text AS profile%'")
 
             pid = await wait_for(waiting_backend, timeout=30, what="the handler waiting on the table")
-            assert await blocker.fetchval("SELECT pg_terminate_backend($1)", pid)  # its connection dies mid-batch
+            assert await watcher.fetchval("SELECT pg_terminate_backend($1)", pid)  # its connection dies mid-batch
             await tx.rollback()
         finally:
             await blocker.close()
+            await watcher.close()
         await wait_for(lambda: kept(service, "tf-1"), timeout=30, what="the consent applied after the retry")
         retries = service.metrics.handler_retries.collect()[0].samples
         assert sum(s.value for s in retries) >= 1
