@@ -7,21 +7,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
 import httpx
 
+from bench.common import free_port
 from tests.support import create_api_key, schemathesis, unique, wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_the_served_openapi_survives_schemathesis_and_sigterm_stops_the_process(kafka, tmp_path):
