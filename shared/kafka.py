@@ -383,6 +383,24 @@ class BatchConsumer:
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
             log.info("idle position commit not done; next time", extra={"group": self.group_id, "error": repr(exc)})
 
+    async def seek_to_start_positions(self, assigned: Iterable[TopicPartition]) -> None:
+        """Seeks newly assigned partitions to where ``start_positions`` says they resume."""
+        consumer = self._consumer
+        if self.start_positions is None or consumer is None:
+            return
+        tps = {(self.topics[tp.topic].name, tp.partition): tp for tp in assigned if tp.topic in self.topics}
+        if not tps:
+            return
+        try:
+            ends = await consumer.end_offsets(list(tps.values()))
+            starts = await self.start_positions({key: ends[tp] for key, tp in tps.items()})
+        except Exception as exc:  # noqa: BLE001 - then the committed offsets: the handler still skips what it applied
+            log.warning("start positions unavailable; reading from the committed offsets",
+                        extra={"group": self.group_id, "error": repr(exc)})
+            return
+        for key, offset in starts.items():
+            consumer.seek(tps[key], offset)
+
     def _decode(self, spec: Topic, record: ConsumerRecord) -> Message:
         key = record.key.decode("utf-8", "replace") if record.key is not None else None
         if record.value is None and spec.compacted:
@@ -476,8 +494,10 @@ class BatchConsumer:
             self.metrics.consumer_lag.labels(self.metrics.service, self.topics[tp.topic].name, str(tp.partition)).set(
                 max(end - position, 0))
 
-    def forget_lag(self, partitions: Iterable[TopicPartition]) -> None:
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Drops what this member knew of partitions it no longer holds (lag gauges, commits)."""
         for tp in partitions:
+            self._committed.pop(tp, None)
             spec = self.topics.get(tp.topic)
             if spec is not None:
                 try:
@@ -502,26 +522,12 @@ class _CommitBeforeRevoke(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked) -> None:
         async with self.owner._lock:
-            self.owner.forget_lag(revoked)
-            for tp in revoked:
-                self.owner._committed.pop(tp, None)
+            self.owner.forget(revoked)
 
     async def on_partitions_assigned(self, assigned) -> None:
         log.info("partitions assigned", extra={"group": self.owner.group_id,
                                                "partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)})
-        owner, consumer = self.owner, self.owner._consumer
-        if owner.start_positions is None or consumer is None or not assigned:
-            return
-        tps = {(owner.topics[tp.topic].name, tp.partition): tp for tp in assigned if tp.topic in owner.topics}
-        try:
-            ends = await consumer.end_offsets(list(tps.values()))
-            starts = await owner.start_positions({key: ends[tp] for key, tp in tps.items()})
-        except Exception as exc:  # noqa: BLE001 - then the committed offsets: the handler still skips what it applied
-            log.warning("start positions unavailable; reading from the committed offsets",
-                        extra={"group": owner.group_id, "error": repr(exc)})
-            return
-        for key, offset in starts.items():
-            consumer.seek(tps[key], offset)
+        await self.owner.seek_to_start_positions(assigned)
 
 
 def is_dlq(name: str) -> bool:

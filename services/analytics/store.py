@@ -17,47 +17,40 @@ async def upsert_campaign(conn: asyncpg.Connection, e: ev.CampaignChanged) -> No
         e.campaign_id, e.name, e.status, e.budget_limit.currency, e.holdout_percent, e.updated_at)
 
 
-async def _inserted(conn: asyncpg.Connection, sql: str, *columns: list) -> set[str]:
-    if not columns or not columns[0]:
+async def _insert_new(conn: asyncpg.Connection, table: str, types: tuple[str, ...], rows: list[tuple]) -> set[str]:
+    """Inserts ``rows`` (columns typed ``types``, in the table's order) that are not there yet;
+    returns the campaigns of those inserted."""
+    if not rows:
         return set()
-    return {r[0] for r in await conn.fetch(sql, *columns)}
+    columns = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, 1))
+    inserted = await conn.fetch(f"INSERT INTO {table} SELECT * FROM unnest({columns}) ON CONFLICT DO NOTHING"
+                                " RETURNING campaign_id", *map(list, zip(*rows, strict=True)))
+    return {r[0] for r in inserted}
 
 
-async def add_denials(conn: asyncpg.Connection, rows: list[tuple[str, str, str | None, str]]) -> set[str]:
+async def add_denials(conn: asyncpg.Connection, rows: list[tuple]) -> set[str]:
     """(event id, campaign, variant, reason)"""
-    return await _inserted(
-        conn, "INSERT INTO denials SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
-              " ON CONFLICT DO NOTHING RETURNING campaign_id", *map(list, zip(*rows, strict=True)) if rows else [])
+    return await _insert_new(conn, "denials", ("text",) * 4, rows)
 
 
 async def add_vouchers(conn: asyncpg.Connection, rows: list[tuple]) -> set[str]:
     """(voucher id, campaign, variant, channel, max discount, issued at)"""
-    return await _inserted(
-        conn, "INSERT INTO voucher_states SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
-              " $5::bigint[], $6::timestamptz[]) ON CONFLICT DO NOTHING RETURNING campaign_id",
-        *map(list, zip(*rows, strict=True)) if rows else [])
+    return await _insert_new(conn, "voucher_states", ("text",) * 4 + ("bigint", "timestamptz"), rows)
 
 
-async def add_voucher_endings(conn: asyncpg.Connection, rows: list[tuple[str, str, str]]) -> set[str]:
+async def add_voucher_endings(conn: asyncpg.Connection, rows: list[tuple]) -> set[str]:
     """(voucher id, campaign, expired|revoked)"""
-    return await _inserted(
-        conn, "INSERT INTO voucher_endings SELECT * FROM unnest($1::text[], $2::text[], $3::text[])"
-              " ON CONFLICT DO NOTHING RETURNING campaign_id", *map(list, zip(*rows, strict=True)) if rows else [])
+    return await _insert_new(conn, "voucher_endings", ("text",) * 3, rows)
 
 
 async def add_redemptions(conn: asyncpg.Connection, rows: list[tuple]) -> set[str]:
     """(redemption id, voucher id, campaign, variant, channel, discount, order amount, redeemed at)"""
-    return await _inserted(
-        conn, "INSERT INTO redemption_states SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
-              " $5::text[], $6::bigint[], $7::bigint[], $8::timestamptz[]) ON CONFLICT DO NOTHING RETURNING campaign_id",
-        *map(list, zip(*rows, strict=True)) if rows else [])
+    return await _insert_new(conn, "redemption_states", ("text",) * 5 + ("bigint", "bigint", "timestamptz"), rows)
 
 
-async def add_rollbacks(conn: asyncpg.Connection, rows: list[tuple[str, str]]) -> set[str]:
+async def add_rollbacks(conn: asyncpg.Connection, rows: list[tuple]) -> set[str]:
     """(redemption id, campaign)"""
-    return await _inserted(
-        conn, "INSERT INTO redemption_rollbacks SELECT * FROM unnest($1::text[], $2::text[])"
-              " ON CONFLICT DO NOTHING RETURNING campaign_id", *map(list, zip(*rows, strict=True)) if rows else [])
+    return await _insert_new(conn, "redemption_rollbacks", ("text",) * 2, rows)
 
 
 async def advance_ledgers(conn: asyncpg.Connection, snapshots: dict[str, ev.LedgerSnapshot]) -> set[str]:

@@ -13,6 +13,7 @@ customer's consent, profile and events together.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -75,6 +76,18 @@ class Outcome:
     emit: list[tuple[str, ev.Event]] = field(default_factory=list)  # (registry topic, event), in order
     counts: Counter = field(default_factory=Counter)  # (topic, outcome) -> n
     entries: Counter = field(default_factory=Counter)  # segment -> n
+
+
+def in_time_order(messages: list) -> list:
+    """The batch with its topics interleaved by record time, each partition kept in log order
+    (Kafka orders a partition, not two topics: a consent published before a cart should be
+    applied before it when both arrive in one batch)."""
+    runs: dict[tuple[str, int], list] = {}
+    for m in messages:
+        runs.setdefault((m.topic, m.partition), []).append(m)
+    if len(runs) == 1:
+        return messages
+    return list(heapq.merge(*runs.values(), key=lambda m: m.timestamp_ms))
 
 
 def apply_batch(customers: dict[str, Customer], inputs: Iterable[Input], ruleset: rules.RuleSet, now: datetime,

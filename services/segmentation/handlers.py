@@ -9,7 +9,6 @@ finds its offsets applied and changes nothing.
 
 from __future__ import annotations
 
-import heapq
 import logging
 from collections.abc import Callable
 
@@ -23,18 +22,6 @@ from shared.outbox import enqueue, event_record
 
 log = logging.getLogger(__name__)
 SOURCE = "voucherstream/segmentation"
-
-
-def in_time_order(messages: list[Message]) -> list[Message]:
-    """The batch with its topics interleaved by record time, each partition kept in log order
-    (Kafka orders a partition, not two topics: a consent published before a cart should be
-    applied before it when both arrive in one batch)."""
-    runs: dict[tuple[str, int], list[Message]] = {}
-    for m in messages:
-        runs.setdefault((m.topic, m.partition), []).append(m)
-    if len(runs) == 1:
-        return messages
-    return list(heapq.merge(*runs.values(), key=lambda m: m.timestamp_ms))
 
 
 class SegmentationHandlers:
@@ -58,8 +45,8 @@ class SegmentationHandlers:
             ticks = {m.event.partition for m in fresh if isinstance(m.event, ev.SegmentationTick)}
             ids = {m.key for m in fresh if m.topic != engine.TICKS and m.key is not None}
             stored = await store.load(conn, ids, ticks)
-            outcome = engine.apply_batch(stored, in_time_order(fresh), self.ruleset(), ev.now_utc())
-            await store.save(conn, {cid: outcome.customers[cid] for cid in outcome.changed}, engine.partition_of)
+            outcome = engine.apply_batch(stored, engine.in_time_order(fresh), self.ruleset(), ev.now_utc())
+            await store.save(conn, {cid: outcome.customers[cid] for cid in outcome.changed})
             await enqueue(conn, [event_record(topic, e, source=SOURCE) for topic, e in outcome.emit])
         offsets: dict[tuple[str, int], int] = {}
         for m in fresh:

@@ -202,11 +202,6 @@ class Facts:
             value = self._known[name] = self._compute(name)
             return value
 
-    def __getitem__(self, name: str) -> Any:
-        if name not in FACTS:
-            raise KeyError(name)
-        return self.get(name)
-
     def _compute(self, name: str) -> Any:
         after, now, event = self._after, self._now, self._event
         if name == "spend_12m_usd":

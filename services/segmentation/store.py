@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import asyncpg
 import orjson
 
-from services.segmentation.engine import Customer
+from services.segmentation.engine import Customer, partition_of
 
 
 async def lock_partitions(conn: asyncpg.Connection, schema: str, partitions: Iterable[int]) -> None:
@@ -49,7 +49,7 @@ async def load(conn: asyncpg.Connection, customer_ids: Iterable[str], partitions
             for r in rows}
 
 
-async def save(conn: asyncpg.Connection, customers: dict[str, Customer], partition_of) -> None:
+async def save(conn: asyncpg.Connection, customers: dict[str, Customer]) -> None:
     """Writes the given customers: those still kept are upserted, the others deleted."""
     kept = [(cid, c) for cid, c in customers.items() if c.kept]
     gone = [cid for cid, c in customers.items() if not c.kept]

@@ -93,3 +93,20 @@ def test_an_event_on_another_partition_than_its_customer_s_breaks_the_contract()
     with pytest.raises(ev.ContractError) as err:
         engine.check_partition("cart-abandoned", (partition_of(b"c1") + 1) % 6, "c1")
     assert err.value.reason == "wrong_partition"
+
+
+def test_a_batch_is_interleaved_by_record_time_and_each_partition_keeps_its_order():
+    from dataclasses import dataclass
+
+    @dataclass
+    class M:
+        topic: str
+        partition: int
+        offset: int
+        timestamp_ms: int
+
+    carts = [M("cart-abandoned", 1, 0, 30), M("cart-abandoned", 1, 1, 10)]  # the log's order wins in a partition
+    consents = [M("consent-state", 1, 7, 5), M("consent-state", 1, 8, 20)]
+    got = engine.in_time_order(carts + consents)
+    assert [(m.topic, m.offset) for m in got] == [("consent-state", 7), ("consent-state", 8),
+                                                  ("cart-abandoned", 0), ("cart-abandoned", 1)]
