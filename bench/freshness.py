@@ -75,7 +75,8 @@ async def run(n: int, gap: float) -> dict:
                     for records in (await reader.getmany(timeout_ms=500)).values():
                         for r in records:
                             d = ev.decode(r.value)[1]
-                            codes[d.customer_id] = d.code
+                            if isinstance(d, ev.DeliveryRequested):
+                                codes[d.customer_id] = d.code
                 await reader.stop()
                 counters = AIOKafkaConsumer(kafka.topic("budget-counters"), bootstrap_servers=bootstrap, group_id=None,
                                             auto_offset_reset="earliest")

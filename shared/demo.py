@@ -126,6 +126,8 @@ class Shop:
                     for records in batch.values():
                         for r in records:
                             d = ev.decode(r.value)[1]
+                            if not isinstance(d, ev.DeliveryRequested):
+                                continue  # a delivery-cancelled: its request, if not yet delivered, is dropped
                             if self.rng.random() > 0.35:
                                 continue
                             items = [{"sku": "p-1", "brand": d.offer.brand or BRANDS[0], "category": "perfume",

@@ -239,6 +239,21 @@ class ConsentState(Event):
         return bool(state and state.granted)
 
 
+class ConsentWatermark(Event):
+    """How far the consent service has applied one partition of ``consent-changed``: every
+    decision below ``next_offset`` is applied and its ``consent-state`` record precedes this one
+    on the same partition of ``consent-state``. Issuance holds a trigger until it has seen the
+    watermark pass the consent decisions published before it (see docs/privacy.md)."""
+
+    TYPE = "voucherstream.consent.watermark.v1"
+    KEY_FIELD = "partition_key"
+
+    partition_key: str = Field(pattern=r"^watermark-[0-9]+$")
+    partition: int = Field(ge=0)
+    next_offset: int = Field(ge=0)
+    at: UtcDatetime
+
+
 class ErasureRequested(Event):
     TYPE = "voucherstream.privacy.erasure.requested.v1"
 
@@ -278,6 +293,16 @@ class ExportCompleted(Event):
 # --------------------------------------------------------------------------- segmentation
 
 
+class ConsentMarks(Record):
+    """Log-end offsets of the customer's partition of ``consent-changed`` and ``consent-state``,
+    read after the trigger was read: every consent decision published before the trigger lies
+    below them."""
+
+    partition: int = Field(ge=0)
+    changed: int = Field(ge=0)
+    state: int = Field(ge=0)
+
+
 class SegmentEntered(Event):
     """A customer entered a segment. ``facts`` and ``caused_by`` are the explanation."""
 
@@ -293,6 +318,9 @@ class SegmentEntered(Event):
     caused_by: list[str] = Field(default_factory=list, description="ids of the events that caused it")
     preferred_channel: Channel | None = None
     evaluated_at: UtcDatetime
+    consent_marks: ConsentMarks | None = Field(
+        None, description="where consent-changed and consent-state ended on the customer's partition when the "
+        "trigger was read: issuance decides once consent has applied everything below them")
 
 
 class SegmentationTick(Event):
@@ -371,6 +399,20 @@ class DeliveryRequested(Event):
     code: str = Field(min_length=4, max_length=64)
     offer: OfferSummary
     expires_at: UtcDatetime
+
+
+class DeliveryCancelled(Event):
+    """For the shop's senders: do not deliver this voucher (its customer withdrew consent or was
+    erased before it was sent). Published on ``delivery-requested``, after the request it cancels."""
+
+    TYPE = "voucherstream.delivery.cancelled.v1"
+
+    voucher_id: Identifier
+    campaign_id: Identifier
+    customer_id: CustomerId
+    channel: Literal[Channel.EMAIL, Channel.SMS, Channel.PUSH]
+    reason: Literal["consent_withdrawn", "channel_withdrawn", "customer_erased"]
+    cancelled_at: UtcDatetime
 
 
 class VoucherRedeemed(Event):
@@ -472,8 +514,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (
         CustomerRegistered, CustomerUpdated, OrderPlaced, CartAbandoned, ConsentChanged,
-        ConsentState, ErasureRequested, ErasureCompleted, ExportRequested, ExportCompleted,
-        SegmentEntered, SegmentationTick, VoucherIssued, IssuanceDenied, DeliveryRequested, VoucherRedeemed,
+        ConsentState, ConsentWatermark, ErasureRequested, ErasureCompleted, ExportRequested, ExportCompleted,
+        SegmentEntered, SegmentationTick, VoucherIssued, IssuanceDenied, DeliveryRequested, DeliveryCancelled,
+        VoucherRedeemed,
         RedemptionRolledBack, VoucherExpired, VoucherRevoked, CampaignChanged, BudgetCounters,
         BudgetThresholdCrossed,
     )

@@ -65,6 +65,9 @@ Validator = Callable[[Message], None]  # raises ContractError for a message that
 # reading (a consumer whose state keeps its own offsets); partitions it leaves out start at the
 # group's committed offset.
 StartPositions = Callable[[dict[tuple[str, int], int]], Awaitable[dict[tuple[str, int], int]]]
+# Called when a poll found nothing waiting, with the position of every assigned (registry topic,
+# partition): everything below it has been handled (dead letters included) and committed.
+OnIdle = Callable[[dict[tuple[str, int], int]], Awaitable[None]]
 
 
 class TransientError(Exception):
@@ -243,6 +246,7 @@ class BatchConsumer:
         validate: Validator | None = None,
         assignors: tuple = (),
         start_positions: StartPositions | None = None,
+        on_idle: OnIdle | None = None,
     ) -> None:
         self.settings = settings
         self.group_id = group_id
@@ -255,6 +259,7 @@ class BatchConsumer:
         self.validate = validate
         self.assignors = assignors
         self.start_positions = start_positions
+        self.on_idle = on_idle
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -274,6 +279,35 @@ class BatchConsumer:
         if consumer is None:
             return set()
         return {(self.topics[tp.topic].name, tp.partition) for tp in consumer.assignment() if tp.topic in self.topics}
+
+    async def positions(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """This member's position on those of the (registry topic, partition) it holds: every
+        record below was handed to the handler (in the batch in flight or before it)."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        mine = {TopicPartition(self.settings.topic(t), p): (t, p) for t, p in partitions}
+        assigned = consumer.assignment()
+        out = {}
+        for tp, key in mine.items():
+            if tp in assigned:
+                try:
+                    out[key] = await asyncio.wait_for(consumer.position(tp), 5)
+                except (IllegalStateError, KafkaError, TimeoutError):
+                    continue
+        return out
+
+    async def end_offsets(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The log-end offsets of any (registry topic, partition), subscribed or not: every record
+        acknowledged before this call lies below them. Raises (transient) while the broker is away."""
+        consumer = self._consumer
+        if consumer is None:
+            raise TransientError("the consumer is not running")
+        wanted = {TopicPartition(self.settings.topic(t), p): (t, p) for t, p in partitions}
+        if not wanted:
+            return {}
+        ends = await asyncio.wait_for(consumer.end_offsets(list(wanted)), self.settings.session_timeout_ms / 1000)
+        return {wanted[tp]: offset for tp, offset in ends.items()}
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -367,14 +401,21 @@ class BatchConsumer:
         the last commit: a partition whose position moved without a record to handle — a seek to a
         stored position, the offset gaps of a compacted topic or of transaction markers — would
         otherwise keep its old commit, and its lag would never reach 0."""
-        ahead = {}
+        ahead, positions = {}, {}
         for tp in consumer.assignment():
             try:  # (waits while a new assignment's position is being reset)
                 position = await asyncio.wait_for(consumer.position(tp), 5)
             except (IllegalStateError, KafkaError, TimeoutError):
                 continue
+            positions[(self.topics[tp.topic].name, tp.partition)] = position
             if position > self._committed.get(tp, -1):
                 ahead[tp] = position
+        if self.on_idle is not None and positions:
+            try:
+                await self.on_idle(positions)
+            except Exception as exc:  # noqa: BLE001 - an idle hook retries at the next idle poll
+                log.warning("idle hook failed; trying again when next idle",
+                            extra={"group": self.group_id, "error": repr(exc)})
         if not ahead:
             return
         try:

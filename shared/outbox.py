@@ -5,7 +5,8 @@ PostgreSQL transaction* as the change (:func:`enqueue`). :class:`OutboxRelay` pu
 to Kafka in id order and marks them sent. Guarantees:
 
 - **nothing lost**: a row is deleted (marked sent for good) only after the broker acknowledged it
-  (acks=all), in the transaction that read it;
+  (acks=all), in the transaction that read it (and locked it: a writer that withdraws an unsent
+  row, ``FOR UPDATE SKIP LOCKED``, never takes one that is being published);
 - **in order per key**: rows are published in id order, with an explicit partition (Kafka's
   murmur2 of the key) through an idempotent producer. Writers of one key serialise on that key's
   state row before they enqueue (every service's state change does), so ids follow commit order
@@ -57,6 +58,7 @@ class OutboxRecord:
     value: bytes | None  # None: a tombstone
     headers: tuple[tuple[str, str], ...] = ()
     sealed: bool = False  # stored encrypted; the relay opens it as it publishes
+    partition: int | None = None  # None: Kafka's murmur2 of the key
 
 
 def event_record(topic: str, event: Event, *, source: str, event_id: str | None = None,
@@ -64,15 +66,21 @@ def event_record(topic: str, event: Event, *, source: str, event_id: str | None 
     return OutboxRecord(topic, event.key(), encode(event, source=source, event_id=event_id), headers, sealed)
 
 
+def partition_record(topic: str, event: Event, partition: int, *, source: str) -> OutboxRecord:
+    """A record for one partition, whatever its key hashes to (a per-partition watermark)."""
+    return OutboxRecord(topic, event.key(), encode(event, source=source), partition=partition)
+
+
 def tombstone(topic: str, key: str) -> OutboxRecord:
     return OutboxRecord(topic, key, None)
 
 
-async def enqueue(conn: asyncpg.Connection, records: Sequence[OutboxRecord], seal_key: bytes | None = None) -> None:
-    """Writes ``records`` to the outbox. Call inside the transaction that makes the change.
-    Sealed records need ``seal_key`` (the relay gets the same key)."""
+async def enqueue(conn: asyncpg.Connection, records: Sequence[OutboxRecord],
+                  seal_key: bytes | None = None) -> list[int]:
+    """Writes ``records`` to the outbox and returns their ids. Call inside the transaction that
+    makes the change. Sealed records need ``seal_key`` (the relay gets the same key)."""
     if not records:
-        return
+        return []
     rows = []
     for r in records:
         value = r.value
@@ -80,17 +88,32 @@ async def enqueue(conn: asyncpg.Connection, records: Sequence[OutboxRecord], sea
             if seal_key is None:
                 raise ValueError("a sealed outbox record needs a seal key")
             value = sealing.seal(seal_key, value or b"", r.key.encode())
-        rows.append((r.topic, r.key.encode(), value, [list(h) for h in r.headers], r.sealed))
+        rows.append((r.topic, r.key.encode(), value, [list(h) for h in r.headers], r.sealed, r.partition))
     if len(rows) == 1:
-        await conn.execute("INSERT INTO outbox (topic, key, value, headers, sealed) VALUES ($1, $2, $3, $4, $5)", *rows[0])
-        return
+        return [await conn.fetchval("INSERT INTO outbox (topic, key, value, headers, sealed, partition)"
+                                    " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id", *rows[0])]
     # One statement for the batch (arrays, unnested in order, so ids follow the records' order).
-    await conn.execute(
-        "INSERT INTO outbox (topic, key, value, headers, sealed)"
-        " SELECT t, k, v, h::jsonb, s FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[], $5::bool[])"
-        " WITH ORDINALITY AS r(t, k, v, h, s, n) ORDER BY n",
+    return [r["id"] for r in await conn.fetch(
+        "INSERT INTO outbox (topic, key, value, headers, sealed, partition)"
+        " SELECT t, k, v, h::jsonb, s, p FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[], $5::bool[],"
+        " $6::int[]) WITH ORDINALITY AS r(t, k, v, h, s, p, n) ORDER BY n RETURNING id",
         [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-        [orjson.dumps(r[3]).decode() for r in rows], [r[4] for r in rows])
+        [orjson.dumps(r[3]).decode() for r in rows], [r[4] for r in rows], [r[5] for r in rows])]
+
+
+async def wait_published(pool: asyncpg.Pool, ids: Sequence[int], timeout_s: float, poll_s: float = 0.005) -> bool:
+    """Waits until the relay (of whichever instance holds the lock) has published these rows, i.e.
+    the broker acknowledged them; False when ``timeout_s`` passed first."""
+    if not ids:
+        return True
+    deadline = time.monotonic() + timeout_s
+    while True:
+        async with pool.acquire() as conn:
+            if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM outbox WHERE id = ANY($1::bigint[]))", list(ids)):
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(poll_s)
 
 
 class OutboxRelay:
@@ -122,6 +145,7 @@ class OutboxRelay:
         self.seal_key = seal_key
         self.source = f"{schema}"
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
         self._needs_recovery = True
         self._leader: asyncpg.pool.PoolConnectionProxy | None = None  # holds the session lock
         self.standby_poll_s = 1.0
@@ -131,6 +155,11 @@ class OutboxRelay:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Ends the idle wait now (a caller waits for what it just enqueued)."""
+        self._wake.set()
 
     async def run(self) -> None:
         delay = 0.1
@@ -156,7 +185,8 @@ class OutboxRelay:
                 else:
                     idle = self.min_poll_s if n else min(idle * 2, self.max_poll_s)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=idle)
+                    await asyncio.wait_for(self._wake.wait(), timeout=idle)
+                self._wake.clear()
         finally:
             await self._resign()
 
@@ -208,15 +238,17 @@ class OutboxRelay:
             return 0  # another instance of the service relays
         conn = self._leader
         async with conn.transaction():
-            rows = await conn.fetch("SELECT id, topic, key, value, headers, sealed, created_at FROM outbox"
-                                    " WHERE sent_at IS NULL ORDER BY id LIMIT $1", self.batch_size)
+            rows = await conn.fetch("SELECT id, topic, key, value, headers, sealed, partition, created_at FROM outbox"
+                                    " WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE", self.batch_size)
             if not rows:
                 self.metrics.outbox_pending.labels(self.metrics.service).set(0)
                 return 0
             placed = []
             for row in rows:
                 topic = self.kafka.topic(row["topic"])
-                partition = partition_for(row["key"], await self._partition_count(topic))
+                partition = row["partition"]
+                if partition is None:
+                    partition = partition_for(row["key"], await self._partition_count(topic))
                 placed.append((row, topic, partition))
             already: set[int] = set()
             if self._needs_recovery:

@@ -33,6 +33,20 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+def check_partition(partition: int, key: str | None, event: ev.Event | None,
+                    partitions: int = CUSTOMER_PARTITIONS) -> None:
+    """Refuses a customer's record on another partition than its customer's: consumers that join
+    a customer's topics (segmentation) or order them by offset (consent's watermarks) rely on
+    every customer-keyed record sitting on the partition Kafka's default partitioner gives it.
+    Records keyed otherwise (ticks, watermarks) are placed on purpose and pass."""
+    if key is None or (event is not None and event.KEY_FIELD != "customer_id"):
+        return
+    right = partition_for(key.encode(), partitions)
+    if right != partition:
+        raise ev.ContractError("wrong_partition", f"key belongs on partition {right}, not {partition}: "
+                               "publish with Kafka's default murmur2 partitioner")
+
+
 CAMPAIGN_PARTITIONS = 6
 DLQ_PARTITIONS = 1
 DLQ_SUFFIX = ".dlq"
@@ -88,7 +102,8 @@ TOPICS: tuple[Topic, ...] = (
     Topic("consent-changed", "customer_id", (ev.ConsentChanged,), "a customer granted or withdrew consent for a purpose",
           SHOP, ("consent",), retention_ms=7 * DAY_MS),
     # Consent and privacy.
-    Topic("consent-state", "customer_id", (ev.ConsentState,), "a customer's whole current consent (compacted)",
+    Topic("consent-state", "customer_id", (ev.ConsentState, ev.ConsentWatermark),
+          "a customer's whole current consent (compacted), and per partition how far consent-changed is applied",
           ("consent",), ("segmentation", "issuance"), compacted=True),
     Topic("erasure-requested", "customer_id", (ev.ErasureRequested,), "erase a customer everywhere",
           ("consent",), ("segmentation", "issuance", "analytics")),
@@ -109,7 +124,8 @@ TOPICS: tuple[Topic, ...] = (
           ("issuance",), ("analytics",)),
     Topic("issuance-denied", "customer_id", (ev.IssuanceDenied,), "a voucher was refused, with the reason",
           ("issuance",), ("analytics",)),
-    Topic("delivery-requested", "customer_id", (ev.DeliveryRequested,), "send this code through this channel",
+    Topic("delivery-requested", "customer_id", (ev.DeliveryRequested, ev.DeliveryCancelled),
+          "send this code through this channel; or do not (cancelled after consent was withdrawn)",
           ("issuance",), ("shop",), retention_ms=7 * DAY_MS),
     Topic("voucher-redeemed", "customer_id", (ev.VoucherRedeemed,), "a voucher was redeemed at checkout",
           ("issuance",), ("analytics",)),

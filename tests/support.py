@@ -29,8 +29,9 @@ async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, wha
         await asyncio.sleep(interval)
 
 
-async def read_topic(bootstrap: str, topic: str, *, expect: int | None = None, timeout: float = 15.0):
-    """Every record of ``topic`` from the start to its current end (or until ``expect`` records)."""
+async def read_topic(bootstrap: str, topic: str, *, expect: int | None = None, timeout: float = 15.0, where=None):
+    """Every record of ``topic`` (that ``where`` accepts) from the start to its current end, or
+    until ``expect`` of them."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
@@ -57,7 +58,7 @@ async def read_topic(bootstrap: str, topic: str, *, expect: int | None = None, t
                 return out
             batch = await consumer.getmany(timeout_ms=200)
             for records in batch.values():
-                out.extend(records)
+                out.extend(r for r in records if where is None or where(r))
     finally:
         await consumer.stop()
 

@@ -6,12 +6,14 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Path, status
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Response, status
 from pydantic import BaseModel, Field
 
 from services.consent import ledger, privacy, store
 from services.consent.handlers import Change, ConsentHandlers
 from shared import events as ev
+from shared.kafka import is_transient
+from shared.outbox import wait_published
 from shared.processing import register
 from shared.auth import AUTH_RESPONSES
 from shared.service import NOT_FOUND
@@ -87,13 +89,25 @@ def routes(app: FastAPI, service) -> None:
 
     @app.post("/v1/consents", dependencies=privacy_scope, status_code=status.HTTP_201_CREATED, response_model=ConsentStateOut,
               tags=["consent"], summary="Record a consent decision", responses=AUTH_RESPONSES)
-    async def record_consent(body: ConsentChangeIn,
+    async def record_consent(body: ConsentChangeIn, response: Response,
                              idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> ConsentStateOut:
         event_id = body.event_id or (f"http:{idempotency_key}" if idempotency_key else f"http:{uuid.uuid4()}")
         change = ev.ConsentChanged(**body.model_dump(exclude={"event_id"}))
+        received_at = ev.now_utc()
+        try:
+            ledger.check_occurred_at(change.occurred_at, received_at, service.settings.max_future_skew_s)
+        except ev.ContractError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, {"reason": exc.reason, "detail": exc.detail}) from None
         async with service.pool.acquire() as conn, conn.transaction():
             outcome = await handlers.record_changes(conn, [Change(event_id, change)], via="http",
-                                                    received_at=ev.now_utc())
+                                                    received_at=received_at)
+        # Answer once the new consent-state is on Kafka: a trigger the shop publishes after this
+        # answer then finds it below its consent marks (docs/privacy.md).
+        service.relay.wake()
+        published = await wait_published(service.pool, outcome.outbox_ids, service.settings.publish_wait_s)
+        if not published:
+            handlers.metrics.consent_ignored.labels("publish_wait_timed_out").inc()
+            response.headers["Voucherstream-Propagation"] = "pending"
         return ConsentStateOut(customer_id=body.customer_id, purposes=outcome.states[body.customer_id])
 
     @app.get("/v1/customers/{customer_id}/consents", dependencies=privacy_scope, response_model=ConsentStateOut, tags=["consent"],
@@ -127,9 +141,16 @@ def routes(app: FastAPI, service) -> None:
     @app.post("/v1/privacy/erasures", dependencies=privacy_scope, status_code=status.HTTP_202_ACCEPTED, response_model=PrivacyRequestOut,
               tags=["privacy"], summary="Erase a customer in every service")
     async def start_erasure(body: PrivacyRequestIn) -> PrivacyRequestOut:
+        try:
+            changed_end = await service.changed_end(body.customer_id)
+        except Exception as exc:  # noqa: BLE001 - the broker is away: nothing was done, ask again
+            if not is_transient(exc):
+                raise
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "Kafka is unreachable; nothing was erased yet, "
+                                "retry") from None
         async with service.pool.acquire() as conn:
             async with conn.transaction():
-                request_id = await handlers.request_erasure(conn, body.customer_id)
+                request_id = await handlers.request_erasure(conn, body.customer_id, changed_end)
             return await _request_out(conn, request_id, "erasure")
 
     @app.get("/v1/privacy/erasures/{request_id}", dependencies=privacy_scope, response_model=PrivacyRequestOut, tags=["privacy"], responses=NOT_FOUND | AUTH_RESPONSES,

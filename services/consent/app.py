@@ -14,6 +14,7 @@ from services.consent.settings import ConsentSettings
 from shared import events as ev
 from shared.auth import Authenticator
 from shared.service import Service
+from shared.topics import CUSTOMER_PARTITIONS, partition_for
 
 
 class ConsentService(Service):
@@ -28,10 +29,17 @@ class ConsentService(Service):
 
     async def on_start(self) -> None:
         self.relay.on_published = self.handlers.observe_published
-        self.consume(["consent-changed", "erasure-completed", "export-completed"],
-                     lambda batch: self.handlers.on_batch(self.pool, batch))
+        self.consumer = self.consume(["consent-changed", "erasure-completed", "export-completed"],
+                                     lambda batch: self.handlers.on_batch(self.pool, batch),
+                                     validate=self.handlers.validate,
+                                     on_idle=lambda positions: self.handlers.on_idle(self.pool, positions))
         self.every("privacy-gauges", 5.0, self.update_gauges)
         self.every("export-purge", 3600.0, self.purge_exports)
+
+    async def changed_end(self, customer_id: str) -> int:
+        """The log end of the customer's partition of consent-changed (raises while Kafka is away)."""
+        p = partition_for(customer_id.encode(), CUSTOMER_PARTITIONS)
+        return (await self.consumer.end_offsets([("consent-changed", p)]))[("consent-changed", p)]
 
     async def update_gauges(self) -> None:
         async with self.pool.acquire() as conn:

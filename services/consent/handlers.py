@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -15,7 +15,9 @@ import asyncpg
 from services.consent import ledger, privacy, store
 from services.consent.settings import ConsentSettings
 from shared import events as ev
-from shared.outbox import OutboxRecord, enqueue, event_record, tombstone
+from shared.topics import check_partition
+from shared.kafka import Message
+from shared.outbox import OutboxRecord, enqueue, event_record, partition_record, tombstone
 
 log = logging.getLogger(__name__)
 SOURCE = "voucherstream/consent"
@@ -26,6 +28,7 @@ RECEIVED_AT = "voucherstream.received-at"  # outbox header: when the deciding ev
 class Change:
     event_id: str
     change: ev.ConsentChanged
+    offset: int | None = None  # its offset on consent-changed; None: recorded over HTTP
 
 
 @dataclass(slots=True)
@@ -34,6 +37,7 @@ class Outcome:
     duplicates: int = 0
     ignored_erased: int = 0
     states: dict[str, dict[ev.Purpose, ev.PurposeState]] | None = None
+    outbox_ids: list[int] = field(default_factory=list)
 
 
 class ConsentHandlers:
@@ -41,6 +45,7 @@ class ConsentHandlers:
         self.settings = settings
         self.metrics = metrics
         self.key = settings.pseudonym_key.get_secret_value().encode()
+        self.watermarks: dict[int, int] = {}  # consent-changed partition -> the last watermark committed
 
     def subject(self, customer_id: str) -> str:
         return privacy.subject_hash(self.key, customer_id)
@@ -56,9 +61,11 @@ class ConsentHandlers:
             return outcome
         customers = sorted({c.change.customer_id for c in changes})
         await store.lock_customers(conn, customers)
-        erased = await store.latest_erasures(conn, [self.subject(c) for c in customers])
-        kept = [c for c in changes
-                if not ledger.superseded_by_erasure(c.change.occurred_at, erased.get(self.subject(c.change.customer_id)))]
+        marks = await store.latest_erasures(conn, [self.subject(c) for c in customers])
+        erased_events = await store.erased_events(conn, [self.subject(c.event_id) for c in changes]) if marks else set()
+        kept = [c for c in changes if not ledger.superseded_by_erasure(
+            marks.get(self.subject(c.change.customer_id)), offset=c.offset,
+            event_erased=self.subject(c.event_id) in erased_events, occurred_at=c.change.occurred_at)]
         outcome.ignored_erased = len(changes) - len(kept)
         before = await store.decisions(conn, customers)
         rows = [(c.event_id, c.change.customer_id, c.change.purpose.value, c.change.granted, c.change.policy_version,
@@ -75,7 +82,7 @@ class ConsentHandlers:
                 state = ledger.state_event(cid, new, ev.now_utc())
                 records.append(event_record("consent-state", state, source=SOURCE,
                                             headers=((RECEIVED_AT, f"{received_at.timestamp():.6f}"),)))
-        await enqueue(conn, records)
+        outcome.outbox_ids = await enqueue(conn, records)
         for row in added:
             self.metrics.consents.labels(row["purpose"], "granted" if row["granted"] else "withdrawn").inc()
         if outcome.ignored_erased:
@@ -86,16 +93,20 @@ class ConsentHandlers:
 
     # ------------------------------------------------------------------ privacy requests
 
-    async def request_erasure(self, conn: asyncpg.Connection, customer_id: str) -> str:
+    async def request_erasure(self, conn: asyncpg.Connection, customer_id: str, changed_end: int) -> str:
         """Records the request, erases the consent service's own rows, tombstones
-        ``consent-state`` and asks every other service, all in one transaction."""
+        ``consent-state`` and asks every other service, all in one transaction. ``changed_end`` is
+        the log end of the customer's consent-changed partition, read before: decisions below it
+        were published before the erasure and stay erased when replayed."""
         request_id = str(uuid.uuid4())
         now = ev.now_utc()
         await store.lock_customers(conn, [customer_id])
         await store.create_request(conn, request_id, "erasure", self.subject(customer_id),
-                                   self.settings.privacy_services, now)
-        erased = await store.erase_customer(conn, customer_id)
-        erased["privacy_requests(exports)"] = await store.forget_exports_of(conn, self.subject(customer_id))
+                                   self.settings.privacy_services, now, changed_offset=changed_end)
+        event_ids = await store.erase_customer(conn, customer_id)
+        await store.remember_erased_events(conn, request_id, [self.subject(e) for e in event_ids])
+        erased = {"consent_ledger": len(event_ids),
+                  "privacy_requests(exports)": await store.forget_exports_of(conn, self.subject(customer_id))}
         await enqueue(conn, [
             event_record("erasure-requested", ev.ErasureRequested(request_id=request_id, customer_id=customer_id,
                                                                  requested_at=now), source=SOURCE),
@@ -162,13 +173,48 @@ class ConsentHandlers:
 
     # ------------------------------------------------------------------ Kafka
 
-    async def on_batch(self, pool: asyncpg.Pool, messages) -> None:
+    def validate(self, message: Message) -> None:
+        """The contract beyond the schema, for consent-changed: on its customer's partition (the
+        watermarks count offsets per partition) and not dated into the future."""
+        if message.topic == "consent-changed":
+            check_partition(message.partition, message.key, message.event)
+            ledger.check_occurred_at(message.event.occurred_at, ev.now_utc(), self.settings.max_future_skew_s)
+
+    async def on_batch(self, pool: asyncpg.Pool, messages: list[Message]) -> None:
         received_at = ev.now_utc()
-        changes = [Change(m.envelope.id, m.event) for m in messages if m.topic == "consent-changed"]
+        changes = [Change(m.envelope.id, m.event, m.offset) for m in messages if m.topic == "consent-changed"]
         answers = [m.event for m in messages if m.topic in ("erasure-completed", "export-completed")]
+        applied: dict[int, int] = {}
+        for m in messages:
+            if m.topic == "consent-changed":
+                applied[m.partition] = max(applied.get(m.partition, 0), m.offset + 1)
         async with pool.acquire() as conn, conn.transaction():
             await self.record_changes(conn, changes, via="kafka", received_at=received_at)
             await self.record_answers(conn, answers)
+            advanced = await self.publish_watermarks(conn, applied)
+        self.watermarks.update(advanced)
+
+    async def on_idle(self, pool: asyncpg.Pool, positions: dict[tuple[str, int], int]) -> None:
+        """Idle, every assigned partition is applied up to its position (past dead letters and
+        offset gaps too): watermarks that lag behind are brought up, and a newly started instance
+        announces where each partition stands."""
+        applied = {p: offset for (topic, p), offset in positions.items() if topic == "consent-changed"}
+        if not any(offset > self.watermarks.get(p, -1) for p, offset in applied.items()):
+            return
+        async with pool.acquire() as conn, conn.transaction():
+            advanced = await self.publish_watermarks(conn, applied)
+        self.watermarks.update(advanced)
+
+    async def publish_watermarks(self, conn: asyncpg.Connection, applied: dict[int, int]) -> dict[int, int]:
+        """Enqueues, after the states this transaction wrote, one watermark per consent-changed
+        partition that moved: on the same partition of consent-state, so a reader that sees it
+        has seen every state that the decisions below it caused."""
+        advanced = {p: offset for p, offset in sorted(applied.items()) if offset > self.watermarks.get(p, -1)}
+        now = ev.now_utc()
+        await enqueue(conn, [partition_record("consent-state", ev.ConsentWatermark(
+            partition_key=f"watermark-{p}", partition=p, next_offset=offset, at=now), p, source=SOURCE)
+            for p, offset in advanced.items()])
+        return advanced
 
     def observe_published(self, topic: str, headers: dict[str, str], acked_at: float) -> None:
         if topic == "consent-state" and RECEIVED_AT in headers:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from shared.events import ConsentState, Purpose, PurposeState
+from shared.events import ConsentState, ContractError, Purpose, PurposeState
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +39,32 @@ def state_event(customer_id: str, purposes: dict[Purpose, PurposeState], now: da
     return ConsentState(customer_id=customer_id, purposes=purposes, updated_at=now)
 
 
-def superseded_by_erasure(occurred_at: datetime, erased_at: datetime | None) -> bool:
-    """A decision made before the customer's erasure belongs to the erased past: replaying it
-    must not bring the customer back. One made after it is a returning customer's new decision."""
-    return erased_at is not None and occurred_at <= erased_at
+def check_occurred_at(occurred_at: datetime, received_at: datetime, max_skew_s: float) -> None:
+    """A decision dated later than its receipt plus a small clock skew breaks the contract: a
+    grant dated into the future would outrank every real decision until that date."""
+    if occurred_at > received_at + timedelta(seconds=max_skew_s):
+        raise ContractError("occurred_in_future", f"occurred_at is more than {max_skew_s:g} s after its receipt "
+                            f"({received_at.isoformat()}); send the time the customer decided")
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureMark:
+    """What consent remembers of a customer's latest erasure: the log end of their
+    consent-changed partition when it was requested (None: erased before this was kept)."""
+
+    changed_offset: int | None
+    requested_at: datetime
+
+
+def superseded_by_erasure(mark: ErasureMark | None, *, offset: int | None, event_erased: bool,
+                          occurred_at: datetime) -> bool:
+    """Whether a decision belongs to the erased past (and replaying it must not bring the customer
+    back): it is one of the erased decisions (its event id), it was published on Kafka before the
+    erasure (its offset lies below the mark), or it says it was made before the erasure. What
+    lets a decision through is receipt order alone: a sender's date can only keep one out (a
+    decision dated after the erasure but published before it stays erased)."""
+    if mark is None:
+        return False
+    if event_erased or occurred_at <= mark.requested_at:
+        return True
+    return offset is not None and mark.changed_offset is not None and offset < mark.changed_offset

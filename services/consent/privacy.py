@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-
-def subject_hash(key: bytes, customer_id: str) -> str:
-    """A keyed hash of a customer id: lets us recognise the customer again (proof of erasure,
-    replays) without keeping the id. Irreversible without the key."""
-    return hmac.new(key, customer_id.encode(), hashlib.sha256).hexdigest()
+from shared.erasure import subject_hash  # noqa: F401 - part of this module's surface
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,11 @@ class ConsentSettings(ServiceSettings):
         description="HMAC key for the keyed hashes that stand in for erased customers' ids",
     )
     export_retention_days: int = Field(30, ge=1)
+    max_future_skew_s: float = Field(300.0, ge=0, le=3600, description="a consent decision dated more than this "
+                                     "after its receipt is refused (422 over HTTP, consent-changed.dlq on Kafka)")
+    publish_wait_s: float = Field(5.0, ge=0, description="how long a consent call waits for its consent-state to "
+                                  "be on Kafka before answering (then a trigger the shop publishes after the answer "
+                                  "is decided after the decision; see docs/privacy.md)")
 
     @field_validator("privacy_services", mode="before")
     @classmethod

@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from services.consent.ledger import Decision
+from services.consent.ledger import Decision, ErasureMark
 from services.consent.privacy import Part
 from shared.events import Purpose
 
@@ -22,11 +22,16 @@ async def lock_customers(conn: asyncpg.Connection, customer_ids: Sequence[str]) 
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('consent:' || $1))", cid)
 
 
-async def latest_erasures(conn: asyncpg.Connection, hashes: Sequence[str]) -> dict[str, datetime]:
+async def latest_erasures(conn: asyncpg.Connection, hashes: Sequence[str]) -> dict[str, ErasureMark]:
     rows = await conn.fetch(
-        "SELECT subject_hash, max(requested_at) AS at FROM erasure_proofs WHERE subject_hash = ANY($1::text[])"
-        " GROUP BY subject_hash", list(set(hashes)))
-    return {r["subject_hash"]: r["at"] for r in rows}
+        "SELECT DISTINCT ON (subject_hash) subject_hash, changed_offset, requested_at FROM erasure_proofs"
+        " WHERE subject_hash = ANY($1::text[]) ORDER BY subject_hash, requested_at DESC", list(set(hashes)))
+    return {r["subject_hash"]: ErasureMark(r["changed_offset"], r["requested_at"]) for r in rows}
+
+
+async def erased_events(conn: asyncpg.Connection, hashes: Sequence[str]) -> set[str]:
+    rows = await conn.fetch("SELECT event_hash FROM erased_events WHERE event_hash = ANY($1::text[])", list(set(hashes)))
+    return {r["event_hash"] for r in rows}
 
 
 async def decisions(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> dict[str, list[Decision]]:
@@ -65,12 +70,18 @@ async def history(conn: asyncpg.Connection, customer_id: str) -> list[asyncpg.Re
         " FROM consent_ledger WHERE customer_id = $1 ORDER BY occurred_at, id", customer_id)
 
 
-async def erase_customer(conn: asyncpg.Connection, customer_id: str) -> dict[str, int]:
-    """Deletes the customer's ledger rows (the one sanctioned exception to append-only)."""
+async def erase_customer(conn: asyncpg.Connection, customer_id: str) -> list[str]:
+    """Deletes the customer's ledger rows (the one sanctioned exception to append-only); returns
+    the event ids they held."""
     await conn.execute("SET LOCAL consent.erasure = 'on'")
-    status = await conn.execute("DELETE FROM consent_ledger WHERE customer_id = $1", customer_id)
+    rows = await conn.fetch("DELETE FROM consent_ledger WHERE customer_id = $1 RETURNING event_id", customer_id)
     await conn.execute("SET LOCAL consent.erasure = 'off'")
-    return {"consent_ledger": int(status.split()[-1])}
+    return [r["event_id"] for r in rows]
+
+
+async def remember_erased_events(conn: asyncpg.Connection, request_id: str, hashes: Sequence[str]) -> None:
+    await conn.execute("INSERT INTO erased_events (event_hash, request_id) SELECT h, $1 FROM unnest($2::text[]) h"
+                       " ON CONFLICT (event_hash) DO NOTHING", request_id, list(set(hashes)))
 
 
 async def forget_outbox(conn: asyncpg.Connection, customer_id: str) -> int:
@@ -81,14 +92,15 @@ async def forget_outbox(conn: asyncpg.Connection, customer_id: str) -> int:
 
 
 async def create_request(conn: asyncpg.Connection, request_id: str, kind: str, subject: str,
-                         expected: list[str], at: datetime, customer_id: str | None = None) -> None:
+                         expected: list[str], at: datetime, customer_id: str | None = None,
+                         changed_offset: int | None = None) -> None:
     await conn.execute(
         "INSERT INTO privacy_requests (id, kind, subject_hash, customer_id, expected, requested_at)"
         " VALUES ($1, $2, $3, $4, $5, $6)", request_id, kind, subject, customer_id, expected, at)
     if kind == "erasure":
         await conn.execute(
-            "INSERT INTO erasure_proofs (request_id, subject_hash, requested_at) VALUES ($1, $2, $3)",
-            request_id, subject, at)
+            "INSERT INTO erasure_proofs (request_id, subject_hash, requested_at, changed_offset) VALUES ($1, $2, $3, $4)",
+            request_id, subject, at, changed_offset)
 
 
 async def request(conn: asyncpg.Connection, request_id: str, kind: str) -> asyncpg.Record | None:

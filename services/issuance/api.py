@@ -19,7 +19,7 @@ from shared import events as ev
 from shared.auth import AUTH_RESPONSES, Principal
 from services.issuance import store
 from services.issuance.campaigns import CampaignSpec
-from services.issuance.handlers import CampaignError
+from services.issuance.campaign_admin import CampaignError
 from shared.service import NOT_FOUND, ErrorOut, JSONBody
 
 CampaignPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")]

@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import asyncpg
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from fastapi import FastAPI
 
 from services.issuance import api
 from services.issuance.checkout_handlers import CheckoutHandlers
 from services.issuance.ratelimit import FailureLimiter
-from services.issuance.handlers import CampaignAdmin, IssuanceHandlers
+from services.issuance.campaign_admin import CampaignAdmin
+from services.issuance.handlers import IssuanceHandlers
 from services.issuance.metrics import IssuanceMetrics
 from services.issuance.redemption_writer import RedemptionWriter
 from services.issuance.settings import IssuanceSettings
@@ -27,7 +29,10 @@ class IssuanceService(Service):
         super().__init__(settings)
         self.settings: IssuanceSettings = settings
         self.metrics = IssuanceMetrics(settings.service)
-        self.handlers = IssuanceHandlers(settings, self.metrics)
+        self.consumer = None
+        self.handlers = IssuanceHandlers(settings, self.metrics,
+                                         positions=lambda partitions: self.consumer.positions(partitions),
+                                         end_offsets=lambda partitions: self.consumer.end_offsets(partitions))
         self.admin = CampaignAdmin(self.handlers)
         self.outbox_seal_key = self.handlers.outbox_key
         self.writer_pool: asyncpg.Pool | None = None
@@ -41,9 +46,13 @@ class IssuanceService(Service):
         s = self.settings
         self.writer_pool = await db.create_pool(s.postgres, s.schema, application_name=f"{s.service}-redemptions",
                                                 min_size=1, max_size=s.redemption_write_connections)
-        self.consume(["consent-state", "segment-entered", "erasure-requested", "export-requested"],
-                     lambda batch: self.handlers.on_batch(self.pool, batch))
+        # Range assignment gives one instance the same partition of every input, so the consent-state
+        # position it reads for a segment entry's partition is its own (see ordering.py).
+        self.consumer = self.consume(["consent-state", "segment-entered", "erasure-requested", "export-requested"],
+                                     lambda batch: self.handlers.on_batch(self.pool, batch),
+                                     assignors=(RangePartitionAssignor,))
         self.every("expiry", self.settings.expiry_interval_s, self.expire)
+        self.every("consent-holds", self.settings.consent_hold_check_s, self.release_held)
 
     def observe_redemption_write(self, size: int, seconds: float) -> None:
         self.metrics.redemption_batch.observe(size)
@@ -53,6 +62,10 @@ class IssuanceService(Service):
         await super().stop()
         if self.writer_pool is not None:
             await self.writer_pool.close()
+
+    async def release_held(self) -> None:
+        while await self.handlers.release_held(self.pool) >= 1000:
+            pass
 
     async def expire(self) -> None:
         while await self.handlers.expire_due(self.pool) >= self.settings.expiry_batch:

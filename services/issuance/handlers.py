@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
-from pydantic import ValidationError
 
-from services.issuance import codes, store
+from services.issuance import codes, ordering, ordering_store, store
 from services.issuance.budget import Ledger
 from services.issuance.campaigns import CampaignSpec, offer_summary, personal_brand
+from services.issuance.gate import ConsentChanges, ConsentGate, Entry, Offsets
 from services.issuance.metrics import IssuanceMetrics
 from services.issuance.rules import NO_CONSENT, Deny, Issue, decide
 from services.issuance.settings import IssuanceSettings
@@ -29,7 +29,6 @@ from shared.outbox import OutboxRecord, enqueue, event_record
 
 log = logging.getLogger(__name__)
 SOURCE = "voucherstream/issuance"
-CONTACT_CHANNELS = {ev.Purpose.EMAIL: ev.Channel.EMAIL, ev.Purpose.SMS: ev.Channel.SMS, ev.Purpose.PUSH: ev.Channel.PUSH}
 
 
 @dataclass
@@ -49,13 +48,15 @@ class Batch:
 
 
 class IssuanceHandlers:
-    def __init__(self, settings: IssuanceSettings, metrics: IssuanceMetrics) -> None:
+    def __init__(self, settings: IssuanceSettings, metrics: IssuanceMetrics, positions: Offsets,
+                 end_offsets: Offsets) -> None:
         self.settings = settings
         self.metrics = metrics
         self.hash_key = settings.code_hash_key.get_secret_value().encode()
         self.seal_key = codes.seal_key(settings.code_seal_key.get_secret_value())
         self.outbox_key = sealing.derive_key(settings.code_seal_key.get_secret_value(), "outbox")
         self.pseudonym_key = settings.pseudonym_key.get_secret_value().encode()
+        self.gate = ConsentGate(self.pseudonym_key, settings.consent_hold_max_s, metrics, positions, end_offsets)
         self._specs: dict[tuple[str, int], CampaignSpec] = {}
 
     def spec(self, row: asyncpg.Record) -> CampaignSpec:
@@ -73,98 +74,87 @@ class IssuanceHandlers:
     # ------------------------------------------------------------------ the consumed batch
 
     async def on_batch(self, pool: asyncpg.Pool, messages) -> None:
-        states: dict[str, ev.ConsentState | None] = {}
-        entries, erasures, exports = [], [], []
-        for m in messages:
-            if m.topic == "consent-state":
-                states[m.key] = m.event  # the latest per customer wins; None is a tombstone
-            elif m.topic == "segment-entered":
-                entries.append(m)
-            elif m.topic == "erasure-requested":
-                erasures.append(m.event)
-            elif m.topic == "export-requested":
-                exports.append(m.event)
+        consumed = await self.gate.sort(messages)
+        exports = [m.event for m in messages if m.topic == "export-requested"]
         async with pool.acquire() as conn, conn.transaction():
-            withdrawn = await self.apply_consent(conn, states)
-            erased = [e.customer_id for e in erasures]
-            closing = await store.active_vouchers_of(conn, withdrawn + erased) if withdrawn or erased else []
-            campaign_rows = await store.active_campaigns_for(conn, [m.event.segment for m in entries])
-            batch = Batch(await store.lock_ledgers(conn, {r["campaign_id"] for r in closing}
-                                                   | {r["id"] for r in campaign_rows}))
-            if closing:
-                await self.revoke(conn, batch, closing, withdrawn, set(erased))
-            if entries:
-                await self.issue(conn, batch, entries, campaign_rows)
-            for request in erasures:
+            known, changes = await self.gate.apply(conn, consumed)
+            closing = await store.active_vouchers_of(conn, list(changes.customers)) if changes.customers else []
+            unsent = await ordering_store.withdraw_unsent_deliveries(
+                conn, list(changes.customers), [v["id"] for v in closing if v["channel"] in ordering.DELIVERED])
+            ready = await self.gate.admit(conn, consumed.entries, known, changes)
+            await ordering_store.save_marks(conn, known)
+            released, unconfirmed = await self.gate.release(conn, known, sorted(known))
+            batch = await self.decide(conn, ready + released, unconfirmed, closing, changes, unsent)
+            for request in consumed.erasures:
                 await self.erase(conn, batch, request)
             for request in exports:
                 await self.export(conn, batch, request)
-            await store.save_ledgers(conn, [batch.ledgers[c] for c in sorted(batch.changed)], batch.history)
-            await enqueue(conn, batch.outbox)
+            await self.save(conn, batch)
+        self.observe(batch, ready + released)
+
+    async def release_held(self, pool: asyncpg.Pool) -> int:
+        """Decides held entries whose consent caught up (marks moved by another instance) or whose
+        wait ran out; returns how many."""
+        async with pool.acquire() as conn, conn.transaction():
+            released, unconfirmed = await self.gate.release(conn, None, None)
+            if not released and not unconfirmed:
+                return 0
+            batch = await self.decide(conn, released, unconfirmed, [], None, set())
+            await self.save(conn, batch)
+        self.observe(batch, released)
+        return len(released) + len(unconfirmed)
+
+    async def decide(self, conn: asyncpg.Connection, entries: list[Entry], unconfirmed: list[Entry],
+                     closing: list[asyncpg.Record], changes: ConsentChanges | None, unsent: set[str]) -> Batch:
+        """Locks the ledgers every decision of the transaction needs (once, in order), closes what
+        consent changes close, and decides the entries."""
+        campaign_rows = await store.active_campaigns_for(conn, [e.event.segment for e in entries + unconfirmed])
+        batch = Batch(await store.lock_ledgers(conn, {r["campaign_id"] for r in closing}
+                                               | {r["id"] for r in campaign_rows}))
+        if closing and changes is not None:
+            specs = {r["id"]: self.spec(r) for r in await _campaign_rows(conn, {v["campaign_id"] for v in closing})}
+            await self.gate.close(conn, batch, closing, changes, unsent,
+                                  {cid: spec.revoke_on_withdrawal for cid, spec in specs.items()})
+        if entries or unconfirmed:
+            await self.issue(conn, batch, entries, campaign_rows, unconfirmed)
+        return batch
+
+    async def save(self, conn: asyncpg.Connection, batch: Batch) -> None:
+        await store.save_ledgers(conn, [batch.ledgers[c] for c in sorted(batch.changed)], batch.history)
+        await enqueue(conn, batch.outbox)
+
+    def observe(self, batch: Batch, entries: list[Entry]) -> None:
         now = time.time()
-        for m in entries:
-            self.metrics.segment_to_voucher.observe(max(now - m.timestamp_ms / 1000, 0))
+        for e in entries:
+            self.metrics.segment_to_voucher.observe(max(now - e.entered_ms / 1000, 0))
         for cid in batch.changed:
             lg = batch.ledgers[cid]
             for name, value in (("limit", lg.limit), ("reserved", lg.reserved), ("spent", lg.spent),
                                 ("remaining", lg.remaining)):
                 self.metrics.ledger.labels(cid, name).set(value)
 
-    # ------------------------------------------------------------------ consent
-
-    async def apply_consent(self, conn: asyncpg.Connection, states: dict[str, ev.ConsentState | None]) -> list[str]:
-        """Keeps each customer's offer and channel consent; returns the customers who no longer
-        consent to personalized offers (their vouchers may be revoked)."""
-        if not states:
-            return []
-        before = await store.consents(conn, list(states))
-        rows, withdrawn = [], []
-        for cid, state in states.items():
-            if state is None:
-                await store.forget_consent(conn, cid)
-                continue
-            offers = state.granted(ev.Purpose.PERSONALIZED_OFFERS)
-            channels = sorted(ch.value for p, ch in CONTACT_CHANNELS.items() if state.granted(p))
-            rows.append((cid, offers, channels, state.updated_at))
-            if not offers and before.get(cid, NO_CONSENT).personalized_offers:
-                withdrawn.append(cid)
-        await store.save_consents(conn, rows)
-        return withdrawn
-
-    async def revoke(self, conn: asyncpg.Connection, batch: Batch, vouchers: list[asyncpg.Record],
-                     withdrawn: list[str], erased: set[str]) -> None:
-        specs = {r["id"]: self.spec(r) for r in await _campaign_rows(conn, {v["campaign_id"] for v in vouchers})}
-        now = ev.now_utc()
-        closing = []
-        for v in vouchers:
-            reason = "customer_erased" if v["customer_id"] in erased else "consent_withdrawn"
-            if reason == "consent_withdrawn" and not specs[v["campaign_id"]].revoke_on_withdrawal:
-                continue
-            lg = batch.step(v["campaign_id"], batch.ledgers[v["campaign_id"]].release(v["reserved"]), "revoked", v["id"])
-            closing.append(v["id"])
-            batch.outbox.append(event_record("voucher-revoked", ev.VoucherRevoked(
-                voucher_id=v["id"], campaign_id=v["campaign_id"], customer_id=v["customer_id"], reason=reason,
-                released=ev.Money(amount=v["reserved"], currency=v["currency"]), revoked_at=now,
-                ledger=lg.snapshot()), source=SOURCE))
-            self.metrics.closed.labels(v["campaign_id"], "revoked").inc()
-        await store.close_vouchers(conn, closing, "revoked", now)
-
     # ------------------------------------------------------------------ issuing
 
-    async def issue(self, conn: asyncpg.Connection, batch: Batch, entries, campaign_rows) -> None:
+    async def issue(self, conn: asyncpg.Connection, batch: Batch, entries: list[Entry], campaign_rows,
+                    unconfirmed: list[Entry] = ()) -> None:
+        """Decides each (campaign, entry) once; ``unconfirmed`` entries are refused
+        (``consent_unconfirmed``: consent did not catch up with them in time)."""
         now = ev.now_utc()
         by_segment: dict[str, list[CampaignSpec]] = defaultdict(list)
         for row in campaign_rows:
             by_segment[row["segment"]].append(self.spec(row))
         pairs = []
         seen: set[tuple[str, str, str]] = set()
-        for m in entries:
-            e: ev.SegmentEntered = m.event
+        refused: set[tuple[str, str, str]] = set()
+        for entry in [*entries, *unconfirmed]:
+            e: ev.SegmentEntered = entry.event
             for spec in by_segment.get(e.segment, ()):
                 key = (spec.id, e.customer_id, e.trigger_key)
                 if key not in seen:
                     seen.add(key)
                     pairs.append((key, e, spec))
+                    if entry in unconfirmed:
+                        refused.add(key)
         if not pairs:
             return
         known = await store.known_attempts(conn, [k for k, _, _ in pairs])
@@ -174,10 +164,11 @@ class IssuanceHandlers:
         counts = await store.voucher_counts(conn, [s.id for _, _, s in pairs], customers)
         attempts, vouchers = [], []
         for (campaign_id, customer_id, trigger), e, spec in pairs:
-            outcome = decide(spec, customer_id=customer_id, preferred=e.preferred_channel,
-                             consent=consent.get(customer_id, NO_CONSENT),
-                             vouchers_of_customer=counts.get((campaign_id, customer_id), 0),
-                             vouchers_of_campaign=batch.ledgers[campaign_id].vouchers, now=now)
+            outcome = Deny(ordering.UNCONFIRMED) if (campaign_id, customer_id, trigger) in refused else decide(
+                spec, customer_id=customer_id, preferred=e.preferred_channel,
+                consent=consent.get(customer_id, NO_CONSENT),
+                vouchers_of_customer=counts.get((campaign_id, customer_id), 0),
+                vouchers_of_campaign=batch.ledgers[campaign_id].vouchers, now=now)
             if isinstance(outcome, Issue) and not batch.ledgers[campaign_id].fits(outcome.max_discount):
                 outcome = Deny("budget_exhausted", outcome.variant)
             if isinstance(outcome, Deny):
@@ -223,7 +214,8 @@ class IssuanceHandlers:
                     deliveries[voucher_id] = event_record("delivery-requested", ev.DeliveryRequested(
                         voucher_id=voucher_id, campaign_id=spec.id, customer_id=customer_id,
                         channel=outcome.channel, code=code, offer=offer_summary(offer, brand),
-                        expires_at=spec.validity.expires_at(now)), source=SOURCE, sealed=True)
+                        expires_at=spec.validity.expires_at(now)), source=SOURCE, sealed=True,
+                        headers=(("voucher-id", voucher_id),))
             collided = await store.insert_vouchers(conn, rows)
             await enqueue(conn, [r for vid, r in deliveries.items() if vid not in collided], self.outbox_key)
             if collided:
@@ -270,6 +262,7 @@ class IssuanceHandlers:
             "vouchers": [_jsonable(r) for r in await store.vouchers_of(conn, cid)],
             "issuance_decisions": [_jsonable(r) for r in await store.attempts_of(conn, cid)],
             "redemptions": [_jsonable(r) for r in await store.redemptions_of(conn, cid)],
+            "entries_waiting_for_consent": [_jsonable(r) for r in await ordering_store.held_of(conn, cid)],
             "note": "voucher codes are stored only as keyed hashes and cannot be exported",
         }
         batch.outbox.append(event_record("export-completed", ev.ExportCompleted(
@@ -283,107 +276,3 @@ async def _campaign_rows(conn: asyncpg.Connection, ids: set[str]) -> list[asyncp
 
 def _jsonable(record: asyncpg.Record) -> dict:
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in dict(record).items()}
-
-
-def parse_campaign(definition: dict) -> CampaignSpec:
-    """Raises ``ValueError`` with pydantic's precise message."""
-    try:
-        return CampaignSpec.model_validate(definition)
-    except ValidationError as exc:
-        raise ValueError(ev.describe_validation_error(exc)) from None
-
-
-class CampaignError(Exception):
-    """A refused campaign change; ``status`` is the HTTP status that says why."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-
-def campaign_event(spec: CampaignSpec, status: str) -> ev.CampaignChanged:
-    return ev.CampaignChanged(campaign_id=spec.id, name=spec.name, status=status, segment=spec.segment,
-                              offer=offer_summary(spec.offer), budget_limit=spec.budget.limit,
-                              variants=[ev.Variant(name=v.name, weight=v.weight) for v in spec.variants],
-                              holdout_percent=spec.holdout_percent, updated_at=ev.now_utc())
-
-
-class CampaignAdmin:
-    """Campaign changes: each one and its ``campaign-changed`` event commit together."""
-
-    def __init__(self, handlers: IssuanceHandlers) -> None:
-        self.handlers = handlers
-
-    async def create(self, conn: asyncpg.Connection, spec: CampaignSpec, status: str = "active") -> None:
-        definition = spec.model_dump(mode="json")
-        if not await store.insert_campaign(conn, spec.id, spec.segment, status, definition, spec.currency,
-                                           spec.budget.limit.amount):
-            raise CampaignError(409, f"campaign {spec.id} already exists")
-        await enqueue(conn, [event_record("campaign-changed", campaign_event(spec, status), source=SOURCE)])
-
-    async def replace(self, conn: asyncpg.Connection, spec: CampaignSpec) -> str:
-        row = await store.campaign(conn, spec.id, for_update=True)
-        if row is None:
-            raise CampaignError(404, f"no campaign {spec.id}")
-        old = self.handlers.spec(row)
-        if old.currency != spec.currency:
-            raise CampaignError(409, "a campaign's currency cannot change (its ledger is kept in it)")
-        batch = Batch(await store.lock_ledgers(conn, [spec.id]))
-        lg = batch.ledgers[spec.id]
-        if spec.budget.limit.amount != lg.limit:
-            if spec.budget.limit.amount < lg.reserved + lg.spent:
-                raise CampaignError(409, f"budget.limit {spec.budget.limit.amount} is below what is already reserved "
-                                         f"and spent ({lg.reserved + lg.spent})")
-            from dataclasses import replace as _replace
-
-            batch.step(spec.id, _replace(lg, limit=spec.budget.limit.amount, seq=lg.seq + 1), "limit_changed", None)
-            await store.save_ledgers(conn, [batch.ledgers[spec.id]], batch.history)
-        await store.update_campaign(conn, spec.id, spec.segment, spec.model_dump(mode="json"))
-        await enqueue(conn, [event_record("campaign-changed", campaign_event(spec, row["status"]), source=SOURCE)])
-        return row["status"]
-
-    async def set_status(self, conn: asyncpg.Connection, campaign_id: str, status: str) -> CampaignSpec:
-        row = await store.campaign(conn, campaign_id, for_update=True)
-        if row is None:
-            raise CampaignError(404, f"no campaign {campaign_id}")
-        if row["status"] == "ended":
-            raise CampaignError(409, f"campaign {campaign_id} has ended")
-        spec = self.handlers.spec(row)
-        if row["status"] != status:
-            await store.set_status(conn, campaign_id, status)
-            await enqueue(conn, [event_record("campaign-changed", campaign_event(spec, status), source=SOURCE)])
-        return spec
-
-    async def partner_codes(self, pool: asyncpg.Pool, campaign_id: str, partner: str, count: int,
-                            progress=None) -> tuple[CampaignSpec, list[str], datetime]:
-        """Non-personal codes for affiliates and influencers, attributed to ``partner``. They
-        reserve nothing now; each redemption spends from the remaining budget."""
-        async with pool.acquire() as conn:
-            row = await store.campaign(conn, campaign_id)
-            if row is None:
-                raise CampaignError(404, f"no campaign {campaign_id}")
-            spec = self.handlers.spec(row)
-        now = ev.now_utc()
-        expires = spec.validity.expires_at(now)
-        offer = spec.offer_for(spec.variants[0].name)
-        out: list[str] = []
-        chunk = 20_000
-        while len(out) < count:
-            n = min(chunk, count - len(out))
-            fresh = [spec.code.generate() for _ in range(n)]
-            rows = [(str(uuid.uuid4()), spec.id, None, partner, codes.code_hash(self.handlers.hash_key, c), None,
-                     spec.variants[0].name, "partner", offer.kind, None, spec.currency, 0,
-                     offer.balance.amount if offer.kind == "gift_card" else None, "active", None, now, expires)
-                    for c in fresh]
-            try:
-                async with pool.acquire() as conn, conn.transaction():
-                    await store.copy_vouchers(conn, rows)
-            except asyncpg.UniqueViolationError:
-                log.warning("partner code collision; drawing the chunk again")
-                continue
-            out.extend(fresh)
-            self.handlers.metrics.partner_codes.labels(spec.id).inc(n)
-            if progress is not None:
-                progress(len(out), count)
-        return spec, out, expires

@@ -18,6 +18,19 @@ class IssuanceMetrics(Metrics):
         self.segment_to_voucher = Histogram(
             "voucherstream_segment_to_voucher_seconds",
             "From a segment-entered record's timestamp to the voucher's commit", buckets=LATENCY_BUCKETS, registry=r)
+        self.consent_hold = Histogram(
+            "voucherstream_issuance_consent_hold_seconds", "How long a segment entry waited for consent to apply "
+            "every decision published before it (0: decided at once)",
+            buckets=(0.0, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r)
+        self.holds = Counter("voucherstream_issuance_consent_holds_total", "Segment entries held for consent, "
+                             "released, refused after the maximum wait, or dropped (erased customer)", ["outcome"],
+                             registry=r)
+        self.consent_states = Counter("voucherstream_issuance_consent_states_total", "consent-state records: applied, "
+                                      "already applied (redelivery, replay), stale copies for erased customers",
+                                      ["outcome"], registry=r)
+        self.deliveries_cancelled = Counter("voucherstream_deliveries_cancelled_total", "Deliveries cancelled, by "
+                                            "reason and whether the request had been published", ["reason", "request"],
+                                            registry=r)
         self.checkout = Counter("voucherstream_checkout_requests_total", "Checkout answers by operation and outcome",
                                 ["operation", "outcome"], registry=r)
         self.redeemed_amount = Counter("voucherstream_redeemed_discount_minor_units_total",

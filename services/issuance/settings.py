@@ -15,6 +15,10 @@ class IssuanceSettings(ServiceSettings):
                                      description="seals on-site codes (AES-GCM) so the on-site API can show them")
     pseudonym_key: SecretStr = Field(SecretStr("local-dev-pseudonym-key-change-me"),
                                      description="HMAC key of the pseudonyms that replace erased customers' ids")
+    consent_hold_max_s: float = Field(30.0, gt=0, description="how long a segment entry waits for consent to apply "
+                                      "every decision published before it; then it is refused (consent_unconfirmed)")
+    consent_hold_check_s: float = Field(0.25, gt=0, description="how often held entries are looked at outside "
+                                        "the consumer (marks moved by another instance, waits that ran out)")
     expiry_interval_s: float = Field(10.0, gt=0, description="how often vouchers past validity are expired")
     expiry_batch: int = Field(1000, ge=1)
     failed_attempts_per_minute: float = Field(30.0, gt=0, description="failed validations/redemptions refilled per "

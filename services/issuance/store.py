@@ -180,7 +180,7 @@ async def copy_vouchers(conn: asyncpg.Connection, rows: Sequence[tuple]) -> None
 
 async def active_vouchers_of(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT id, campaign_id, customer_id, reserved, currency FROM vouchers WHERE status = 'active'"
+        "SELECT id, campaign_id, customer_id, reserved, currency, channel FROM vouchers WHERE status = 'active'"
         " AND customer_id = ANY($1::text[]) ORDER BY id FOR UPDATE", list(set(customer_ids)))
 
 

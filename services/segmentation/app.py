@@ -17,6 +17,7 @@ from services.segmentation.settings import SegmentationSettings
 from shared import events as ev
 from shared.kafka import Message
 from shared.service import Service
+from shared.topics import check_partition
 
 log = logging.getLogger(__name__)
 INPUTS = ["customer-registered", "customer-updated", "order-placed", "cart-abandoned", "consent-state",
@@ -33,7 +34,10 @@ class SegmentationService(Service):
         self.ruleset = rules.load(settings.rules_file)
         self._rules_mtime = settings.rules_file.stat().st_mtime
         self.metrics.rules_version.labels(self.ruleset.version).set(1)
-        self.handlers = SegmentationHandlers(settings.schema, self.metrics, lambda: self.ruleset)
+        self.consumer = None
+        self.handlers = SegmentationHandlers(settings.schema, self.metrics, lambda: self.ruleset,
+                                             lambda partitions: self.consumer.end_offsets(partitions),
+                                             settings.pseudonym_key.get_secret_value().encode())
 
     @property
     def handled(self) -> int:
@@ -51,7 +55,7 @@ class SegmentationService(Service):
 
     @staticmethod
     def _validate(message: Message) -> None:
-        engine.check_partition(message.topic, message.partition, message.key)
+        check_partition(message.partition, message.key, message.event)
 
     async def daily(self) -> None:
         """Asks each of this worker's tick partitions to evaluate time-based rules (birthdays)."""

@@ -23,6 +23,7 @@ from typing import Any
 from services.segmentation import profile as prof
 from services.segmentation import rules
 from shared import events as ev
+from shared.erasure import stale_for_erased
 from shared.topics import CUSTOMER_PARTITIONS, partition_for
 
 TICKS = "segmentation-ticks"
@@ -33,17 +34,6 @@ def partition_of(key: bytes, partitions: int = CUSTOMER_PARTITIONS) -> int:
     the same way (librdkafka/kcat: ``partitioner=murmur2_random``) so a customer's events and
     consent meet on one partition."""
     return partition_for(key, partitions)
-
-
-def check_partition(topic: str, partition: int, key: str | None, partitions: int = CUSTOMER_PARTITIONS) -> None:
-    """Refuses a customer's event on another partition than its customer's: its consent and
-    profile live with that partition's owner."""
-    if topic == TICKS or key is None:
-        return
-    right = partition_of(key.encode(), partitions)
-    if right != partition:
-        raise ev.ContractError("wrong_partition", f"key belongs on partition {right}, not {partition}: "
-                               "publish with Kafka's default murmur2 partitioner")
 
 
 @dataclass(slots=True)
@@ -74,6 +64,8 @@ class Outcome:
     customers: dict[str, Customer]  # every customer loaded or touched, as it is after the batch
     changed: set[str] = field(default_factory=set)  # those to write back (or delete when not kept)
     emit: list[tuple[str, ev.Event]] = field(default_factory=list)  # (registry topic, event), in order
+    erased: dict[str, datetime] = field(default_factory=dict)  # erased customers the batch names -> when
+    newly_erased: dict[str, datetime] = field(default_factory=dict)  # erased by this batch
     counts: Counter = field(default_factory=Counter)  # (topic, outcome) -> n
     entries: Counter = field(default_factory=Counter)  # segment -> n
 
@@ -91,10 +83,11 @@ def in_time_order(messages: list) -> list:
 
 
 def apply_batch(customers: dict[str, Customer], inputs: Iterable[Input], ruleset: rules.RuleSet, now: datetime,
-                partitions: int = CUSTOMER_PARTITIONS) -> Outcome:
+                partitions: int = CUSTOMER_PARTITIONS, erased: dict[str, datetime] | None = None) -> Outcome:
     """Applies ``inputs`` in order to ``customers`` (every customer the inputs name, and every
-    customer of a ticked partition, as stored; absent ones are new)."""
-    out = Outcome(customers=dict(customers))
+    customer of a ticked partition, as stored; absent ones are new). ``erased``: those of the
+    named customers that were erased, and when."""
+    out = Outcome(customers=dict(customers), erased=dict(erased or {}))
     for item in inputs:
         _apply(out, item, ruleset, now, partitions)
     return out
@@ -106,10 +99,17 @@ def _apply(out: Outcome, item: Input, ruleset: rules.RuleSet, now: datetime, par
         _forget(out, item.key)
         out.counts[(item.topic, "tombstone")] += 1
         return
+    if isinstance(e, ev.ConsentWatermark):
+        out.counts[(item.topic, "watermark")] += 1  # for issuance; segmentation's consent needs no ordering
+        return
     if isinstance(e, ev.ConsentState):
+        if stale_for_erased(e.updated_at, out.erased.get(e.customer_id)):
+            out.counts[(item.topic, "stale_for_erased")] += 1
+            return
         _on_consent(out, e)
     elif isinstance(e, ev.ErasureRequested):
         _forget(out, e.customer_id)
+        out.erased[e.customer_id] = out.newly_erased[e.customer_id] = e.requested_at
         out.emit.append(("erasure-completed", ev.ErasureCompleted(
             request_id=e.request_id, customer_id=e.customer_id, service="segmentation", completed_at=now,
             erased={"profiles": 1, "consent": 1})))

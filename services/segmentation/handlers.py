@@ -10,44 +10,73 @@ finds its offsets applied and changes nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
 from services.segmentation import engine, rules, store
 from services.segmentation.metrics import SegmentationMetrics
 from shared import events as ev
+from shared.erasure import subject_hash
 from shared.kafka import Message
 from shared.outbox import enqueue, event_record
 
 log = logging.getLogger(__name__)
 SOURCE = "voucherstream/segmentation"
+CONSENT_TOPICS = ("consent-changed", "consent-state")
+# What carries no trigger: a batch of only these needs no consent marks.
+NO_TRIGGER = {"consent-state", "erasure-requested", "export-requested"}
+EndOffsets = Callable[[list[tuple[str, int]]], Awaitable[dict[tuple[str, int], int]]]
 
 
 class SegmentationHandlers:
-    def __init__(self, schema: str, metrics: SegmentationMetrics, ruleset: Callable[[], rules.RuleSet]) -> None:
+    def __init__(self, schema: str, metrics: SegmentationMetrics, ruleset: Callable[[], rules.RuleSet],
+                 end_offsets: EndOffsets, pseudonym_key: bytes) -> None:
         self.schema = schema
+        self.pseudonym_key = pseudonym_key
         self.metrics = metrics
         self.ruleset = ruleset
+        self.end_offsets = end_offsets
         self.handled = 0  # messages applied or found already applied (tests and benchmarks read it)
 
     async def on_batch(self, pool: asyncpg.Pool, messages: list[Message]) -> None:
+        marks = await self.consent_marks(messages)
         async with pool.acquire() as conn, conn.transaction():
-            outcome, fresh = await self.apply(conn, messages)
+            outcome, fresh = await self.apply(conn, messages, marks)
         self._count(messages, fresh, outcome)
 
-    async def apply(self, conn: asyncpg.Connection, messages: list[Message]) -> tuple[engine.Outcome | None, list[Message]]:
+    async def consent_marks(self, messages: list[Message]) -> dict[int, ev.ConsentMarks]:
+        """Read after the batch was fetched: where consent-changed and consent-state end on each
+        partition that may trigger. Every consent decision published before a trigger of the batch
+        lies below them, and issuance decides that trigger only once consent has applied them."""
+        partitions = sorted({m.partition for m in messages if m.topic not in NO_TRIGGER})
+        if not partitions:
+            return {}
+        started = time.perf_counter()
+        ends = await self.end_offsets([(t, p) for p in partitions for t in CONSENT_TOPICS])
+        self.metrics.consent_marks.observe(time.perf_counter() - started)
+        return {p: ev.ConsentMarks(partition=p, changed=ends[("consent-changed", p)], state=ends[("consent-state", p)])
+                for p in partitions}
+
+    async def apply(self, conn: asyncpg.Connection, messages: list[Message],
+                    marks: dict[int, ev.ConsentMarks] | None = None) -> tuple[engine.Outcome | None, list[Message]]:
         await store.lock_partitions(conn, self.schema, {m.partition for m in messages})
         applied = await store.next_offsets(conn, {(m.topic, m.partition) for m in messages})
         fresh = [m for m in messages if m.offset >= applied.get((m.topic, m.partition), 0)]
         outcome = None
         if fresh:
             ticks = {m.event.partition for m in fresh if isinstance(m.event, ev.SegmentationTick)}
-            ids = {m.key for m in fresh if m.topic != engine.TICKS and m.key is not None}
+            ids = {m.key for m in fresh if m.key is not None and (m.event is None or m.event.KEY_FIELD == "customer_id")}
             stored = await store.load(conn, ids, ticks)
-            outcome = engine.apply_batch(stored, engine.in_time_order(fresh), self.ruleset(), ev.now_utc())
+            subjects = {subject_hash(self.pseudonym_key, cid): cid for cid in ids}
+            erased = {subjects[h]: at for h, at in (await store.erased(conn, subjects)).items()}
+            outcome = engine.apply_batch(stored, engine.in_time_order(fresh), self.ruleset(), ev.now_utc(),
+                                         erased=erased)
+            await store.remember_erased(conn, [(subject_hash(self.pseudonym_key, cid), at)
+                                               for cid, at in outcome.newly_erased.items()])
             await store.save(conn, {cid: outcome.customers[cid] for cid in outcome.changed})
-            await enqueue(conn, [event_record(topic, e, source=SOURCE) for topic, e in outcome.emit])
+            await enqueue(conn, [event_record(topic, _marked(e, marks), source=SOURCE) for topic, e in outcome.emit])
         offsets: dict[tuple[str, int], int] = {}
         for m in fresh:
             offsets[(m.topic, m.partition)] = max(offsets.get((m.topic, m.partition), 0), m.offset + 1)
@@ -80,3 +109,11 @@ class SegmentationHandlers:
             self.metrics.events.labels(topic, what).inc(n)
         for segment, n in outcome.entries.items():
             self.metrics.entries.labels(segment).inc(n)
+
+
+def _marked(event: ev.Event, marks: dict[int, ev.ConsentMarks] | None) -> ev.Event:
+    """A segment entry carries the consent marks of its customer's partition."""
+    if not marks or not isinstance(event, ev.SegmentEntered):
+        return event
+    mark = marks.get(engine.partition_of(event.customer_id.encode()))
+    return event if mark is None else event.model_copy(update={"consent_marks": mark})

@@ -1,4 +1,4 @@
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from shared.metrics import Metrics
 
@@ -15,5 +15,9 @@ class SegmentationMetrics(Metrics):
         self.entries = Counter("voucherstream_segment_entries_total", "Segment entries emitted", ["segment"], registry=r)
         self.table_size = Gauge("voucherstream_segmentation_table_entries", "Customers kept, and of them with a "
                                 "profile", ["table"], registry=r)
+        self.consent_marks = Histogram("voucherstream_segmentation_consent_marks_seconds", "Reading the consent "
+                                       "marks (log ends of consent-changed and consent-state) for a batch",
+                                       buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+                                       registry=r)
         self.rules_version = Gauge("voucherstream_segmentation_rules_info", "The rule set in force", ["version"],
                                    registry=r)

@@ -393,6 +393,8 @@ class Observer:
                     if name == "voucher-issued":
                         self.issued[(e.campaign_id, e.trigger_key)] = e.ledger.seq
                     elif name == "delivery-requested":
+                        if not isinstance(e, ev.DeliveryRequested):
+                            continue  # a cancellation after a withdrawal, not a second delivery
                         self.deliveries[e.voucher_id] += 1
                         if self.checkout and self.deliveries[e.voucher_id] == 1:
                             self.checkout.offer(e)

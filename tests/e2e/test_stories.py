@@ -87,7 +87,8 @@ async def test_birthday_cart_and_loyalty_stories_with_consent_checkout_counters_
             latest = {}
             for rec in await read_topic(kafka.bootstrap, kafka.topic("consent-state")):
                 state = ev.decode(rec.value)[1]
-                latest[state.customer_id] = state
+                if isinstance(state, ev.ConsentState):  # (not a consent watermark)
+                    latest[state.customer_id] = state
             return all(c.customer_id in latest and latest[c.customer_id].granted(c.purpose) for c in consents)
 
         await wait_for(consents_published, timeout=30, interval=0.3, what="every consent on consent-state")

@@ -1,9 +1,11 @@
 from datetime import UTC, datetime, timedelta
 
-from services.consent.ledger import Decision, current_state, superseded_by_erasure
+import pytest
+
+from services.consent.ledger import ErasureMark, Decision, check_occurred_at, current_state, superseded_by_erasure
 from services.consent.privacy import Part, export_bundle, is_complete, progress, subject_hash
 from services.consent.settings import ConsentSettings
-from shared.events import Purpose
+from shared.events import ContractError, Purpose
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -34,11 +36,35 @@ def test_no_decisions_means_no_consent_at_all():
     assert current_state([]) == {}
 
 
-def test_decisions_from_before_an_erasure_cannot_bring_the_customer_back():
+def test_decisions_published_before_an_erasure_cannot_bring_the_customer_back_whatever_their_date():
     erased = T0 + timedelta(days=1)
-    assert superseded_by_erasure(T0, erased)
-    assert not superseded_by_erasure(erased + timedelta(seconds=1), erased)
-    assert not superseded_by_erasure(T0, None)
+    mark = ErasureMark(changed_offset=100, requested_at=erased)
+    future = erased + timedelta(days=365 * 900)
+    # Published before the erasure (below the log end it saw): erased, however it is dated.
+    assert superseded_by_erasure(mark, offset=99, event_erased=False, occurred_at=future)
+    # One of the erased decisions, re-published at a new offset or retried over HTTP.
+    assert superseded_by_erasure(mark, offset=500, event_erased=True, occurred_at=T0)
+    assert superseded_by_erasure(mark, offset=None, event_erased=True, occurred_at=T0)
+    # Received after the erasure and made after it: a returning customer's decision.
+    later = erased + timedelta(seconds=1)
+    assert not superseded_by_erasure(mark, offset=100, event_erased=False, occurred_at=later)
+    assert not superseded_by_erasure(mark, offset=None, event_erased=False, occurred_at=later)
+    # Received after it but saying it was made before: it belongs to the erased past.
+    assert superseded_by_erasure(mark, offset=100, event_erased=False, occurred_at=T0)
+    assert superseded_by_erasure(mark, offset=None, event_erased=False, occurred_at=T0)
+    assert not superseded_by_erasure(None, offset=1, event_erased=False, occurred_at=T0)
+    # An erasure recorded before marks were kept has only event time.
+    old = ErasureMark(changed_offset=None, requested_at=erased)
+    assert superseded_by_erasure(old, offset=5, event_erased=False, occurred_at=T0)
+    assert not superseded_by_erasure(old, offset=5, event_erased=False, occurred_at=later)
+
+
+def test_a_decision_dated_beyond_the_allowed_skew_breaks_the_contract():
+    check_occurred_at(T0 + timedelta(seconds=300), T0, 300)
+    check_occurred_at(T0 - timedelta(days=30), T0, 300)
+    with pytest.raises(ContractError) as err:
+        check_occurred_at(T0 + timedelta(seconds=301), T0, 300)
+    assert err.value.reason == "occurred_in_future"
 
 
 def test_a_request_completes_only_when_every_expected_service_answered():

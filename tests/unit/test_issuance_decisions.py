@@ -7,7 +7,7 @@ from pydantic import ValidationError
 from services.issuance import codes
 from services.issuance.budget import BudgetExhausted, Ledger
 from services.issuance.campaigns import CampaignSpec, Variant, assign_variant, choose_channel
-from services.issuance.handlers import parse_campaign
+from services.issuance.campaign_admin import parse_campaign
 from services.issuance.rules import CustomerConsent, Deny, Issue, decide
 from shared.events import Channel
 

@@ -88,11 +88,19 @@ def test_a_tick_evaluates_birthdays_of_its_partition_only():
 def test_an_event_on_another_partition_than_its_customer_s_breaks_the_contract():
     import pytest
 
-    engine.check_partition("cart-abandoned", partition_of(b"c1"), "c1")
-    engine.check_partition("segmentation-ticks", 5, "tick-5")
+    from shared.topics import check_partition
+
+    cart = ev.CartAbandoned(customer_id="c1", cart_id="k1", value=ev.Money(amount=1, currency="USD"),
+                            abandoned_at=NOW)
+    check_partition(partition_of(b"c1"), "c1", cart)
+    check_partition(5, "tick-5", ev.SegmentationTick(partition_key="tick-5", partition=5, at=NOW))
+    check_partition(5, "watermark-5", ev.ConsentWatermark(partition_key="watermark-5", partition=5, next_offset=0,
+                                                          at=NOW))
     with pytest.raises(ev.ContractError) as err:
-        engine.check_partition("cart-abandoned", (partition_of(b"c1") + 1) % 6, "c1")
+        check_partition((partition_of(b"c1") + 1) % 6, "c1", cart)
     assert err.value.reason == "wrong_partition"
+    with pytest.raises(ev.ContractError):
+        check_partition((partition_of(b"c1") + 1) % 6, "c1", None)  # a tombstone is a customer's too
 
 
 def test_a_batch_is_interleaved_by_record_time_and_each_partition_keeps_its_order():
@@ -110,3 +118,28 @@ def test_a_batch_is_interleaved_by_record_time_and_each_partition_keeps_its_orde
     got = engine.in_time_order(carts + consents)
     assert [(m.topic, m.offset) for m in got] == [("consent-state", 7), ("consent-state", 8),
                                                   ("cart-abandoned", 0), ("cart-abandoned", 1)]
+
+
+def test_a_stale_consent_state_of_an_erased_customer_does_not_bring_them_back_but_a_new_one_does():
+    from datetime import timedelta
+
+    erase = Input("erasure-requested", partition_of(b"c3"), "c3",
+                  ev.ErasureRequested(request_id="r3", customer_id="c3", requested_at=NOW))
+    before = consent("c3", at=NOW - timedelta(minutes=5))  # written before the erasure, re-published after it
+    out = engine.apply_batch({}, [erase, before, cart("c3", 40_000, "k3")], RULES, NOW)
+    assert out.newly_erased == {"c3": NOW}
+    assert "c3" not in out.changed and [t for t, _ in out.emit] == ["erasure-completed"]
+    assert out.counts[("consent-state", "stale_for_erased")] == 1
+    # A later batch knows the erasure from the store; the customer comes back only by consenting again.
+    again = engine.apply_batch({}, [before], RULES, NOW, erased={"c3": NOW})
+    assert not again.changed
+    back = engine.apply_batch({}, [consent("c3", at=NOW + timedelta(minutes=1)), cart("c3", 40_000, "k4")], RULES,
+                              NOW, erased={"c3": NOW})
+    assert back.customers["c3"].kept and len(back.emit) == 1
+
+
+def test_consent_watermarks_on_consent_state_are_counted_and_change_nothing():
+    mark = Input("consent-state", 2, "watermark-2",
+                 ev.ConsentWatermark(partition_key="watermark-2", partition=2, next_offset=9, at=NOW))
+    out = engine.apply_batch({}, [mark], RULES, NOW)
+    assert not out.changed and not out.emit and out.counts[("consent-state", "watermark")] == 1

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from shared import events as ev
 from shared.kafka import send_all, start_producer
+from shared.topics import CUSTOMER_PARTITIONS, partition_for
 from tests.support import read_topic, wait_for
 
 T0 = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
@@ -26,12 +27,9 @@ async def publish(kafka, items):
 
 
 async def states(kafka, customer, expect):
-    records = await read_topic(kafka.bootstrap, kafka.topic("consent-state"), expect=expect)
-    out = []
-    for r in records:
-        if r.key == customer.encode():
-            out.append(None if r.value is None else ev.decode(r.value)[1])
-    return out
+    records = await read_topic(kafka.bootstrap, kafka.topic("consent-state"), expect=expect,
+                               where=lambda r: r.key == customer.encode())
+    return [None if r.value is None else ev.decode(r.value)[1] for r in records]
 
 
 async def ledger_count(service, customer):
@@ -107,3 +105,50 @@ async def test_an_unknown_purpose_on_the_topic_is_a_dead_letter_with_its_reason(
 
 async def _eq(value, expected):
     return (await value) == expected
+
+
+async def test_a_decision_dated_into_the_future_is_refused_over_http_and_kafka_and_a_real_withdrawal_wins(consent, kafka):
+    now = datetime.now(UTC)
+    body = {"customer_id": "c-6", "purpose": "personalized_offers", "granted": True, "policy_version": "v3",
+            "source": "banner", "occurred_at": now.isoformat()}
+    assert (await consent.client.post("/v1/consents", json=body)).status_code == 201
+    future = body | {"granted": True, "occurred_at": "2999-01-01T00:00:00Z"}
+    refused = await consent.client.post("/v1/consents", json=future)
+    assert refused.status_code == 422 and refused.json()["detail"]["reason"] == "occurred_in_future"
+    producer = await start_producer(kafka, "shop")
+    grant_2999 = ev.ConsentChanged(customer_id="c-6", purpose="personalized_offers", granted=True, policy_version="v3",
+                                   source="banner", occurred_at=datetime(2999, 1, 1, tzinfo=UTC))
+    await send_all(producer, [(kafka.topic("consent-changed"), b"c-6", ev.encode(grant_2999, source="shop"), None)])
+    dead = await read_topic(kafka.bootstrap, kafka.topic("consent-changed.dlq"), expect=1)
+    assert dict(dead[0].headers)["dlq.reason"] == b"occurred_in_future"
+    assert await ledger_count(consent, "c-6") == 1  # nothing of either attempt was recorded
+    withdrawal = ev.ConsentChanged(customer_id="c-6", purpose="personalized_offers", granted=False, policy_version="v3",
+                                   source="banner", occurred_at=datetime.now(UTC))
+    await send_all(producer, [(kafka.topic("consent-changed"), b"c-6", ev.encode(withdrawal, source="shop"), None)])
+    await producer.stop()
+    await wait_for(lambda: _eq(ledger_count(consent, "c-6"), 2), what="the real withdrawal")
+    state = (await consent.client.get("/v1/customers/c-6/consents")).json()
+    assert state["purposes"]["personalized_offers"]["granted"] is False
+
+
+async def test_an_http_decision_is_answered_once_its_state_is_on_kafka_and_watermarks_follow_the_topic(consent, kafka):
+    body = {"customer_id": "c-7", "purpose": "email", "granted": True, "policy_version": "v3", "source": "banner",
+            "occurred_at": datetime.now(UTC).isoformat()}
+    answered = await consent.client.post("/v1/consents", json=body)
+    assert answered.status_code == 201 and "Voucherstream-Propagation" not in answered.headers
+    # Read at once, without waiting: the answer came after the broker acknowledged the state.
+    on_kafka = await read_topic(kafka.bootstrap, kafka.topic("consent-state"), where=lambda r: r.key == b"c-7")
+    assert len(on_kafka) == 1
+    # A decision on Kafka moves its partition's watermark past its offset, after its state.
+    await publish(kafka, [("w1", change("c-8", "email", True, 0))])
+    partition = partition_for(b"c-8", CUSTOMER_PARTITIONS)
+
+    async def watermark():
+        records = await read_topic(kafka.bootstrap, kafka.topic("consent-state"))
+        mine = [r for r in records if r.partition == partition]
+        marks = [(i, ev.decode(r.value)[1]) for i, r in enumerate(mine) if r.key == f"watermark-{partition}".encode()]
+        states_at = [i for i, r in enumerate(mine) if r.key == b"c-8"]
+        return marks and states_at and [(i, m) for i, m in marks if i > states_at[0] and m.next_offset >= 1]
+
+    found = await wait_for(watermark, what="a watermark after c-8's state")
+    assert found[-1][1].partition == partition

@@ -32,7 +32,8 @@ async def issue(issuance, kafka, customers, segment="cart-abandoned-300", channe
         return {}
     async def codes():
         records = await read_topic(kafka.bootstrap, kafka.topic("delivery-requested"))
-        got = {d.customer_id: d.code for d in (ev.decode(r.value)[1] for r in records) if d.customer_id in customers}
+        got = {d.customer_id: d.code for d in (ev.decode(r.value)[1] for r in records)
+               if isinstance(d, ev.DeliveryRequested) and d.customer_id in customers}
         return got if len(got) == len(customers) else None
 
     return await wait_for(codes, what="the delivery requests")

@@ -1,0 +1,122 @@
+"""Campaign administration: each change to a campaign and its ``campaign-changed`` event commit
+together; partner codes are drawn in chunks."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import replace
+from datetime import datetime
+
+import asyncpg
+from pydantic import ValidationError
+
+from services.issuance import codes, store
+from services.issuance.campaigns import CampaignSpec, offer_summary
+from services.issuance.handlers import SOURCE, Batch, IssuanceHandlers
+from shared import events as ev
+from shared.outbox import enqueue, event_record
+
+log = logging.getLogger(__name__)
+
+
+def parse_campaign(definition: dict) -> CampaignSpec:
+    """Raises ``ValueError`` with pydantic's precise message."""
+    try:
+        return CampaignSpec.model_validate(definition)
+    except ValidationError as exc:
+        raise ValueError(ev.describe_validation_error(exc)) from None
+
+
+class CampaignError(Exception):
+    """A refused campaign change; ``status`` is the HTTP status that says why."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def campaign_event(spec: CampaignSpec, status: str) -> ev.CampaignChanged:
+    return ev.CampaignChanged(campaign_id=spec.id, name=spec.name, status=status, segment=spec.segment,
+                              offer=offer_summary(spec.offer), budget_limit=spec.budget.limit,
+                              variants=[ev.Variant(name=v.name, weight=v.weight) for v in spec.variants],
+                              holdout_percent=spec.holdout_percent, updated_at=ev.now_utc())
+
+
+class CampaignAdmin:
+    """Campaign changes: each one and its ``campaign-changed`` event commit together."""
+
+    def __init__(self, handlers: IssuanceHandlers) -> None:
+        self.handlers = handlers
+
+    async def create(self, conn: asyncpg.Connection, spec: CampaignSpec, status: str = "active") -> None:
+        definition = spec.model_dump(mode="json")
+        if not await store.insert_campaign(conn, spec.id, spec.segment, status, definition, spec.currency,
+                                           spec.budget.limit.amount):
+            raise CampaignError(409, f"campaign {spec.id} already exists")
+        await enqueue(conn, [event_record("campaign-changed", campaign_event(spec, status), source=SOURCE)])
+
+    async def replace(self, conn: asyncpg.Connection, spec: CampaignSpec) -> str:
+        row = await store.campaign(conn, spec.id, for_update=True)
+        if row is None:
+            raise CampaignError(404, f"no campaign {spec.id}")
+        old = self.handlers.spec(row)
+        if old.currency != spec.currency:
+            raise CampaignError(409, "a campaign's currency cannot change (its ledger is kept in it)")
+        batch = Batch(await store.lock_ledgers(conn, [spec.id]))
+        lg = batch.ledgers[spec.id]
+        if spec.budget.limit.amount != lg.limit:
+            if spec.budget.limit.amount < lg.reserved + lg.spent:
+                raise CampaignError(409, f"budget.limit {spec.budget.limit.amount} is below what is already reserved "
+                                         f"and spent ({lg.reserved + lg.spent})")
+            batch.step(spec.id, replace(lg, limit=spec.budget.limit.amount, seq=lg.seq + 1), "limit_changed", None)
+            await store.save_ledgers(conn, [batch.ledgers[spec.id]], batch.history)
+        await store.update_campaign(conn, spec.id, spec.segment, spec.model_dump(mode="json"))
+        await enqueue(conn, [event_record("campaign-changed", campaign_event(spec, row["status"]), source=SOURCE)])
+        return row["status"]
+
+    async def set_status(self, conn: asyncpg.Connection, campaign_id: str, status: str) -> CampaignSpec:
+        row = await store.campaign(conn, campaign_id, for_update=True)
+        if row is None:
+            raise CampaignError(404, f"no campaign {campaign_id}")
+        if row["status"] == "ended":
+            raise CampaignError(409, f"campaign {campaign_id} has ended")
+        spec = self.handlers.spec(row)
+        if row["status"] != status:
+            await store.set_status(conn, campaign_id, status)
+            await enqueue(conn, [event_record("campaign-changed", campaign_event(spec, status), source=SOURCE)])
+        return spec
+
+    async def partner_codes(self, pool: asyncpg.Pool, campaign_id: str, partner: str, count: int,
+                            progress=None) -> tuple[CampaignSpec, list[str], datetime]:
+        """Non-personal codes for affiliates and influencers, attributed to ``partner``. They
+        reserve nothing now; each redemption spends from the remaining budget."""
+        async with pool.acquire() as conn:
+            row = await store.campaign(conn, campaign_id)
+            if row is None:
+                raise CampaignError(404, f"no campaign {campaign_id}")
+            spec = self.handlers.spec(row)
+        now = ev.now_utc()
+        expires = spec.validity.expires_at(now)
+        offer = spec.offer_for(spec.variants[0].name)
+        out: list[str] = []
+        chunk = 20_000
+        while len(out) < count:
+            n = min(chunk, count - len(out))
+            fresh = [spec.code.generate() for _ in range(n)]
+            rows = [(str(uuid.uuid4()), spec.id, None, partner, codes.code_hash(self.handlers.hash_key, c), None,
+                     spec.variants[0].name, "partner", offer.kind, None, spec.currency, 0,
+                     offer.balance.amount if offer.kind == "gift_card" else None, "active", None, now, expires)
+                    for c in fresh]
+            try:
+                async with pool.acquire() as conn, conn.transaction():
+                    await store.copy_vouchers(conn, rows)
+            except asyncpg.UniqueViolationError:
+                log.warning("partner code collision; drawing the chunk again")
+                continue
+            out.extend(fresh)
+            self.handlers.metrics.partner_codes.labels(spec.id).inc(n)
+            if progress is not None:
+                progress(len(out), count)
+        return spec, out, expires

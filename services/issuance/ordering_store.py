@@ -1,0 +1,125 @@
+"""The SQL of consent ordering and erased customers (see ordering.py): the per-partition marks,
+the held triggers, the keyed hashes of erased customers, and the unsent deliveries a withdrawal
+cancels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+import asyncpg
+
+from services.issuance.ordering import Known
+from shared import events as ev
+
+
+async def lock_marks(conn: asyncpg.Connection, partitions: Iterable[int]) -> dict[int, Known]:
+    """The marks of these partitions, locked until commit (rows created as needed, in order)."""
+    parts = sorted(set(partitions))
+    if not parts:
+        return {}
+    await conn.execute("INSERT INTO consent_marks (partition) SELECT unnest($1::int[]) ON CONFLICT DO NOTHING", parts)
+    rows = await conn.fetch("SELECT partition, changed_offset, state_offset FROM consent_marks"
+                            " WHERE partition = ANY($1::int[]) ORDER BY partition FOR UPDATE", parts)
+    return {r["partition"]: Known(r["changed_offset"], r["state_offset"]) for r in rows}
+
+
+async def save_marks(conn: asyncpg.Connection, marks: dict[int, Known]) -> None:
+    if marks:
+        parts = sorted(marks)
+        await conn.execute(
+            "UPDATE consent_marks m SET changed_offset = greatest(m.changed_offset, k.c),"
+            " state_offset = greatest(m.state_offset, k.s)"
+            " FROM unnest($1::int[], $2::bigint[], $3::bigint[]) AS k(p, c, s) WHERE m.partition = k.p",
+            parts, [marks[p].changed for p in parts], [marks[p].state for p in parts])
+
+
+async def hold(conn: asyncpg.Connection, rows: Sequence[tuple[ev.SegmentEntered, int, datetime]]) -> int:
+    """Holds ``(entry with its marks, record timestamp ms, now)``; one per (customer, segment,
+    trigger): a redelivered entry is already held. Returns how many were newly held."""
+    if not rows:
+        return 0
+    status = await conn.execute(
+        "INSERT INTO held_triggers (customer_id, segment, trigger_key, partition, changed_offset, state_offset, event,"
+        " entered_ms, held_at) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[],"
+        " $6::bigint[], $7::jsonb[], $8::bigint[], $9::timestamptz[]) ON CONFLICT DO NOTHING",
+        [e.customer_id for e, _, _ in rows], [e.segment for e, _, _ in rows], [e.trigger_key for e, _, _ in rows],
+        [e.consent_marks.partition for e, _, _ in rows], [e.consent_marks.changed for e, _, _ in rows],
+        [e.consent_marks.state for e, _, _ in rows],
+        [e.model_dump(mode="json") for e, _, _ in rows],
+        [ms for _, ms, _ in rows], [at for _, _, at in rows])
+    return int(status.split()[-1])
+
+
+async def held(conn: asyncpg.Connection, partitions: Sequence[int] | None, limit: int = 1000) -> list[asyncpg.Record]:
+    """The oldest held entries (of these partitions), locked until commit; rows another
+    transaction is deciding are skipped."""
+    return await conn.fetch(
+        "SELECT customer_id, segment, trigger_key, partition, changed_offset, state_offset, event, entered_ms, held_at"
+        " FROM held_triggers WHERE $1::int[] IS NULL OR partition = ANY($1::int[])"
+        " ORDER BY held_at LIMIT $2 FOR UPDATE SKIP LOCKED", None if partitions is None else list(partitions), limit)
+
+
+async def marks(conn: asyncpg.Connection, partitions: Iterable[int]) -> dict[int, Known]:
+    rows = await conn.fetch("SELECT partition, changed_offset, state_offset FROM consent_marks"
+                            " WHERE partition = ANY($1::int[])", sorted(set(partitions)))
+    return {r["partition"]: Known(r["changed_offset"], r["state_offset"]) for r in rows}
+
+
+async def unhold(conn: asyncpg.Connection, keys: Sequence[tuple[str, str, str]]) -> None:
+    if keys:
+        await conn.execute(
+            "DELETE FROM held_triggers h USING unnest($1::text[], $2::text[], $3::text[]) AS k(c, s, t)"
+            " WHERE h.customer_id = k.c AND h.segment = k.s AND h.trigger_key = k.t",
+            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
+
+
+async def held_count(conn: asyncpg.Connection) -> int:
+    return await conn.fetchval("SELECT count(*) FROM held_triggers")
+
+
+async def forget_held(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> int:
+    status = await conn.execute("DELETE FROM held_triggers WHERE customer_id = ANY($1::text[])", list(customer_ids))
+    return int(status.split()[-1])
+
+
+async def held_of(conn: asyncpg.Connection, customer_id: str) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT segment, trigger_key, held_at FROM held_triggers WHERE customer_id = $1",
+                            customer_id)
+
+
+# ------------------------------------------------------------------ erased customers
+
+
+async def remember_erased(conn: asyncpg.Connection, rows: Sequence[tuple[str, datetime]]) -> None:
+    if rows:
+        await conn.execute(
+            "INSERT INTO erased_customers (subject_hash, erased_at) SELECT * FROM unnest($1::text[], $2::timestamptz[])"
+            " ON CONFLICT (subject_hash) DO UPDATE SET erased_at = greatest(erased_customers.erased_at, excluded.erased_at)",
+            [h for h, _ in rows], [at for _, at in rows])
+
+
+async def erased(conn: asyncpg.Connection, hashes: Iterable[str]) -> dict[str, datetime]:
+    rows = await conn.fetch("SELECT subject_hash, erased_at FROM erased_customers WHERE subject_hash = ANY($1::text[])",
+                            list(set(hashes)))
+    return {r["subject_hash"]: r["erased_at"] for r in rows}
+
+
+# ------------------------------------------------------------------ deliveries
+
+
+async def withdraw_unsent_deliveries(conn: asyncpg.Connection, customer_ids: Sequence[str],
+                                     voucher_ids: Sequence[str]) -> set[str]:
+    """Deletes these vouchers' delivery requests that still wait in the outbox (never published)
+    and returns their voucher ids. A row the relay is publishing right now is locked by it: it
+    counts as sent."""
+    if not voucher_ids:
+        return set()
+    rows = await conn.fetch(
+        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE topic = 'delivery-requested'"
+        " AND key = ANY($1::bytea[]) AND sent_at IS NULL"
+        " AND jsonb_path_query_first(headers, '$[*] ? (@[0] == \"voucher-id\")[1]') #>> '{}' = ANY($2::text[])"
+        " FOR UPDATE SKIP LOCKED)"
+        " RETURNING jsonb_path_query_first(headers, '$[*] ? (@[0] == \"voucher-id\")[1]') #>> '{}' AS voucher_id",
+        [c.encode() for c in set(customer_ids)], list(voucher_ids))
+    return {r["voucher_id"] for r in rows}
