@@ -118,6 +118,14 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str]]:
                 (f"**Event-to-delivery p99 at {pipe.get('paced_rate_per_s', 0):,} events/s**", num(pipe.get("p99_ms"), " ms"),
                  num(kp.get("produce_p99_ms"), " ms Kafka produce p99"), ratio(pipe.get("p99_ms"), kp.get("produce_p99_ms")),
                  verdict(pipe.get("p99_ms"), "< 250"))]
+        order = pipe.get("consent_ordering")
+        if order:
+            share = order["consent_changes_share"]
+            out += [(f"Consent ordering: entry held at issuance, p50 / p99 (a consent change per {1 / share:.0f} carts)",
+                     f"≤ {order['hold_p50_ms_at_most']:g} / ≤ {order['hold_p99_ms_at_most']:g} ms",
+                     f"{order['held_share']:.1%} of {order['entries']:,} entries held", "", ""),
+                    ("Consent ordering: consent marks read per segmentation batch, p50 / p99",
+                     f"≤ {order['marks_read_p50_ms_at_most']:g} / ≤ {order['marks_read_p99_ms_at_most']:g} ms", "", "", "")]
     seg = r.get("segmentation", {})
     if seg:
         out.append(("Segmentation events/s, one worker (carts, each a trigger)", num(seg.get("worker_events_per_s"), "/s"),

@@ -61,6 +61,33 @@ def kafka_tool(main: str, *args: str, timeout: float = 120) -> str:
     return done.stdout
 
 
+def histogram(text: str, name: str) -> dict[float, float]:
+    """A Prometheus histogram's cumulative bucket counts ``{upper bound: count}`` from /metrics text
+    (summed over label sets)."""
+    out: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            head, _, value = line.rpartition(" ")
+            le = head.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            out[bound] = out.get(bound, 0.0) + float(value)
+    return out
+
+
+def histogram_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The upper bound of the bucket holding quantile ``q`` of what was observed between two
+    scrapes (Prometheus' own histogram_quantile interpolates inside the bucket; this reports the
+    bucket's bound, an upper estimate)."""
+    delta = {b: after.get(b, 0.0) - before.get(b, 0.0) for b in after}
+    total = delta.get(float("inf"), 0.0)
+    if total <= 0:
+        return float("nan")
+    for bound in sorted(delta):
+        if delta[bound] >= q / 100 * total:
+            return bound
+    return float("inf")
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")

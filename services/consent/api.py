@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Response, status
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
 from services.consent import ledger, privacy, store
@@ -96,8 +97,8 @@ def routes(app: FastAPI, service) -> None:
         received_at = ev.now_utc()
         try:
             ledger.check_occurred_at(change.occurred_at, received_at, service.settings.max_future_skew_s)
-        except ev.ContractError as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, {"reason": exc.reason, "detail": exc.detail}) from None
+        except ev.ContractError as exc:  # as FastAPI's own 422s are shaped: the reason is the error's type
+            raise RequestValidationError([{"loc": ("body", "occurred_at"), "msg": exc.detail, "type": exc.reason}]) from None
         async with service.pool.acquire() as conn, conn.transaction():
             outcome = await handlers.record_changes(conn, [Change(event_id, change)], via="http",
                                                     received_at=received_at)

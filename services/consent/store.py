@@ -18,8 +18,8 @@ from shared.events import Purpose
 async def lock_customers(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> None:
     """Serialises writers of the same customers (consumer batches and HTTP calls) until commit,
     so ledger order, state and outbox order agree. Sorted, so two writers never deadlock."""
-    for cid in sorted(set(customer_ids)):
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('consent:' || $1))", cid)
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('consent:' || c)) FROM"
+                       " (SELECT DISTINCT unnest($1::text[]) AS c ORDER BY 1) AS ordered", list(customer_ids))
 
 
 async def latest_erasures(conn: asyncpg.Connection, hashes: Sequence[str]) -> dict[str, ErasureMark]:

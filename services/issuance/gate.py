@@ -18,6 +18,7 @@ from services.issuance.rules import NO_CONSENT
 from shared import events as ev
 from shared.kafka import Message
 from shared.outbox import event_record
+from shared import erasure
 from shared.erasure import stale_for_erased, subject_hash
 from shared.topics import CUSTOMER_PARTITIONS, partition_for
 
@@ -129,13 +130,13 @@ class ConsentGate:
         advances the marks. Returns the marks (locked until commit) and what changed."""
         known = await held.lock_marks(conn, consumed.partitions)
         changes = ConsentChanges()
-        await held.remember_erased(conn, [(self.subject(e.customer_id), e.requested_at) for e in consumed.erasures])
+        await erasure.remember(conn, [(self.subject(e.customer_id), e.requested_at) for e in consumed.erasures])
         changes.erased = {e.customer_id for e in consumed.erasures}
         if changes.erased:
             await held.forget_held(conn, list(changes.erased))
         fresh = {cid: s for cid, (p, offset, s) in consumed.states.items() if offset >= known[p].state}
         self.metrics.consent_states.labels("already_applied").inc(len(consumed.states) - len(fresh))
-        erased_at = await held.erased(conn, [self.subject(c) for c in fresh]) if fresh else {}
+        erased_at = await erasure.erased(conn, [self.subject(c) for c in fresh]) if fresh else {}
         before = await store.consents(conn, list(fresh))
         rows = []
         for cid, state in fresh.items():
@@ -182,7 +183,7 @@ class ConsentGate:
 
     async def _erased_without_consent(self, conn: asyncpg.Connection, customers: set[str]) -> set[str]:
         subjects = {self.subject(c): c for c in customers}
-        erased = await held.erased(conn, subjects)
+        erased = await erasure.erased(conn, subjects)
         if not erased:
             return set()
         maybe = {subjects[h] for h in erased}

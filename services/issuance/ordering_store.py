@@ -1,6 +1,5 @@
-"""The SQL of consent ordering and erased customers (see ordering.py): the per-partition marks,
-the held triggers, the keyed hashes of erased customers, and the unsent deliveries a withdrawal
-cancels."""
+"""The SQL of consent ordering (see ordering.py): the per-partition marks, the held triggers, and
+the unsent deliveries a withdrawal cancels. (Erased customers: ``shared.erasure``.)"""
 
 from __future__ import annotations
 
@@ -74,10 +73,6 @@ async def unhold(conn: asyncpg.Connection, keys: Sequence[tuple[str, str, str]])
             [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
 
 
-async def held_count(conn: asyncpg.Connection) -> int:
-    return await conn.fetchval("SELECT count(*) FROM held_triggers")
-
-
 async def forget_held(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> int:
     status = await conn.execute("DELETE FROM held_triggers WHERE customer_id = ANY($1::text[])", list(customer_ids))
     return int(status.split()[-1])
@@ -86,23 +81,6 @@ async def forget_held(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> 
 async def held_of(conn: asyncpg.Connection, customer_id: str) -> list[asyncpg.Record]:
     return await conn.fetch("SELECT segment, trigger_key, held_at FROM held_triggers WHERE customer_id = $1",
                             customer_id)
-
-
-# ------------------------------------------------------------------ erased customers
-
-
-async def remember_erased(conn: asyncpg.Connection, rows: Sequence[tuple[str, datetime]]) -> None:
-    if rows:
-        await conn.execute(
-            "INSERT INTO erased_customers (subject_hash, erased_at) SELECT * FROM unnest($1::text[], $2::timestamptz[])"
-            " ON CONFLICT (subject_hash) DO UPDATE SET erased_at = greatest(erased_customers.erased_at, excluded.erased_at)",
-            [h for h, _ in rows], [at for _, at in rows])
-
-
-async def erased(conn: asyncpg.Connection, hashes: Iterable[str]) -> dict[str, datetime]:
-    rows = await conn.fetch("SELECT subject_hash, erased_at FROM erased_customers WHERE subject_hash = ANY($1::text[])",
-                            list(set(hashes)))
-    return {r["subject_hash"]: r["erased_at"] for r in rows}
 
 
 # ------------------------------------------------------------------ deliveries
@@ -118,8 +96,8 @@ async def withdraw_unsent_deliveries(conn: asyncpg.Connection, customer_ids: Seq
     rows = await conn.fetch(
         "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE topic = 'delivery-requested'"
         " AND key = ANY($1::bytea[]) AND sent_at IS NULL"
-        " AND jsonb_path_query_first(headers, '$[*] ? (@[0] == \"voucher-id\")[1]') #>> '{}' = ANY($2::text[])"
+        " AND jsonb_path_query_first(headers, 'strict $[*] ? (@[0] == \"voucher-id\")[1]') #>> '{}' = ANY($2::text[])"
         " FOR UPDATE SKIP LOCKED)"
-        " RETURNING jsonb_path_query_first(headers, '$[*] ? (@[0] == \"voucher-id\")[1]') #>> '{}' AS voucher_id",
+        " RETURNING jsonb_path_query_first(headers, 'strict $[*] ? (@[0] == \"voucher-id\")[1]') #>> '{}' AS voucher_id",
         [c.encode() for c in set(customer_ids)], list(voucher_ids))
     return {r["voucher_id"] for r in rows}

@@ -8,7 +8,9 @@ DECLARATIONS = (
         activity="personalized vouchers",
         personal_data=("customer id (pseudonymous)", "vouchers issued to the customer (campaign, variant, channel, "
                        "amounts, dates; codes only as keyed hashes)", "issuance decisions and their reasons",
-                       "whether the customer consents to personalized offers and to each contact channel"),
+                       "whether the customer consents to personalized offers and to each contact channel",
+                       "segment entries waiting for consent to catch up (at most ISSUANCE_CONSENT_HOLD_MAX_S)",
+                       "a keyed hash of each erased customer's id (to drop later events for them)"),
         purpose="issue single-use vouchers to consenting customers through a channel they agreed to, within budget",
         lawful_basis="consent (GDPR Art. 6(1)(a)): personalized_offers and the channel's purpose",
         retention="vouchers and decisions while the campaign's accounts must be kept; on erasure the customer id "

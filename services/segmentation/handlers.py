@@ -18,6 +18,7 @@ import asyncpg
 from services.segmentation import engine, rules, store
 from services.segmentation.metrics import SegmentationMetrics
 from shared import events as ev
+from shared import erasure
 from shared.erasure import subject_hash
 from shared.kafka import Message
 from shared.outbox import enqueue, event_record
@@ -70,10 +71,10 @@ class SegmentationHandlers:
             ids = {m.key for m in fresh if m.key is not None and (m.event is None or m.event.KEY_FIELD == "customer_id")}
             stored = await store.load(conn, ids, ticks)
             subjects = {subject_hash(self.pseudonym_key, cid): cid for cid in ids}
-            erased = {subjects[h]: at for h, at in (await store.erased(conn, subjects)).items()}
+            erased = {subjects[h]: at for h, at in (await erasure.erased(conn, subjects)).items()}
             outcome = engine.apply_batch(stored, engine.in_time_order(fresh), self.ruleset(), ev.now_utc(),
                                          erased=erased)
-            await store.remember_erased(conn, [(subject_hash(self.pseudonym_key, cid), at)
+            await erasure.remember(conn, [(subject_hash(self.pseudonym_key, cid), at)
                                                for cid, at in outcome.newly_erased.items()])
             await store.save(conn, {cid: outcome.customers[cid] for cid in outcome.changed})
             await enqueue(conn, [event_record(topic, _marked(e, marks), source=SOURCE) for topic, e in outcome.emit])

@@ -75,17 +75,3 @@ async def sizes(conn: asyncpg.Connection) -> tuple[int, int]:
     """(customers with profiling consent, of whom with a profile)."""
     row = await conn.fetchrow("SELECT count(*) AS n, count(profile) AS profiles FROM customers")
     return row["n"], row["profiles"]
-
-
-async def erased(conn: asyncpg.Connection, hashes: Iterable[str]) -> dict[str, object]:
-    rows = await conn.fetch("SELECT subject_hash, erased_at FROM erased_customers WHERE subject_hash = ANY($1::text[])",
-                            list(set(hashes)))
-    return {r["subject_hash"]: r["erased_at"] for r in rows}
-
-
-async def remember_erased(conn: asyncpg.Connection, rows: list[tuple[str, object]]) -> None:
-    if rows:
-        await conn.execute(
-            "INSERT INTO erased_customers (subject_hash, erased_at) SELECT * FROM unnest($1::text[], $2::timestamptz[])"
-            " ON CONFLICT (subject_hash) DO UPDATE SET erased_at = greatest(erased_customers.erased_at, excluded.erased_at)",
-            [h for h, _ in rows], [at for _, at in rows])

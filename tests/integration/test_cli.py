@@ -36,3 +36,21 @@ async def test_publish_then_tail_round_trips_and_bad_input_is_refused_clearly(ka
     lines = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and [x["data"]["cart_id"] for x in sorted(lines, key=lambda x: x["data"]["cart_id"])] == ["k-1", "k-2"]
     assert all(x["type"] == "shop.cart.abandoned.v1" and x["key"] == "cust-9" and "email" not in x["data"] for x in lines)
+
+
+async def test_tail_shows_a_cancelled_delivery_for_the_shop_s_sender(kafka):
+    from datetime import UTC, datetime
+
+    from shared import events as ev
+    from shared.kafka import send_all, start_producer
+
+    cancelled = ev.DeliveryCancelled(voucher_id="v-1", campaign_id="cart-20", customer_id="cust-9", channel="email",
+                                     reason="consent_withdrawn", cancelled_at=datetime.now(UTC))
+    producer = await start_producer(kafka, "test")
+    await send_all(producer, [(kafka.topic("delivery-requested"), b"cust-9", ev.encode(cancelled, source="t"), None)])
+    await producer.stop()
+    code, out, _ = await cli("tail", "delivery-requested", "--from-beginning", "--count", "1",
+                             env={"VOUCHERSTREAM_KAFKA_TOPIC_PREFIX": kafka.topic_prefix})
+    line = json.loads(out.splitlines()[0])
+    assert code == 0 and line["type"] == "voucherstream.delivery.cancelled.v1"
+    assert line["data"]["voucher_id"] == "v-1" and line["data"]["reason"] == "consent_withdrawn"

@@ -17,7 +17,7 @@ def test_promtool_accepts_the_alert_rules_and_the_scrape_configs():
     done = subprocess.run([promtool(), "check", "rules", str(ROOT / "deploy/prometheus/alerts.yml")],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 4 rules found" in done.stdout
+    assert "SUCCESS: 5 rules found" in done.stdout
     for name in ("prometheus.yml", "prometheus.local.yml"):
         done = subprocess.run([promtool(), "check", "config", str(ROOT / "deploy/prometheus" / name)],
                               capture_output=True, text=True)

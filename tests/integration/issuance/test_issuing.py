@@ -122,3 +122,36 @@ async def test_an_erased_customer_keeps_amounts_but_loses_identity(issuance, kaf
     assert row["customer_id"].startswith("erased-") and row["status"] == "revoked"
     budget = (await issuance.client.get("/v1/campaigns/cart-20/budget")).json()
     assert budget["reserved"] == 0 and budget["vouchers_issued"] == 1
+
+
+async def test_a_channel_withdrawn_before_the_delivery_left_revokes_the_voucher_and_cancels_the_delivery(issuance, kafka):
+    from shared.outbox import OutboxRelay
+
+    assert (await issuance.client.post("/v1/campaigns", json=campaign(channels=["email"]))).status_code == 201
+    await publish(kafka, "consent-state", [consent_state("c-late", "personalized_offers", "email")])
+    await wait_for(lambda: _ge(count(issuance, "SELECT count(*) FROM customer_consent"), 1), what="consent")
+    # The relay stops (as when the broker is slow): the delivery request will wait in the outbox.
+    issuance.relay.stop()
+    lock = f"outbox:{issuance.settings.schema}"
+    async with issuance.pool.acquire() as conn:
+        await wait_for(lambda: conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", lock), what="relay stopped")
+        await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", lock)
+    await publish(kafka, "segment-entered", [entered("c-late", preferred="email")])
+    await wait_for(lambda: _eq(count(issuance, "SELECT count(*) FROM outbox WHERE topic = 'delivery-requested'"), 1),
+                   what="the delivery request waiting in the outbox")
+    withdrawn = consent_state("c-late", "personalized_offers")  # e-mail withdrawn
+    await publish(kafka, "consent-state", [withdrawn])
+    await wait_for(lambda: _eq(count(issuance, "SELECT count(*) FROM vouchers WHERE status = 'revoked'"), 1),
+                   what="the voucher revoked")
+    assert await count(issuance, "SELECT count(*) FROM outbox WHERE topic = 'delivery-requested'"
+                                 " AND value IS NOT NULL AND sealed") == 0  # the request itself is gone
+    relay = OutboxRelay(pool=issuance.pool, producer=issuance.producer, kafka=issuance.settings.kafka,
+                        schema=issuance.settings.schema, metrics=issuance.metrics, seal_key=issuance.outbox_seal_key)
+    while await relay.publish_once():
+        pass
+    await relay.close()
+    events = [ev.decode(r.value)[1] for r in await read_topic(kafka.bootstrap, kafka.topic("delivery-requested"))]
+    assert [type(e).__name__ for e in events] == ["DeliveryCancelled"]
+    assert events[0].reason == "channel_withdrawn" and events[0].channel == "email"
+    revoked = [ev.decode(r.value)[1] for r in await read_topic(kafka.bootstrap, kafka.topic("voucher-revoked"), expect=1)]
+    assert revoked[0].reason == "channel_withdrawn" and revoked[0].voucher_id == events[0].voucher_id
