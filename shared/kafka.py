@@ -261,6 +261,7 @@ class BatchConsumer:
         self.start_positions = start_positions
         self.on_idle = on_idle
         self._consumer: AIOKafkaConsumer | None = None
+        self._offsets: AIOKafkaConsumer | None = None  # asks log-end offsets (end_offsets), never fetches
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._last_lag = 0.0
@@ -299,14 +300,18 @@ class BatchConsumer:
 
     async def end_offsets(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """The log-end offsets of any (registry topic, partition), subscribed or not: every record
-        acknowledged before this call lies below them. Raises (transient) while the broker is away."""
-        consumer = self._consumer
-        if consumer is None:
-            raise TransientError("the consumer is not running")
+        acknowledged before this call lies below them. Asked over a client of its own, which never
+        fetches: on the consumer's connection the request would queue behind its long-poll fetch
+        (the broker answers a connection's requests in order). Raises while the broker is away."""
         wanted = {TopicPartition(self.settings.topic(t), p): (t, p) for t, p in partitions}
         if not wanted:
             return {}
-        ends = await asyncio.wait_for(consumer.end_offsets(list(wanted)), self.settings.session_timeout_ms / 1000)
+        if self._offsets is None:
+            client = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, group_id=None,
+                                      client_id=client_id(self.metrics.service) + "-offsets", metadata_max_age_ms=30_000)
+            await client.start()
+            self._offsets = client
+        ends = await asyncio.wait_for(self._offsets.end_offsets(list(wanted)), self.settings.session_timeout_ms / 1000)
         return {wanted[tp]: offset for tp, offset in ends.items()}
 
     async def run(self) -> None:
@@ -346,6 +351,9 @@ class BatchConsumer:
         finally:
             self._consumer = None
             await consumer.stop()
+            if self._offsets is not None:
+                offsets, self._offsets = self._offsets, None
+                await offsets.stop()
             log.info("consumer stopped", extra={"group": self.group_id})
 
     async def _start_with_retry(self, consumer: AIOKafkaConsumer) -> None:

@@ -113,8 +113,14 @@ class Service:
     def consume(self, topics: list[str], handler: Handler, *, group_suffix: str = "", **options) -> BatchConsumer:
         """Adds a batch consumer; ``options`` go to :class:`BatchConsumer` (``validate``, ``assignors``)."""
         assert self.producer is not None, "consume() belongs in on_start()"
+
+        async def handle(batch):
+            await handler(batch)
+            if self.relay is not None:
+                self.relay.wake()  # what the batch enqueued goes out now, not at the relay's next poll
+
         consumer = BatchConsumer(settings=self.settings.kafka, group_id=self.settings.group_id + group_suffix,
-                                 topics=topics, handler=handler, producer=self.producer, metrics=self.metrics,
+                                 topics=topics, handler=handle, producer=self.producer, metrics=self.metrics,
                                  **options)
         self.consumers.append(consumer)
         self.spawn(f"consumer:{','.join(topics)}", consumer.run)
