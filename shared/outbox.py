@@ -5,8 +5,7 @@ PostgreSQL transaction* as the change (:func:`enqueue`). :class:`OutboxRelay` pu
 to Kafka in id order and marks them sent. Guarantees:
 
 - **nothing lost**: a row is deleted (marked sent for good) only after the broker acknowledged it
-  (acks=all), in the transaction that read it (and locked it: a writer that withdraws an unsent
-  row, ``FOR UPDATE SKIP LOCKED``, never takes one that is being published);
+  (acks=all), in the transaction that read it;
 - **in order per key**: rows are published in id order, with an explicit partition (Kafka's
   murmur2 of the key) through an idempotent producer. Writers of one key serialise on that key's
   state row before they enqueue (every service's state change does), so ids follow commit order
@@ -239,7 +238,7 @@ class OutboxRelay:
         conn = self._leader
         async with conn.transaction():
             rows = await conn.fetch("SELECT id, topic, key, value, headers, sealed, partition, created_at FROM outbox"
-                                    " WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE", self.batch_size)
+                                    " WHERE sent_at IS NULL ORDER BY id LIMIT $1", self.batch_size)
             if not rows:
                 self.metrics.outbox_pending.labels(self.metrics.service).set(0)
                 return 0

@@ -88,16 +88,16 @@ async def held_of(conn: asyncpg.Connection, customer_id: str) -> list[asyncpg.Re
 
 async def withdraw_unsent_deliveries(conn: asyncpg.Connection, customer_ids: Sequence[str],
                                      voucher_ids: Sequence[str]) -> set[str]:
-    """Deletes these vouchers' delivery requests that still wait in the outbox (never published)
-    and returns their voucher ids. A row the relay is publishing right now is locked by it: it
-    counts as sent."""
+    """Deletes these vouchers' delivery requests that still wait in the outbox and returns their
+    voucher ids. One the relay read a moment before may still reach Kafka (the relay does not lock
+    what it reads: locking slowed every checkout write); the ``delivery-cancelled`` that follows it,
+    same key and later, tells the sender to drop it, and the voucher is revoked either way."""
     if not voucher_ids:
         return set()
     rows = await conn.fetch(
         "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE topic = 'delivery-requested'"
         " AND key = ANY($1::bytea[]) AND sent_at IS NULL"
-        " AND jsonb_path_query_first(headers, 'strict $[*] ? (@[0] == \"voucher-id\")[1]') #>> '{}' = ANY($2::text[])"
-        " FOR UPDATE SKIP LOCKED)"
+        " AND jsonb_path_query_first(headers, 'strict $[*] ? (@[0] == \"voucher-id\")[1]') #>> '{}' = ANY($2::text[]))"
         " RETURNING jsonb_path_query_first(headers, 'strict $[*] ? (@[0] == \"voucher-id\")[1]') #>> '{}' AS voucher_id",
         [c.encode() for c in set(customer_ids)], list(voucher_ids))
     return {r["voucher_id"] for r in rows}
