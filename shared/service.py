@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from shared import db, logs
+from shared.http_limits import DEFAULT_LIMIT, BodyLimit
 from shared.kafka import BatchConsumer, Handler, Producer, start_producer
 from shared.metrics import Metrics, metrics_endpoint
 from shared.outbox import OutboxRelay
@@ -173,15 +174,16 @@ class Service:
 
     def http(self, *, manage_lifecycle: bool = True, **fastapi_kwargs) -> FastAPI:
         app = http_app(self.start, self.stop, self.metrics, self.ready, manage_lifecycle=manage_lifecycle,
-                       **fastapi_kwargs)
+                       max_body_bytes=self.settings.http_max_body_bytes, **fastapi_kwargs)
         self.routes(app)
         return app
 
 
 def http_app(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]], metrics: Metrics,
-             ready: Callable[[], Awaitable[bool]], *, manage_lifecycle: bool = True, **fastapi_kwargs) -> FastAPI:
-    """A service's FastAPI app: lifespan (start/stop), ``/metrics``, ``/healthz``, ``/readyz``, and
-    400/401/403 documented once for every route."""
+             ready: Callable[[], Awaitable[bool]], *, manage_lifecycle: bool = True,
+             max_body_bytes: int = DEFAULT_LIMIT, **fastapi_kwargs) -> FastAPI:
+    """A service's FastAPI app: lifespan (start/stop), ``/metrics``, ``/healthz``, ``/readyz``,
+    request bodies bounded (413), and 400/401/403/413 documented once for every route."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -196,8 +198,10 @@ def http_app(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[
     fastapi_kwargs.setdefault("responses", {
         400: {"model": ErrorOut, "description": "The body is not JSON"},
         401: {"model": ErrorOut, "description": "No API key, or an unknown one"},
-        403: {"model": ErrorOut, "description": "The API key lacks the scope"}})
+        403: {"model": ErrorOut, "description": "The API key lacks the scope"},
+        413: {"model": ErrorOut, "description": f"The request body is over the limit ({max_body_bytes} bytes)"}})
     app = FastAPI(lifespan=lifespan, **fastapi_kwargs)
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
     app.add_route("/metrics", metrics_endpoint(metrics), include_in_schema=False)
 
     @app.get("/healthz", include_in_schema=False)

@@ -45,6 +45,8 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     http_workers: int = Field(1, ge=1, le=16, description="HTTP worker processes; each is a full instance of the "
                               "service (its consumers join the group, one relays the outbox at a time)")
+    http_max_body_bytes: int = Field(64 * 1024, ge=1024, description="request bodies over this are refused with "
+                                     "413 before they are read")
     consumer_group: str = Field("", description="overrides the consumer group (default: the service name)")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)

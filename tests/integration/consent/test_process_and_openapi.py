@@ -1,5 +1,5 @@
 """The consent service as users run it — ``python -m services.consent`` — answers on HTTP, serves
-its OpenAPI document, survives a schemathesis run without a single 5xx or off-schema answer, and
+its OpenAPI document, refuses oversized bodies unread, survives a schemathesis run without a single 5xx or off-schema answer, and
 stops cleanly on SIGTERM."""
 
 from __future__ import annotations
@@ -16,6 +16,13 @@ from bench.common import free_port
 from tests.support import create_api_key, schemathesis, unique, wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
 
 
 async def test_the_served_openapi_survives_schemathesis_and_sigterm_stops_the_process(kafka, tmp_path):
@@ -44,6 +51,21 @@ async def test_the_served_openapi_survives_schemathesis_and_sigterm_stops_the_pr
             assert "/v1/privacy/erasures" in spec["paths"] and "/v1/consents" in spec["paths"]
             metrics = (await client.get("/metrics")).text
             assert "voucherstream_consent_propagation_seconds" in metrics
+            # Bodies are bounded before anything reads them: 20 bodies of 10 MB, announced or
+            # streamed without a length, are refused and the process does not grow.
+            before = rss_kb(proc.pid)
+            huge = b"{" + b" " * (10 * 1024 * 1024) + b"}"
+
+            async def streamed():
+                for j in range(0, len(huge), 65536):
+                    yield huge[j:j + 65536]
+
+            for i in range(20):
+                content = huge if i % 2 else streamed()
+                answer = await client.post("/v1/consents", content=content, headers={"content-type": "application/json"})
+                assert answer.status_code == 413, answer.text
+            grown = rss_kb(proc.pid) - before
+            assert grown < 5 * 1024, f"the process grew {grown} kB while refusing 200 MB of bodies"
 
         code, report = await schemathesis(base, key, max_time=30, env=env)
         assert code == 0, report[-6000:]
