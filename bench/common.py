@@ -61,16 +61,20 @@ def kafka_tool(main: str, *args: str, timeout: float = 120) -> str:
     return done.stdout
 
 
+def samples(text: str, name: str) -> list:
+    """The samples named ``name`` in Prometheus text (prometheus_client's own parser)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
+
+
 def histogram(text: str, name: str) -> dict[float, float]:
     """A Prometheus histogram's cumulative bucket counts ``{upper bound: count}`` from /metrics text
     (summed over label sets)."""
     out: dict[float, float] = {}
-    for line in text.splitlines():
-        if line.startswith(name + "_bucket{"):
-            head, _, value = line.rpartition(" ")
-            le = head.split('le="', 1)[1].split('"', 1)[0]
-            bound = float("inf") if le == "+Inf" else float(le)
-            out[bound] = out.get(bound, 0.0) + float(value)
+    for sample in samples(text, name + "_bucket"):
+        bound = float(sample.labels["le"])
+        out[bound] = out.get(bound, 0.0) + sample.value
     return out
 
 

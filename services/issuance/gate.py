@@ -17,9 +17,9 @@ from services.issuance.metrics import IssuanceMetrics
 from services.issuance.rules import NO_CONSENT
 from shared import events as ev
 from shared.kafka import Message
-from shared.outbox import event_record
 from shared import erasure
 from shared.erasure import stale_for_erased, subject_hash
+from shared.outbox import event_record
 from shared.topics import CUSTOMER_PARTITIONS, partition_for
 
 if TYPE_CHECKING:
@@ -171,8 +171,9 @@ class ConsentGate:
         kept = [e for e in entries if e.event.customer_id not in gone]
         if len(kept) < len(entries):
             self.metrics.holds.labels("dropped_erased").inc(len(entries) - len(kept))
-        ready = [e for e in kept if ordering.ready(e.event.consent_marks, known[e.event.consent_marks.partition])]
-        waiting = [e for e in kept if not ordering.ready(e.event.consent_marks, known[e.event.consent_marks.partition])]
+        ready, waiting = [], []
+        for e in kept:
+            (ready if ordering.ready(e.event.consent_marks, known[e.event.consent_marks.partition]) else waiting).append(e)
         if waiting:
             now = ev.now_utc()
             newly = await held.hold(conn, [(e.event, e.entered_ms, now) for e in waiting])

@@ -146,14 +146,14 @@ class IssuanceHandlers:
         pairs = []
         seen: set[tuple[str, str, str]] = set()
         refused: set[tuple[str, str, str]] = set()
-        for entry in [*entries, *unconfirmed]:
+        for entry, confirmed in [*((x, True) for x in entries), *((x, False) for x in unconfirmed)]:
             e: ev.SegmentEntered = entry.event
             for spec in by_segment.get(e.segment, ()):
                 key = (spec.id, e.customer_id, e.trigger_key)
                 if key not in seen:
                     seen.add(key)
                     pairs.append((key, e, spec))
-                    if entry in unconfirmed:
+                    if not confirmed:
                         refused.add(key)
         if not pairs:
             return

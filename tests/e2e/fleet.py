@@ -9,10 +9,10 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from bench.common import free_port, service_process
+from bench.common import free_port, samples, service_process
 from shared import auth
 from shared.settings import KafkaSettings, PostgresSettings
-from tests.support import unique
+from tests.support import columns_containing, unique
 
 SERVICES = ("consent", "segmentation", "issuance", "analytics")
 
@@ -37,9 +37,10 @@ class Fleet:
         for s in SERVICES:
             await self._stack.enter_async_context(
                 service_process(s, self.env, self.ports[s], self.logs / f"{s}-{self.runs}.log"))
-        for s in ("consent", "issuance"):
-            async with self.connect(s) as conn:
-                await auth.create_key(conn, "e2e", list(auth.SCOPES), key=self.key)
+        if self.runs == 1:  # (a restart keeps the schemas, and the key in them)
+            for s in ("consent", "issuance"):
+                async with self.connect(s) as conn:
+                    await auth.create_key(conn, "e2e", list(auth.SCOPES), key=self.key)
 
     async def stop(self) -> None:
         await self._stack.aclose()
@@ -82,28 +83,10 @@ class Fleet:
         hits = []
         for s in SERVICES:
             async with self.connect(s) as conn:
-                cols = await conn.fetch(
-                    "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = $1"
-                    " AND data_type IN ('text', 'character varying', 'bytea', 'jsonb', 'json', 'ARRAY')",
-                    self.schemas[s])
-                for c in cols:
-                    col = f'"{c["column_name"]}"'
-                    expr = f"encode({col}, 'escape')" if c["data_type"] == "bytea" else f"{col}::text"
-                    if await conn.fetchval(f'SELECT count(*) FROM "{c["table_name"]}" WHERE {expr} LIKE $1',
-                                           f"%{needle}%"):
-                        hits.append(f'{s}.{c["table_name"]}.{c["column_name"]}')
+                hits += [f"{s}.{hit}" for hit in await columns_containing(conn, needle)]
         return hits
 
 
 def metric(text: str, name: str, **labels: str) -> float:
     """The sum of a metric's samples whose labels include ``labels`` (0 when absent)."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name) or line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        if head.split("{")[0] != name:
-            continue
-        if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total
+    return sum(x.value for x in samples(text, name) if all(x.labels.get(k) == v for k, v in labels.items()))

@@ -7,7 +7,6 @@ no new delivery, no ledger change, no profile change, and lag 0 on every partiti
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from datetime import UTC, datetime
 
@@ -15,16 +14,15 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.common import ROOT, free_port, service_process
-from shared import auth
+from bench.common import ROOT
 from shared import events as ev
 from shared.demo import Shop
 from shared.settings import PostgresSettings
 from shared.topics import topic as registry_topic
-from tests.support import describe_lags, reset_group, unique, wait_for
+from tests.e2e.fleet import SERVICES, Fleet
+from tests.support import describe_lags, reset_group, wait_for
 
 pytestmark = pytest.mark.e2e
-SERVICES = ("consent", "segmentation", "issuance", "analytics")
 SNAPSHOT = {
     "issuance": ["SELECT id, campaign_id, customer_id, trigger_key, status FROM vouchers ORDER BY id",
                  "SELECT campaign_id, limit_minor, reserved, spent, seq FROM budget_ledger ORDER BY 1",
@@ -72,41 +70,22 @@ def near_gift_card(cid: str) -> list[tuple[str, ev.Event]]:
 
 
 async def test_resetting_every_group_to_the_earliest_offsets_and_restarting_changes_nothing(kafka, tmp_path):
-    ports = {s: free_port() for s in SERVICES}
-    schemas = {s: unique(f"e2e_{s}_") for s in SERVICES}
-    env = {"VOUCHERSTREAM_KAFKA_TOPIC_PREFIX": kafka.topic_prefix, "CONSENT_PRIVACY_SERVICES": ",".join(SERVICES)}
-    for s in SERVICES:
-        env[f"{s.upper()}_HTTP_PORT"] = str(ports[s])
-        env[f"{s.upper()}_SCHEMA_NAME"] = schemas[s]
-    _, key = auth.new_key()
-
-    async def fleet(stack: contextlib.AsyncExitStack, run: int) -> None:
-        for s in SERVICES:
-            await stack.enter_async_context(service_process(s, env, ports[s], tmp_path / f"{s}-{run}.log"))
+    fleet = Fleet(kafka, tmp_path)
+    schemas = fleet.schemas
 
     async def caught_up() -> bool:
         """Lag 0 on every partition of every group, and every outbox published."""
         lags = {}
         for s in SERVICES:
             lags.update({(s, *tp): lag for tp, lag in describe_lags(kafka.bootstrap, kafka.topic_prefix + s).items()})
-        conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value())
-        try:
-            pending = [await conn.fetchval(f"SELECT count(*) FROM {schemas[s]}.outbox") for s in SERVICES]
-        finally:
-            await conn.close()
+        pending = [await fleet.fetchval(s, "SELECT count(*) FROM outbox") for s in SERVICES]
         return bool(lags) and all(lag == 0 for lag in lags.values()) and not any(pending)
 
-    async with contextlib.AsyncExitStack() as stack:
-        await fleet(stack, 1)
-        for s in ("consent", "issuance"):
-            conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value(),
-                                         server_settings={"search_path": schemas[s]})
-            await auth.create_key(conn, "e2e", list(auth.SCOPES), key=key)
-            await conn.close()
+    async with fleet:
         proc = await asyncio.create_subprocess_exec(
             os.sys.executable, "-m", "shared.cli", "campaigns", "load", str(ROOT / "deploy/campaigns/reference.yaml"),
-            cwd=ROOT, env=os.environ | env | {"PYTHONPATH": str(ROOT), "VOUCHERSTREAM_API_KEY": key,
-                                                "VOUCHERSTREAM_ISSUANCE_URL": f"http://127.0.0.1:{ports['issuance']}"},
+            cwd=ROOT, env=os.environ | fleet.env | {"PYTHONPATH": str(ROOT), "VOUCHERSTREAM_API_KEY": fleet.key,
+                                                      "VOUCHERSTREAM_ISSUANCE_URL": f"http://127.0.0.1:{fleet.ports['issuance']}"},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await proc.communicate()
         assert proc.returncode == 0, out.decode()
@@ -118,7 +97,7 @@ async def test_resetting_every_group_to_the_earliest_offsets_and_restarting_chan
         near = near_gift_card("near-2000")
         await send_all(producer, [(kafka.topic(t), e.key().encode(), ev.encode(e, source="t"), None) for t, e in near[:3]])
         tasks = [asyncio.create_task(shop.run(60, stop)),
-                 asyncio.create_task(shop.sender(f"http://127.0.0.1:{ports['issuance']}", key, stop))]
+                 asyncio.create_task(shop.sender(f"http://127.0.0.1:{fleet.ports['issuance']}", fleet.key, stop))]
         await asyncio.sleep(3)
         await send_all(producer, [(kafka.topic(t), e.key().encode(), ev.encode(e, source="t"), None) for t, e in near[3:]])
         await producer.stop()
@@ -139,8 +118,7 @@ async def test_resetting_every_group_to_the_earliest_offsets_and_restarting_chan
         reset_group(kafka.bootstrap, kafka.topic_prefix + s)
     assert not await caught_up()  # the groups are back at the start
 
-    async with contextlib.AsyncExitStack() as stack:
-        await fleet(stack, 2)
+    async with fleet:
         await wait_for(caught_up, timeout=120, interval=1, what="every group caught up after the replay")
         await asyncio.sleep(3)
     after = await snapshot(schemas)
