@@ -10,6 +10,9 @@ VENV_KEY := $(shell cat requirements.lock pyproject.toml 2>/dev/null | $(PYTHON)
 VENV   ?= $(CACHE)/venv-$(VENV_KEY)
 PY     := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
+# The local stack runs with the built-in development secrets; real deployments set their own
+# (docs/operations.md, "Secrets") and leave this unset.
+export VOUCHERSTREAM_ENVIRONMENT ?= development
 STACK  := deploy/local/stack.sh
 
 .PHONY: help venv up down status topics run chaos bench bench-smoke bench-memory bench-consent bench-issuance bench-segmentation bench-checkout bench-freshness bench-pipeline dashboards test test-races test-unit lock compose-config clean

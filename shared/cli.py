@@ -89,7 +89,7 @@ def partner_codes(campaign: str = typer.Argument(..., help="campaign id"),
 
 keys_app = typer.Typer(help="API keys (stored hashed in each service's schema; shown once).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-DB_SERVICES = ("consent", "issuance")
+DB_SERVICES = ("consent", "segmentation", "issuance", "analytics")
 
 
 async def _with_schemas(services: list[str], action, schema: str | None = None):
@@ -115,20 +115,82 @@ async def _with_schemas(services: list[str], action, schema: str | None = None):
     return out
 
 
+db_app = typer.Typer(help="The services' PostgreSQL schemas: migrations, and a least-privilege role per service.",
+                     no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("migrate")
+def db_migrate(services: str = typer.Option(",".join(DB_SERVICES), help="comma-separated services"),
+               schema: str = typer.Option(None, help="the schema, when one service runs under another name")) -> None:
+    """Apply pending migrations, as the schemas' owner (VOUCHERSTREAM_POSTGRES_DSN); idempotent."""
+    targets = [s.strip() for s in services.split(",") if s.strip()]
+    if schema and len(targets) != 1:
+        fail("--schema goes with exactly one service")
+
+    async def nothing(conn):
+        return None
+
+    try:
+        asyncio.run(_with_schemas(targets, nothing, schema))
+    except OSError as exc:
+        fail(f"cannot reach PostgreSQL: {exc}")
+    console.print(f"migrated {', '.join(targets)}")
+
+
+@db_app.command("grant")
+def db_grant(services: str = typer.Argument(..., help="comma-separated: consent, segmentation, issuance, analytics"),
+             role: str = typer.Option(None, help="the login to create or update, for one service "
+                                                 "(default: voucherstream_<service>)"),
+             password_env: str = typer.Option("VOUCHERSTREAM_DB_ROLE_PASSWORD",
+                                              help="the environment variable holding the role's password"),
+             schema: str = typer.Option(None, help="the schema, when the service runs under another name")) -> None:
+    """Give a service its own database login that can use only its own schema's rows (run as the
+    owner after `db migrate`; idempotent). The service then connects with <SERVICE>_POSTGRES_DSN."""
+    import os
+
+    from shared import db
+
+    targets = [s.strip() for s in services.split(",") if s.strip()]
+    if (role or schema) and len(targets) != 1:
+        fail("--role and --schema go with exactly one service")
+    password = os.environ.get(password_env) or None
+    for service in targets:
+        login = role or f"voucherstream_{service}"
+
+        async def action(conn, service=service, login=login):
+            return await db.grant_runtime_role(conn, schema or service, login, password)
+
+        try:
+            (append_only,) = asyncio.run(_with_schemas([service], action, schema))
+        except ValueError as exc:
+            fail(str(exc))
+        except OSError as exc:
+            fail(f"cannot reach PostgreSQL: {exc}")
+        extra = f"; append-only: {', '.join(append_only)}" if append_only else ""
+        console.print(f"role {login} may use the rows of schema {schema or service} and nothing else{extra}")
+
+
 @keys_app.command("create")
 def create_key(name: str = typer.Option(..., help="who uses it, e.g. shop-checkout"),
-               scopes: str = typer.Option(..., help="comma-separated: checkout, marketing, privacy, onsite"),
+               scopes: str = typer.Option(..., help="comma-separated: checkout, onsite, marketing, consent:write, privacy:admin, profiles:read"),
                services: str = typer.Option(",".join(DB_SERVICES), help="services that accept it"),
                schema: str = typer.Option(None, help="the PostgreSQL schema, when one service runs under another name"),
+               expires_in_days: float = typer.Option(None, min=0.001, help="the key stops working after this long "
+                                                     "(default: until revoked)"),
                quiet: bool = typer.Option(False, "--quiet", "-q", help="print only the key")) -> None:
     """Create an API key; it is printed once and stored only as a hash."""
+    from datetime import UTC, datetime, timedelta
+
     from shared import auth
+
+    expires_at = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
 
     wanted = [s.strip() for s in scopes.split(",") if s.strip()]
     key_holder: dict = {}
 
     async def action(conn):
-        key_id, key = await auth.create_key(conn, name, wanted, key_holder.get("key"))
+        key_id, key = await auth.create_key(conn, name, wanted, key_holder.get("key"), expires_at=expires_at)
         key_holder.update(id=key_id, key=key)
 
     try:
@@ -146,6 +208,21 @@ def create_key(name: str = typer.Option(..., help="who uses it, e.g. shop-checko
     console.print(f"created key {key_holder['id']} ({name}; scopes {', '.join(sorted(wanted))}; services {services})")
     console.print("it is shown only now; store it in the client's secrets:")
     print(key_holder["key"])
+
+
+@keys_app.command("rotate")
+def rotate_key() -> None:
+    """Print a new code-hash key and the settings that rotate to it: the current key moves to the
+    previous keys, so codes already issued keep validating (docs/operations.md, "Secrets")."""
+    import json
+    import secrets as random
+
+    from services.issuance.settings import IssuanceSettings
+
+    current = IssuanceSettings()
+    previous = [current.code_hash_key] + current.code_hash_previous_keys
+    print(f"ISSUANCE_CODE_HASH_KEY={random.token_urlsafe(32)}")
+    print(f"ISSUANCE_CODE_HASH_PREVIOUS_KEYS={json.dumps([k.get_secret_value() for k in previous])}")
 
 
 @keys_app.command("revoke")
@@ -297,7 +374,7 @@ def _privacy(kind: str, customer: str, follow: bool, url: str, key: str, timeout
 
 @privacy_app.command("export")
 def privacy_export(customer: str, follow: bool = typer.Option(True, "--follow/--no-follow"), url: str = CONSENT,
-                   key: str = typer.Option(..., envvar="VOUCHERSTREAM_API_KEY", help="a key with the privacy scope"),
+                   key: str = typer.Option(..., envvar="VOUCHERSTREAM_API_KEY", help="a key with the privacy:admin scope"),
                    timeout: float = typer.Option(120.0, help="seconds to follow")) -> None:
     """Start an access/portability export and follow it until every service answered."""
     _privacy("export", customer, follow, url, key, timeout)
@@ -305,7 +382,7 @@ def privacy_export(customer: str, follow: bool = typer.Option(True, "--follow/--
 
 @privacy_app.command("erase")
 def privacy_erase(customer: str, follow: bool = typer.Option(True, "--follow/--no-follow"), url: str = CONSENT,
-                  key: str = typer.Option(..., envvar="VOUCHERSTREAM_API_KEY", help="a key with the privacy scope"),
+                  key: str = typer.Option(..., envvar="VOUCHERSTREAM_API_KEY", help="a key with the privacy:admin scope"),
                   timeout: float = typer.Option(120.0, help="seconds to follow")) -> None:
     """Start an erasure and follow it until every service confirmed."""
     _privacy("erasure", customer, follow, url, key, timeout)

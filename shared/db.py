@@ -109,38 +109,94 @@ async def create_pool(settings: PostgresSettings, schema: str, *, application_na
     raise AssertionError("unreachable")
 
 
+async def _all_applied(conn: asyncpg.Connection, schema: str, migrations: list[Migration]) -> bool:
+    """Read-only: whether every migration is applied as it is (a service running as a role that
+    may not change the schema's shape starts without touching it)."""
+    if await conn.fetchval("SELECT to_regclass($1)", f'"{schema}".schema_migrations') is None:
+        return False
+    applied = dict(await conn.fetch(f'SELECT id, checksum FROM "{schema}".schema_migrations'))
+    return all(applied.get(m.id) == m.checksum for m in migrations)
+
+
 async def migrate(pool: asyncpg.Pool, schema: str, migrations: list[Migration]) -> list[str]:
     """Applies the migrations not yet applied in ``schema``; returns the ids it applied."""
     check_schema(schema)
     applied_now: list[str] = []
     async with pool.acquire() as conn:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"migrate:{schema}")
-            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-            await conn.execute(
-                f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations ('
-                " id text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-        for migration in migrations:
-            async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"migrate:{schema}")
-                done = await conn.fetchval(
-                    f'SELECT checksum FROM "{schema}".schema_migrations WHERE id = $1', migration.id)
-                if done is not None:
-                    if done != migration.checksum:
-                        raise RuntimeError(
-                            f"migration {migration.id} was edited after it was applied to schema {schema}; "
-                            "add a new migration instead")
-                    continue
-                await conn.execute(f'SET LOCAL search_path TO "{schema}", public')
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    f'INSERT INTO "{schema}".schema_migrations (id, checksum) VALUES ($1, $2)',
-                    migration.id, migration.checksum)
-                applied_now.append(migration.id)
+        if await _all_applied(conn, schema, migrations):
+            return []
+        try:
+            await _apply(conn, schema, migrations, applied_now)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise RuntimeError(f"migrations are pending in schema {schema} and this database role may not apply "
+                               f"them ({type(exc).__name__}); run `voucherstream db migrate` as the schema's owner "
+                               "(docs/operations.md, \"Database roles\")") from None
     if applied_now:
         log.info("migrations applied", extra={"schema": schema, "migrations": applied_now})
     return applied_now
+
+
+async def _apply(conn: asyncpg.Connection, schema: str, migrations: list[Migration], applied_now: list[str]) -> None:
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"migrate:{schema}")
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(
+            f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations ('
+            " id text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+    for migration in migrations:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"migrate:{schema}")
+            done = await conn.fetchval(
+                f'SELECT checksum FROM "{schema}".schema_migrations WHERE id = $1', migration.id)
+            if done is not None:
+                if done != migration.checksum:
+                    raise RuntimeError(
+                        f"migration {migration.id} was edited after it was applied to schema {schema}; "
+                        "add a new migration instead")
+                continue
+            await conn.execute(f'SET LOCAL search_path TO "{schema}", public')
+            await conn.execute(migration.sql)
+            await conn.execute(
+                f'INSERT INTO "{schema}".schema_migrations (id, checksum) VALUES ($1, $2)',
+                migration.id, migration.checksum)
+            applied_now.append(migration.id)
+
+
+_ROLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+async def grant_runtime_role(conn: asyncpg.Connection, schema: str, role: str, password: str | None) -> list[str]:
+    """Creates (or updates) ``role``, a login that may read and write the rows of ``schema`` and
+    nothing else: no other schema, no DDL (it owns nothing), the migration record read-only, and
+    the tables a migration marked append-only (a comment starting ``append-only``) only read and
+    appended to. Run as the schema's owner after every migration (``voucherstream db grant``);
+    idempotent. Returns the append-only tables."""
+    check_schema(schema)
+    if not _ROLE_RE.match(role):
+        raise ValueError(f"invalid role name {role!r}: lowercase letters, digits and '_' only")
+    async with conn.transaction():
+        exists = await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", role)
+        if not exists or password:
+            verb = "ALTER" if exists else "CREATE"
+            statement = await conn.fetchval(
+                f"SELECT format('{verb} ROLE %I LOGIN' || CASE WHEN $2::text IS NULL THEN '' "
+                "ELSE ' PASSWORD ' || quote_literal($2::text) END, $1::text)", role, password)
+            await conn.execute(statement)
+        q = f'"{schema}"'
+        await conn.execute(f'GRANT USAGE ON SCHEMA {q} TO "{role}"')
+        await conn.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {q} TO "{role}"')
+        await conn.execute(f'GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {q} TO "{role}"')
+        await conn.execute(f'GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {q} TO "{role}"')
+        append_only = [r["relname"] for r in await conn.fetch(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = $1 AND c.relkind = 'r' AND obj_description(c.oid, 'pg_class') LIKE 'append-only%'",
+            schema)]
+        for table in ("schema_migrations", *append_only):
+            check_schema(table)
+            await conn.execute(f'REVOKE UPDATE, DELETE, TRUNCATE ON {q}."{table}" FROM "{role}"')
+        await conn.execute(f'REVOKE INSERT ON {q}."schema_migrations" FROM "{role}"')
+    return append_only
 
 
 async def drop_schema(pool: asyncpg.Pool, schema: str) -> None:

@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -215,6 +216,19 @@ class DeadLetter:
     value: bytes | None
     reason: str
     error: str
+
+
+def sanitized(exc: BaseException) -> str:
+    """An exception as logs and dead-letter headers carry it: its type and what identifies the
+    failure (a contract reason, a PostgreSQL error code and constraint), never its message, which
+    may quote the input (``Key (customer_id)=(alice@example.com) already exists``)."""
+    if isinstance(exc, ContractError):
+        return f"{exc.reason}: {exc.detail}"
+    parts = [type(exc).__name__]
+    for label, attribute in (("sqlstate", "sqlstate"), ("constraint", "constraint_name")):
+        if value := getattr(exc, attribute, None):
+            parts.append(f"{label} {value}")
+    return ", ".join(parts)
 
 
 def dlq_headers(dead: DeadLetter, group: str) -> list[tuple[str, bytes]]:
@@ -517,9 +531,10 @@ class BatchConsumer:
 
     async def _dead_letter_handled(self, message: Message, exc: BaseException | None) -> None:
         """A valid message whose handling fails for a reason that retrying will not fix."""
-        log.error("handler failed on a message; dead-lettering it", exc_info=exc,
-                  extra={"topic": message.topic, "partition": message.partition, "offset": message.offset})
-        detail = f"{type(exc).__name__}: {exc}" if exc else "unknown"
+        detail = sanitized(exc) if exc else "unknown"
+        log.error("handler failed on a message; dead-lettering it",
+                  extra={"topic": message.topic, "partition": message.partition, "offset": message.offset,
+                         "error": detail, "at": "".join(traceback.format_tb(exc.__traceback__)) if exc else ""})
         dead = DeadLetter(self.settings.topic(message.topic), message.partition, message.offset,
                           message.key.encode() if message.key is not None else None, message.raw,
                           "handler_error", detail)

@@ -22,11 +22,12 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from shared import db, logs
+from shared.auth import Authenticator
 from shared.http_limits import DEFAULT_LIMIT, BodyLimit
 from shared.kafka import BatchConsumer, Handler, Producer, start_producer
 from shared.metrics import Metrics, metrics_endpoint
 from shared.outbox import OutboxRelay
-from shared.settings import ServiceSettings
+from shared.settings import InsecureSettings, ServiceSettings, require_secrets
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class Service:
         self.settings = settings
         self.metrics = Metrics(settings.service)
         self.pool: asyncpg.Pool | None = None
+        self.auth = Authenticator(lambda: self.pool)
         self.producer: Producer | None = None
         self.relay: OutboxRelay | None = None
         self.consumers: list[BatchConsumer] = []
@@ -71,6 +73,7 @@ class Service:
 
     async def start(self) -> None:
         s = self.settings
+        require_secrets(s)
         self.pool = await db.create_pool(s.postgres, s.schema, application_name=s.service)
         folders = [("shared", db.SHARED_MIGRATIONS)]
         if self.migrations is not None:
@@ -237,6 +240,10 @@ def run(service: Service, *, factory: str | None = None, **fastapi_kwargs) -> No
     ``factory`` (an import string of a function returning the ASGI app)."""
     s = service.settings
     logs.configure(s.service, s.log_level)
+    try:
+        require_secrets(s)
+    except InsecureSettings as exc:
+        raise SystemExit(str(exc)) from None
     common = dict(host=s.http_host, port=s.http_port, log_config=None, access_log=False, lifespan="on",
                   timeout_graceful_shutdown=30, timeout_keep_alive=30)
     if s.http_workers > 1 and factory:

@@ -4,7 +4,9 @@ environment configures all four. Every default works on the local stack (`make u
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,6 +41,9 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
 
     service: str = "voucherstream"
+    environment: Literal["development", "production"] = Field(
+        "production", validation_alias=AliasChoices("VOUCHERSTREAM_ENVIRONMENT", "environment"),
+        description="development allows the built-in secrets of the local stack; anything else needs real ones")
     schema_name: str = Field("", description="PostgreSQL schema; defaults to the service name")
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=1, le=65535)
@@ -50,6 +55,14 @@ class ServiceSettings(BaseSettings):
     consumer_group: str = Field("", description="overrides the consumer group (default: the service name)")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    postgres_dsn: SecretStr | None = Field(None, description="this service's own database login (a role from "
+                                           "`voucherstream db grant`); default: VOUCHERSTREAM_POSTGRES_DSN")
+
+    @model_validator(mode="after")
+    def _own_login(self) -> ServiceSettings:
+        if self.postgres_dsn is not None and self.postgres.dsn != self.postgres_dsn:
+            self.postgres = self.postgres.model_copy(update={"dsn": self.postgres_dsn})
+        return self
 
     @property
     def schema(self) -> str:
@@ -59,3 +72,45 @@ class ServiceSettings(BaseSettings):
     def group_id(self) -> str:
         """The consumer group: the service's one identifier (plus the topic prefix in tests)."""
         return self.kafka.topic_prefix + (self.consumer_group or self.service)
+
+
+MIN_SECRET_CHARS = 32
+
+
+class InsecureSettings(ValueError):
+    """A secret is missing, a known default or too short, outside development."""
+
+
+def secret_problems(settings: ServiceSettings) -> list[str]:
+    """What is wrong with the service's keys (its own ``SecretStr`` settings named ``*_key`` or
+    ``*_keys``), one line each; nothing in development."""
+    if settings.environment == "development":
+        return []
+    prefix = settings.model_config.get("env_prefix", "")
+    problems = []
+    for name, field in type(settings).model_fields.items():
+        if not name.endswith(("_key", "_keys")):
+            continue
+        value = getattr(settings, name)
+        default = field.default
+        known = {d.get_secret_value() for d in (default if isinstance(default, list) else [default])
+                 if isinstance(d, SecretStr)}
+        for secret in value if isinstance(value, list) else [value]:
+            if not isinstance(secret, SecretStr):
+                continue
+            text, env = secret.get_secret_value(), (prefix + name).upper()
+            if not text:
+                problems.append(f"{env} is not set")
+            elif text in known or "change-me" in text:
+                problems.append(f"{env} is a known default")
+            elif len(text) < MIN_SECRET_CHARS:
+                problems.append(f"{env} is shorter than {MIN_SECRET_CHARS} characters")
+    return problems
+
+
+def require_secrets(settings: ServiceSettings) -> None:
+    if problems := secret_problems(settings):
+        raise InsecureSettings(
+            f"{settings.service} refuses to start: {'; '.join(problems)}. Set each to a random secret of at least "
+            f"{MIN_SECRET_CHARS} characters (`openssl rand -base64 32`; docs/operations.md, \"Secrets\"), or "
+            "VOUCHERSTREAM_ENVIRONMENT=development on a developer's machine.")

@@ -14,6 +14,9 @@ from shared import db, topics
 from shared.settings import KafkaSettings, PostgresSettings
 from tests.support import unique
 
+# The suite runs the services with their built-in development secrets (as `make test` does).
+os.environ.setdefault("VOUCHERSTREAM_ENVIRONMENT", "development")
+
 BOOTSTRAP = os.environ.get("VOUCHERSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 
 

@@ -88,7 +88,7 @@ async def group_members(bootstrap: str, group: str) -> tuple[str, int]:
         await admin.close()
 
 
-async def create_api_key(schema: str, scopes=("checkout", "marketing", "privacy", "onsite")) -> str:
+async def create_api_key(schema: str, scopes=None) -> str:
     """A key with ``scopes`` in a running service's schema (its migrations have run)."""
     import asyncpg
 
@@ -97,7 +97,7 @@ async def create_api_key(schema: str, scopes=("checkout", "marketing", "privacy"
 
     conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value(), server_settings={"search_path": schema})
     try:
-        _, key = await auth.create_key(conn, "tests", list(scopes))
+        _, key = await auth.create_key(conn, "tests", list(scopes or auth.SCOPES))
         return key
     finally:
         await conn.close()

@@ -174,7 +174,9 @@ pg_up() {
 
 pg_bootstrap() {
   # Role and database, idempotent. Uses the local superuser over the Unix socket (peer auth).
-  if PGPASSWORD="$PG_PASSWORD" psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$PG_DB" -Atqc 'select 1' >/dev/null 2>&1; then
+  # The role owns the services' schemas and may create their own logins (`voucherstream db grant`).
+  if [[ "$(PGPASSWORD="$PG_PASSWORD" psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$PG_DB" -Atqc \
+        'select rolcreaterole from pg_roles where rolname = current_user' 2>/dev/null)" == t ]]; then
     return 0
   fi
   id postgres >/dev/null 2>&1 || die "postgres: cannot log in as $PG_USER and there is no local 'postgres' user to create it"
@@ -185,10 +187,11 @@ DO \$\$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_USER') THEN
     CREATE ROLE $PG_USER LOGIN PASSWORD '$PG_PASSWORD';
   END IF;
+  ALTER ROLE $PG_USER CREATEROLE;
 END \$\$;
 SELECT 'CREATE DATABASE $PG_DB OWNER $PG_USER' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$PG_DB')\gexec
 SQL
-  log "postgres: created role and database '$PG_DB'"
+  log "postgres: role (may create roles) and database '$PG_DB' ready"
 }
 
 pg_down() {

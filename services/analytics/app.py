@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from fastapi import FastAPI, HTTPException, Path as PathParam
+from fastapi import Depends, FastAPI, HTTPException, Path as PathParam
 from prometheus_client import Gauge
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -227,6 +227,7 @@ class AnalyticsService(Service):
 
     def routes(self, app: FastAPI) -> None:
         @app.get("/v1/campaigns/{campaign_id}/stats", tags=["analytics"], responses=NOT_FOUND,
+                 dependencies=[Depends(self.auth.require("marketing"))],
                  summary="Budget, counts and per-variant redemption rates with 95 % intervals")
         async def campaign_stats(campaign_id: str = PathParam(min_length=1, max_length=64,
                                                               pattern=r"^[a-z0-9][a-z0-9-]*$")) -> dict[str, Any]:

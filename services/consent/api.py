@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Response, status
+from fastapi.responses import JSONResponse
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
@@ -16,8 +17,15 @@ from shared import events as ev
 from shared.kafka import is_transient
 from shared.outbox import wait_published
 from shared.processing import register
-from shared.auth import AUTH_RESPONSES
+from services.consent.ledger import idempotent_event_id
+from shared.auth import AUTH_RESPONSES, Principal
 from shared.service import NOT_FOUND
+
+KEY_REUSED = {422: {"description": "An invalid body (HTTPValidationError), or an Idempotency-Key reused with "
+                                   "another decision (ErrorOut)",
+                    "content": {"application/json": {"schema": {"anyOf": [
+                        {"$ref": "#/components/schemas/ErrorOut"},
+                        {"$ref": "#/components/schemas/HTTPValidationError"}]}}}}}
 
 CustomerPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")]
 RequestPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")]
@@ -83,17 +91,21 @@ class RegisterOut(BaseModel):
 
 
 def routes(app: FastAPI, service) -> None:
-    """Every route needs an API key with the ``privacy`` scope (the shop's consent banner backend,
-    the data-protection officer's tools)."""
+    """Recording and reading consent needs ``consent:write`` (the shop's consent banner backend) or
+    ``privacy:admin``; histories, exports, erasures and the register need ``privacy:admin`` (the
+    data-protection officer's tools)."""
     handlers: ConsentHandlers = service.handlers
-    privacy_scope = [Depends(service.auth.require("privacy"))]
+    consent_scope = Depends(service.auth.require("consent:write", "privacy:admin"))
+    privacy_scope = [Depends(service.auth.require("privacy:admin"))]
 
-    @app.post("/v1/consents", dependencies=privacy_scope, status_code=status.HTTP_201_CREATED, response_model=ConsentStateOut,
-              tags=["consent"], summary="Record a consent decision", responses=AUTH_RESPONSES)
+    @app.post("/v1/consents", status_code=status.HTTP_201_CREATED, response_model=ConsentStateOut,
+              tags=["consent"], summary="Record a consent decision", responses=AUTH_RESPONSES | KEY_REUSED)
     async def record_consent(body: ConsentChangeIn, response: Response,
-                             idempotency_key: Annotated[str | None, Header(max_length=128)] = None) -> ConsentStateOut:
-        event_id = body.event_id or (f"http:{idempotency_key}" if idempotency_key else f"http:{uuid.uuid4()}")
+                             idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+                             principal: Principal = consent_scope) -> ConsentStateOut:
         change = ev.ConsentChanged(**body.model_dump(exclude={"event_id"}))
+        event_id = body.event_id or (idempotent_event_id(principal.key_id, change.customer_id, idempotency_key)
+                                     if idempotency_key else f"http:{uuid.uuid4()}")
         received_at = ev.now_utc()
         try:
             ledger.check_occurred_at(change.occurred_at, received_at, service.settings.max_future_skew_s)
@@ -102,6 +114,10 @@ def routes(app: FastAPI, service) -> None:
         async with service.pool.acquire() as conn, conn.transaction():
             outcome = await handlers.record_changes(conn, [Change(event_id, change)], via="http",
                                                     received_at=received_at)
+            if outcome.duplicates and idempotency_key and not ledger.same_decision(
+                    await store.entry(conn, event_id), change):
+                return JSONResponse({"detail": "idempotency_key_reused: this Idempotency-Key was used with "
+                                               "another decision"}, status_code=422)
         # Answer once the new consent-state is on Kafka: a trigger the shop publishes after this
         # answer then finds it below its consent marks (docs/privacy.md).
         service.relay.wake()
@@ -111,7 +127,7 @@ def routes(app: FastAPI, service) -> None:
             response.headers["Voucherstream-Propagation"] = "pending"
         return ConsentStateOut(customer_id=body.customer_id, purposes=outcome.states[body.customer_id])
 
-    @app.get("/v1/customers/{customer_id}/consents", dependencies=privacy_scope, response_model=ConsentStateOut, tags=["consent"],
+    @app.get("/v1/customers/{customer_id}/consents", dependencies=[consent_scope], response_model=ConsentStateOut, tags=["consent"],
              summary="A customer's current consent, derived from the ledger")
     async def current(customer_id: CustomerPath) -> ConsentStateOut:
         async with service.pool.acquire() as conn:

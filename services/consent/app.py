@@ -12,7 +12,6 @@ from services.consent.handlers import ConsentHandlers
 from services.consent.metrics import ConsentMetrics
 from services.consent.settings import ConsentSettings
 from shared import events as ev
-from shared.auth import Authenticator
 from shared.service import Service
 from shared.topics import CUSTOMER_PARTITIONS, partition_for
 
@@ -25,7 +24,6 @@ class ConsentService(Service):
         self.settings: ConsentSettings = settings
         self.metrics = ConsentMetrics(settings.service)
         self.handlers = ConsentHandlers(settings, self.metrics)
-        self.auth = Authenticator(lambda: self.pool)
 
     async def on_start(self) -> None:
         self.relay.on_published = self.handlers.observe_published

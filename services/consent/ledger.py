@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from shared.events import ConsentState, ContractError, Purpose, PurposeState
+from shared.events import ConsentChanged, ConsentState, ContractError, Purpose, PurposeState
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,3 +70,19 @@ def superseded_by_erasure(mark: ErasureMark | None, *, offset: int | None, event
     if event_erased or occurred_at <= mark.requested_at:
         return True
     return offset is not None and mark.changed_offset is not None and offset < mark.changed_offset
+
+
+def idempotent_event_id(api_key_id: str, customer_id: str, idempotency_key: str) -> str:
+    """The ledger's event id of a decision recorded over HTTP with an Idempotency-Key: one
+    namespace per API key and customer, so two callers (or two customers) never share a key."""
+    digest = hashlib.sha256("\0".join((api_key_id, customer_id, idempotency_key)).encode()).hexdigest()
+    return f"http:{digest[:40]}"
+
+
+def same_decision(stored: Mapping[str, Any] | None, change: ConsentChanged) -> bool:
+    """Whether a ledger row already under an Idempotency-Key records this very decision (a retry)
+    rather than another one sent with a reused key."""
+    return stored is not None and (
+        stored["customer_id"], stored["purpose"], stored["granted"], stored["policy_version"], stored["source"],
+        stored["occurred_at"]) == (change.customer_id, change.purpose.value, change.granted, change.policy_version,
+                                   change.source, change.occurred_at)

@@ -64,6 +64,11 @@ async def append(conn: asyncpg.Connection, rows: Sequence[tuple]) -> list[asyncp
     )
 
 
+async def entry(conn: asyncpg.Connection, event_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT customer_id, purpose, granted, policy_version, source, occurred_at"
+                               " FROM consent_ledger WHERE event_id = $1", event_id)
+
+
 async def history(conn: asyncpg.Connection, customer_id: str) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT event_id, purpose, granted, policy_version, source, occurred_at, received_at, via"
@@ -73,9 +78,7 @@ async def history(conn: asyncpg.Connection, customer_id: str) -> list[asyncpg.Re
 async def erase_customer(conn: asyncpg.Connection, customer_id: str) -> list[str]:
     """Deletes the customer's ledger rows (the one sanctioned exception to append-only); returns
     the event ids they held."""
-    await conn.execute("SET LOCAL consent.erasure = 'on'")
-    rows = await conn.fetch("DELETE FROM consent_ledger WHERE customer_id = $1 RETURNING event_id", customer_id)
-    await conn.execute("SET LOCAL consent.erasure = 'off'")
+    rows = await conn.fetch("SELECT erase_consent_ledger($1) AS event_id", customer_id)
     return [r["event_id"] for r in rows]
 
 

@@ -11,13 +11,13 @@ from typing import Annotated, Any, Literal
 
 import time
 
-from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path, Request, status
+from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path, status
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from shared import events as ev
 from shared.auth import AUTH_RESPONSES, Principal
-from services.issuance import store
+from services.issuance import ratelimit, store
 from services.issuance.campaigns import CampaignSpec
 from services.issuance.campaign_admin import CampaignError
 from shared.service import NOT_FOUND, ErrorOut, JSONBody
@@ -61,6 +61,10 @@ class OrderIn(BaseModel):
     items: list[ev.LineItem] = Field(default_factory=list, max_length=1000)
 
 
+ShopperId = Annotated[str | None, Header(
+    alias="X-Shopper-Id", max_length=200,
+    description="the shopper behind this request as the shop knows them (session, account, client address): "
+                "failures are limited per shopper and per customer, never per API key alone")]
 Code = Field(min_length=4, max_length=64, pattern=r"^[A-Za-z0-9 _-]+$")
 
 
@@ -76,7 +80,7 @@ class RedemptionIn(ValidationIn):
 
 class CheckoutOut(BaseModel):
     valid: bool
-    reason: str | None = Field(None, description="why not: unknown_code, expired, already_redeemed, not_owner, "
+    reason: str | None = Field(None, description="why not: unknown_code, expired, already_redeemed, "
                                "min_order_not_met, not_applicable_items, campaign_paused, currency_mismatch, "
                                "budget_exhausted, revoked, idempotency_key_reused")
     detail: str | None = None
@@ -202,44 +206,55 @@ def routes(app: FastAPI, service) -> None:
 
     # ------------------------------------------------------------------ checkout
 
-    def client_of(request: Request) -> str:
-        return f"ip:{request.client.host if request.client else 'unknown'}"
+    async def attempt(principal: Principal, customer_id: str, shopper: str | None, run):
+        """Runs a checkout request within its subjects' failure limits (ratelimit.py; the attempt
+        is taken where the voucher is read): 429 if one has no failures left; the attempt is given
+        back unless the answer is a refusal."""
+        who = limiter.subjects(principal.key_id, customer_id, shopper)
+        try:
+            answer, failed = await run(who)
+        except ratelimit.Limited as exc:
+            service.metrics.rate_limited.labels(exc.refused.by).inc()
+            raise HTTPException(429, "too many failed attempts; slow down",
+                                headers={"Retry-After": str(exc.refused.retry_after)}) from None
+        if not failed:
+            limiter.give_back(s.id for s in who)
+        return answer
 
-    def guard(principal: Principal, request: Request) -> None:
-        wait = limiter.retry_after(f"key:{principal.key_id}", client_of(request))
-        if wait is not None:
-            service.metrics.rate_limited.labels("key_or_client").inc()
-            raise HTTPException(429, "too many failed attempts; slow down", headers={"Retry-After": str(wait)})
-
-    def count_failure(principal: Principal, request: Request, body: dict) -> None:
-        if not body.get("valid", True) and body.get("reason") != "idempotency_key_reused":
-            limiter.failed(f"key:{principal.key_id}", client_of(request))
+    def failed(body: dict) -> bool:
+        return not body.get("valid", True) and body.get("reason") != "idempotency_key_reused"
 
     @app.post("/v1/validations", response_model=CheckoutOut, tags=["checkout"], responses=REFUSED | AUTH_RESPONSES,
               summary="Is this code good for this order, and how much off?")
-    async def validate(body: ValidationIn, request: Request,
+    async def validate(body: ValidationIn, shopper: ShopperId = None,
                        principal: Principal = Depends(checkout_scope)) -> Response:
-        guard(principal, request)
         started = time.perf_counter()
-        answer = await service.checkout.validate(body.code, body.customer_id, body.order.amount, body.order.items)
-        count_failure(principal, request, answer.body)
+
+        async def run(who):
+            answer = await service.checkout.validate(body.code, body.customer_id, body.order.amount, body.order.items,
+                                                     who)
+            return answer, failed(answer.body)
+
+        answer = await attempt(principal, body.customer_id, shopper, run)
         service.metrics.checkout_latency.labels("validate").observe(time.perf_counter() - started)
         return JSONBody(answer.body, status_code=answer.status)
 
     @app.post("/v1/redemptions", response_model=CheckoutOut, status_code=201, tags=["checkout"],
               responses=REFUSED | AUTH_RESPONSES,
               summary="Redeem a code, atomically and once; replays of an Idempotency-Key get the first answer")
-    async def redeem(body: RedemptionIn, request: Request,
+    async def redeem(body: RedemptionIn, shopper: ShopperId = None,
                      idempotency_key: str = Header(min_length=1, max_length=200, alias="Idempotency-Key"),
                      principal: Principal = Depends(checkout_scope)) -> Response:
-        guard(principal, request)
         started = time.perf_counter()
-        answer, replay = await service.checkout.redeem(  # takes connections as it needs them
-            api_key_id=principal.key_id, idempotency_key=idempotency_key,
-            body=body.model_dump(mode="json"), code=body.code, customer_id=body.customer_id,
-            order=body.order.amount, items=body.order.items, order_id=body.order_id)
-        if not replay:
-            count_failure(principal, request, answer.body)
+
+        async def run(who):
+            answer, replay = await service.checkout.redeem(  # takes connections as it needs them
+                api_key_id=principal.key_id, idempotency_key=idempotency_key,
+                body=body.model_dump(mode="json"), code=body.code, customer_id=body.customer_id,
+                order=body.order.amount, items=body.order.items, order_id=body.order_id, who=who)
+            return (answer, replay), not replay and failed(answer.body)
+
+        answer, replay = await attempt(principal, body.customer_id, shopper, run)
         service.metrics.checkout_latency.labels("redeem").observe(time.perf_counter() - started)
         return JSONBody(answer.body, status_code=answer.status, headers={"Idempotent-Replayed": str(replay).lower()})
 
@@ -249,15 +264,24 @@ def routes(app: FastAPI, service) -> None:
                        principal: Principal = Depends(checkout_scope)) -> Response:
         async with service.pool.acquire() as conn:
             async with conn.transaction():
-                answer = await service.checkout.rollback(conn, redemption_id)
+                answer = await service.checkout.rollback(conn, redemption_id, principal.key_id)
         return JSONBody(answer.body, status_code=answer.status)
 
     @app.get("/v1/customers/{customer_id}/offers", response_model=OffersOut, tags=["checkout"],
-             responses=AUTH_RESPONSES, summary="A customer's active vouchers, for banners, pop-ups and live chat")
+             responses=AUTH_RESPONSES | {429: REFUSED[429]},
+             summary="A customer's active vouchers, for banners, pop-ups and live chat")
     async def offers(customer_id: str = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"),
+                     shopper: ShopperId = None,
                      principal: Principal = Depends(auth.require("checkout", "onsite"))) -> OffersOut:
+        with_codes = "onsite" in principal.scopes
+        if with_codes:  # codes are revealed: every listing counts, per customer and per shopper
+            refused = await service.listings.take(service.listings.subjects(principal.key_id, customer_id, shopper))
+            if refused is not None:
+                service.metrics.rate_limited.labels(f"onsite_{refused.by}").inc()
+                raise HTTPException(429, "too many listings of on-site codes; slow down",
+                                    headers={"Retry-After": str(refused.retry_after)})
         async with service.pool.acquire() as conn:
-            items = await service.checkout.offers(conn, customer_id, with_codes="onsite" in principal.scopes)
+            items = await service.checkout.offers(conn, customer_id, with_codes=with_codes)
         return OffersOut(customer_id=customer_id, offers=[OfferOut(**i) for i in items])
 
 

@@ -18,7 +18,6 @@ from services.issuance.metrics import IssuanceMetrics
 from services.issuance.redemption_writer import RedemptionWriter
 from services.issuance.settings import IssuanceSettings
 from shared import db
-from shared.auth import Authenticator
 from shared.service import Service
 
 
@@ -36,11 +35,14 @@ class IssuanceService(Service):
         self.admin = CampaignAdmin(self.handlers)
         self.outbox_seal_key = self.handlers.outbox_key
         self.writer_pool: asyncpg.Pool | None = None
+        self.limiter = FailureLimiter(lambda: self.pool, self.handlers.pseudonym_key, per_minute=settings.failed_attempts_per_minute,
+                                      burst=settings.failed_attempts_burst)
+        self.listings = FailureLimiter(lambda: self.pool, self.handlers.pseudonym_key, purpose="onsite",
+                                       per_minute=settings.onsite_listings_per_minute,
+                                       burst=settings.onsite_listings_burst)
         self.checkout = CheckoutHandlers(self.handlers, lambda: self.pool, RedemptionWriter(
             lambda: self.writer_pool, max_batch=settings.redemption_batch_max,
-            observe=self.observe_redemption_write), max_batch=settings.redemption_batch_max)
-        self.auth = Authenticator(lambda: self.pool)
-        self.limiter = FailureLimiter(settings.failed_attempts_per_minute, settings.failed_attempts_burst)
+            observe=self.observe_redemption_write), self.limiter, max_batch=settings.redemption_batch_max)
 
     async def on_start(self) -> None:
         s = self.settings
@@ -53,15 +55,22 @@ class IssuanceService(Service):
                                      assignors=(RangePartitionAssignor,))
         self.every("expiry", self.settings.expiry_interval_s, self.expire)
         self.every("consent-holds", self.settings.consent_hold_check_s, self.release_held)
+        self.every("failure-buckets", 60.0, self.forget_full_buckets)
 
     def observe_redemption_write(self, size: int, seconds: float) -> None:
         self.metrics.redemption_batch.observe(size)
         self.metrics.redemption_write.observe(seconds)
 
     async def stop(self) -> None:
+        await self.limiter.drain()  # (the HTTP server has stopped: no new give-backs)
+        await self.listings.drain()
         await super().stop()
         if self.writer_pool is not None:
             await self.writer_pool.close()
+
+    async def forget_full_buckets(self) -> None:
+        await self.limiter.forget_full()
+        await self.listings.forget_full()
 
     async def release_held(self) -> None:
         while await self.handlers.release_held(self.pool) >= 1000:

@@ -61,10 +61,10 @@ def evaluate(voucher: VoucherView | None, spec: CampaignSpec | None, campaign_st
              budget_remaining: int) -> Accept | Refuse:
     """The discount this voucher gives this order, or the reason it gives none. Checked in the
     order a customer would want to hear about it."""
-    if voucher is None or spec is None:
-        return Refuse("unknown_code", "no voucher has this code")
-    if voucher.customer_id is not None and voucher.customer_id != customer_id:
-        return Refuse("not_owner", "this voucher belongs to another customer")
+    # Someone else's voucher is answered as no voucher at all: whoever holds a code learns
+    # nothing about it unless it is theirs.
+    if voucher is None or spec is None or (voucher.customer_id is not None and voucher.customer_id != customer_id):
+        return Refuse("unknown_code", "no voucher of this customer has this code")
     if voucher.status == "redeemed":
         return Refuse("already_redeemed", "this voucher was already used")
     if voucher.status == "revoked":

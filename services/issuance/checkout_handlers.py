@@ -12,6 +12,7 @@ are answered too, and replayed as given.
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,10 +21,11 @@ from typing import Any
 import asyncpg
 import orjson
 
-from services.issuance import codes, store
+from services.issuance import codes, ratelimit, store
 from services.issuance.campaigns import offer_summary
 from services.issuance.checkout import Refuse, VoucherView, evaluate
 from services.issuance.handlers import SOURCE, IssuanceHandlers
+from services.issuance.ratelimit import FailureLimiter, Subject
 from services.issuance.redemption_writer import RedemptionWriter, SingleUse
 from shared import events as ev
 from shared.batching import Batcher
@@ -45,6 +47,8 @@ def refusal(r: Refuse) -> dict[str, Any]:
     return {"valid": False, "reason": r.reason, "detail": r.detail}
 
 
+log = logging.getLogger(__name__)
+
 # A lost race re-reads the voucher (then usually answers already_redeemed); after this many, the
 # pessimistic path takes the locks and waits its turn.
 MAX_OPTIMISTIC_ATTEMPTS = 3
@@ -52,29 +56,52 @@ MAX_OPTIMISTIC_ATTEMPTS = 3
 
 class CheckoutHandlers:
     def __init__(self, handlers: IssuanceHandlers, pool: Callable[[], asyncpg.Pool], writer: RedemptionWriter,
-                 *, max_batch: int = 200) -> None:
+                 limiter: FailureLimiter, *, max_batch: int = 200) -> None:
         self.handlers = handlers
         self.metrics = handlers.metrics
         self._pool = pool
         self.writer = writer
+        self.limiter = limiter
         # Validations and redemptions read their vouchers together: what arrives while one read
         # is in flight goes in the next (one round trip for many; each request alone when idle).
-        self._reader: Batcher[None, tuple[bytes, str, str], tuple] = Batcher(self._read, max_batch=max_batch)
+        # The same statement takes their failure-limit attempts.
+        self._reader: Batcher[None, tuple[bytes, str, str, tuple[Subject, ...]], tuple] = Batcher(
+            self._read, max_batch=max_batch)
 
-    async def _read(self, _: None, lookups: list[tuple[bytes, str, str]]) -> list[tuple]:
-        return await store.redemption_contexts(self._pool(), lookups)
+    async def _read(self, _: None, lookups: list[tuple[bytes, str, str, tuple[Subject, ...]]]) -> list[tuple]:
+        attempts = [who for *_, who in lookups]
+        rows, waits = await store.redemption_contexts(
+            self._pool(), [lookup[:3] for lookup in lookups], [s.id for who in attempts for s in who],
+            self.limiter.rate, self.limiter.burst)
+        refused, undo = ratelimit.judge(attempts, waits) if waits else ([None] * len(rows), [])
+        self.limiter.give_back(undo)
+        return [(row, prior, r) for (row, prior), r in zip(rows, refused)]
 
-    async def _context(self, code_hash: bytes, api_key_id: str = "", key: str = ""):
+    async def _context(self, code_hash: bytes, api_key_id: str = "", key: str = "", who: tuple[Subject, ...] = ()):
         """The voucher with its campaign and ledger, and the answer already given to this
-        Idempotency-Key (none when no key is given)."""
-        return await self._reader.submit(None, (code_hash, api_key_id, key))
+        Idempotency-Key (none when no key is given); with ``who``, one attempt taken from each of
+        those subjects, or :class:`ratelimit.Limited` (then nothing was taken)."""
+        row, prior, refused = await self._reader.submit(None, (code_hash, api_key_id, key, who))
+        if refused is not None:
+            raise ratelimit.Limited(refused)
+        return row, prior
 
     def _spec(self, campaign_id: str, version: int, definition: dict):
         return self.handlers.spec({"id": campaign_id, "version": version, "definition": definition})
 
-    async def validate(self, code: str, customer_id: str, order: ev.Money, items: list[ev.LineItem]) -> Answer:
-        """Read-only: the voucher with its campaign and ledger."""
-        row, _ = await self._context(codes.code_hash(self.handlers.hash_key, code))
+    async def _code_hash(self, code: str) -> bytes:
+        """The code's hash under the current key; while earlier keys are kept (a rotation), under
+        the key its voucher was stored with."""
+        current = codes.code_hash(self.handlers.hash_key, code)
+        if not self.handlers.previous_hash_keys:
+            return current
+        hashes = [current] + [codes.code_hash(k, code) for k in self.handlers.previous_hash_keys]
+        return await store.stored_code_hash(self._pool(), hashes) or current
+
+    async def validate(self, code: str, customer_id: str, order: ev.Money, items: list[ev.LineItem],
+                       who: tuple[Subject, ...] = ()) -> Answer:
+        """The voucher with its campaign and ledger, read (and one attempt of ``who`` taken)."""
+        row, _ = await self._context(await self._code_hash(code), who=who)
         outcome = self._decide(row, customer_id, order, items, ev.now_utc())
         if isinstance(outcome, Refuse):
             self.metrics.checkout.labels("validate", outcome.reason).inc()
@@ -85,7 +112,7 @@ class CheckoutHandlers:
 
     async def redeem(self, *, api_key_id: str, idempotency_key: str, body: dict,
                      code: str, customer_id: str, order: ev.Money, items: list[ev.LineItem],
-                     order_id: str | None) -> tuple[Answer, bool]:
+                     order_id: str | None, who: tuple[Subject, ...] = ()) -> tuple[Answer, bool]:
         """Returns the answer and whether it is a replay. Takes a connection of the pool only for
         each statement: while the writer has the redemption, the request holds none (the pool's
         size would otherwise cap how many redemptions one batch can gather).
@@ -96,9 +123,9 @@ class CheckoutHandlers:
         and answers ``already_redeemed``). A gift card, whose concurrent partial spends would
         mostly lose that race, takes its row lock first instead."""
         request_hash = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
-        code_hash = codes.code_hash(self.handlers.hash_key, code)
-        for _ in range(MAX_OPTIMISTIC_ATTEMPTS):
-            row, prior = await self._context(code_hash, api_key_id, idempotency_key)
+        code_hash = await self._code_hash(code)
+        for attempt in range(MAX_OPTIMISTIC_ATTEMPTS):
+            row, prior = await self._context(code_hash, api_key_id, idempotency_key, who if attempt == 0 else ())
             if prior is not None and (prior["prior_status"] is not None or prior["prior_hash"] != request_hash):
                 return self._replay(prior["prior_hash"], prior["prior_status"], prior["prior_response"],
                                     request_hash), True
@@ -225,11 +252,15 @@ class CheckoutHandlers:
         self.metrics.redeemed_amount.labels(v.campaign_id).inc(discount)
         return result, False
 
-    async def rollback(self, conn: asyncpg.Connection, redemption_id: str) -> Answer:
+    async def rollback(self, conn: asyncpg.Connection, redemption_id: str, api_key_id: str) -> Answer:
+        """Only the key that redeemed may roll back; to any other the redemption does not exist."""
         now = ev.now_utc()
         red = await store.redemption(conn, redemption_id, for_update=True)
-        if red is None:
-            return Answer(404, {"detail": f"no redemption {redemption_id}"})
+        if red is None or await store.redeemed_with(conn, redemption_id) != api_key_id:
+            if red is not None:
+                log.warning("rollback refused: another API key redeemed it",
+                            extra={"redemption_id": redemption_id, "api_key_id": api_key_id})
+            return Answer(404, {"detail": f"no redemption {redemption_id} made with this API key"})
         if red["status"] == "rolled_back":
             return Answer(200, {"redemption_id": redemption_id, "rolled_back": True, "changed": False,
                                 "detail": "already rolled back; nothing changed"})
@@ -253,6 +284,8 @@ class CheckoutHandlers:
             returned=ev.Money(amount=discount, currency=v.currency), rolled_back_at=now, ledger=moved.snapshot()),
             source=SOURCE)])
         self.metrics.checkout.labels("rollback", "rolled_back").inc()
+        log.info("redemption rolled back", extra={"redemption_id": redemption_id, "api_key_id": api_key_id,
+                                                  "campaign_id": v.campaign_id, "returned": discount})
         return Answer(200, {"redemption_id": redemption_id, "rolled_back": True, "changed": True,
                             "returned": {"amount": discount, "currency": v.currency}, "voucher_status": status})
 

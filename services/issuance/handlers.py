@@ -53,6 +53,7 @@ class IssuanceHandlers:
         self.settings = settings
         self.metrics = metrics
         self.hash_key = settings.code_hash_key.get_secret_value().encode()
+        self.previous_hash_keys = [k.get_secret_value().encode() for k in settings.code_hash_previous_keys]
         self.seal_key = codes.seal_key(settings.code_seal_key.get_secret_value())
         self.outbox_key = sealing.derive_key(settings.code_seal_key.get_secret_value(), "outbox")
         self.pseudonym_key = settings.pseudonym_key.get_secret_value().encode()

@@ -18,4 +18,14 @@ DECLARATIONS = (
         recipients=("the shop's e-mail, SMS and push senders (delivery-requested: customer id, channel, code)",
                     "analytics (voucher events without codes)"),
     ),
+    Processing(
+        service="issuance",
+        activity="checkout abuse limits",
+        personal_data=("keyed hashes of the customer id and of the shopper id the shop passes (X-Shopper-Id) with "
+                       "the API key, and how many failed checkout attempts or on-site code listings each has left",),
+        purpose="stop code guessing and code harvesting without blocking other shoppers",
+        lawful_basis="legitimate interests (GDPR Art. 6(1)(f)) and security of processing (Art. 32)",
+        retention="a bucket exists only while it is not full again: at most about two minutes after its last use",
+        recipients=(),
+    ),
 )

@@ -1,51 +1,137 @@
-"""Failure rate limiting against code guessing: each API key and each client address may fail
-``burst`` validations or redemptions, refilled at ``per_minute``; past that, 429 with Retry-After.
-Kept in the process (an attacker spread over N instances gets N times the budget: still far
-too little against 60-bit codes)."""
+"""Failure limits of the checkout API, against code guessing, shared by every worker and instance.
+
+A shop calls checkout with one API key for all its shoppers, so a limit per key (or per client
+address: the shop's server) would let one guesser lock every honest shopper out. Failures are
+counted per subject instead — the key with the customer id, and the key with the shopper the
+shop names (``X-Shopper-Id``: a session, an account, a client address) — so a guesser exhausts
+only their own buckets. Each subject may fail ``burst`` times, refilled at ``per_minute``. Listings of on-site codes
+(which reveal codes) are limited the same way, under their own budget, and always count.
+
+A request takes a token from each of its subjects before it is answered and gives them back
+unless it failed: concurrent guesses cannot overdraw a bucket, and a request that would succeed
+never waits on anyone else's failures. The buckets and their rule live in PostgreSQL
+(migration ``005_failure_limits.sql``); takes and give-backs arriving together go in one
+statement each.
+"""
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable
+import asyncio
+import hashlib
+import hmac
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import asyncpg
 
-@dataclass(slots=True)
-class Bucket:
-    tokens: float
-    updated: float
+from services.issuance import store
+from shared.batching import Batcher
+from shared.kafka import sanitized
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    kind: str  # "customer" or "shopper": the metric's label when this subject runs out
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    retry_after: int
+    by: str  # the kind of subject that ran out
+
+
+class Limited(Exception):
+    """A checkout request refused because one of its subjects has no attempts left."""
+
+    def __init__(self, refused: Refused) -> None:
+        super().__init__(f"no attempts left for the {refused.by}")
+        self.refused = refused
+
+
+def judge(requests: Sequence[Sequence[Subject]], waits: Sequence[int]) -> tuple[list[Refused | None], list[str]]:
+    """Each request's outcome from the per-subject answers of a take (in the same flat order),
+    and the subjects whose tokens must go back: a request refused by one subject takes nothing."""
+    answers: list[Refused | None] = []
+    undo: list[str] = []
+    i = 0
+    for who in requests:
+        mine = waits[i:i + len(who)]
+        i += len(who)
+        if any(mine):
+            worst = max(range(len(who)), key=lambda j: mine[j])
+            answers.append(Refused(mine[worst], who[worst].kind))
+            undo += [s.id for s, w in zip(who, mine) if w == 0]
+        else:
+            answers.append(None)
+    return answers, undo
 
 
 class FailureLimiter:
-    def __init__(self, per_minute: float = 30.0, burst: int = 30, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, pool: Callable[[], asyncpg.Pool], key: bytes, *, purpose: str = "failed",
+                 per_minute: float = 30.0, burst: int = 30, max_batch: int = 500) -> None:
+        """``purpose`` keeps budgets apart in the one table (failed attempts, on-site listings);
+        subjects are stored as keyed hashes under ``key`` (no customer or shopper id at rest)."""
+        self._pool = pool
+        self._key = key
+        self.purpose = purpose
         self.rate = per_minute / 60.0
-        self.burst = burst
-        self.clock = clock
-        self._buckets: dict[str, Bucket] = {}
+        self.burst = float(burst)
+        self._takes: Batcher[None, tuple[Subject, ...], Refused | None] = Batcher(self._take, max_batch=max_batch)
+        self.max_batch = max_batch
+        self._returns: list[str] = []
+        self._returning: asyncio.Task | None = None
 
-    def _bucket(self, who: str) -> Bucket:
-        now = self.clock()
-        b = self._buckets.get(who)
-        if b is None:
-            if len(self._buckets) > 100_000:
-                self._buckets.clear()
-            b = self._buckets[who] = Bucket(float(self.burst), now)
-        b.tokens = min(self.burst, b.tokens + (now - b.updated) * self.rate)
-        b.updated = now
-        return b
+    def subjects(self, key_id: str, customer_id: str, shopper: str | None) -> tuple[Subject, ...]:
+        """Whose budget a checkout request counts against."""
+        by_customer = Subject("customer", self._id(f"{key_id}/c/{customer_id}"))
+        return (by_customer, Subject("shopper", self._id(f"{key_id}/s/{shopper}"))) if shopper else (by_customer,)
 
-    def retry_after(self, *who: str) -> int | None:
-        """Seconds to wait if any of ``who`` has no failures left, else ``None``."""
-        worst = None
-        for w in who:
-            b = self._bucket(w)
-            if b.tokens < 1:
-                wait = math.ceil((1 - b.tokens) / self.rate)
-                worst = max(worst or 0, wait)
-        return worst
+    def _id(self, subject: str) -> str:
+        return f"{self.purpose}/{hmac.new(self._key, subject.encode(), hashlib.sha256).hexdigest()[:32]}"
 
-    def failed(self, *who: str) -> None:
-        for w in who:
-            b = self._bucket(w)
-            b.tokens = max(0.0, b.tokens - 1)
+    async def take(self, who: Sequence[Subject]) -> Refused | None:
+        """One attempt from every subject, or why not (then nothing is taken). The checkout's
+        validations and redemptions take theirs in the statement that reads their voucher
+        (``store.redemption_contexts``); this is for requests that read nothing else."""
+        return await self._takes.submit(None, tuple(who))
+
+    def give_back(self, subject_ids: Iterable[str]) -> None:
+        """Tokens return (the attempt did not fail, or its request took nothing), in the background:
+        the answer does not wait; what arrives while one give-back is written goes in the next."""
+        self._returns.extend(subject_ids)
+        if self._returns and self._returning is None:
+            self._returning = asyncio.create_task(self._give_back())
+
+    async def drain(self) -> None:
+        """Waits for the give-backs still in flight (before the pool closes)."""
+        if self._returning is not None:
+            await self._returning
+
+    async def _give_back(self) -> None:
+        try:
+            while self._returns:
+                batch, self._returns = self._returns[:self.max_batch], self._returns[self.max_batch:]
+                try:
+                    await store.settle_attempts(self._pool(), [], batch, self.rate, self.burst)
+                except Exception as exc:  # noqa: BLE001 - those subjects keep one attempt less, for a minute
+                    log.warning("failure-limit tokens not given back", extra={"error": sanitized(exc),
+                                                                              "subjects": len(batch)})
+        finally:
+            self._returning = None
+
+    async def forget_full(self) -> int:
+        """Removes buckets that have refilled since they were last taken from."""
+        return await self._pool().fetchval("SELECT forget_full_buckets($1, $2, $3)", self.purpose + "/", self.rate,
+                                           self.burst)
+
+    async def _take(self, _: None, requests: list[tuple[Subject, ...]]) -> list[Refused | None]:
+        waits = await store.settle_attempts(self._pool(), [s.id for who in requests for s in who], [],
+                                            self.rate, self.burst)
+        answers, undo = judge(requests, waits)
+        self.give_back(undo)
+        return answers
+

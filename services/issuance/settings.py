@@ -11,6 +11,9 @@ class IssuanceSettings(ServiceSettings):
     http_port: int = 8003
     code_hash_key: SecretStr = Field(SecretStr("local-dev-code-hash-key-change-me"),
                                      description="HMAC key: codes are stored only as HMACs under it")
+    code_hash_previous_keys: list[SecretStr] = Field(
+        default_factory=list, description="earlier code-hash keys (a JSON list), newest first: codes issued under them "
+        "still validate; keep each until every code issued under it has expired (`voucherstream keys rotate`)")
     code_seal_key: SecretStr = Field(SecretStr("local-dev-code-seal-key-change-me"),
                                      description="seals on-site codes (AES-GCM) so the on-site API can show them")
     pseudonym_key: SecretStr = Field(SecretStr("local-dev-pseudonym-key-change-me"),
@@ -22,8 +25,11 @@ class IssuanceSettings(ServiceSettings):
     expiry_interval_s: float = Field(10.0, gt=0, description="how often vouchers past validity are expired")
     expiry_batch: int = Field(1000, ge=1)
     failed_attempts_per_minute: float = Field(30.0, gt=0, description="failed validations/redemptions refilled per "
-                                              "minute, per API key and per client address")
+                                              "minute, per API key and customer, and per API key and shopper (X-Shopper-Id)")
     failed_attempts_burst: int = Field(30, ge=1)
+    onsite_listings_per_minute: float = Field(60.0, gt=0, description="listings of a customer's offers with their "
+                                              "on-site codes, per API key and customer, and per key and shopper")
+    onsite_listings_burst: int = Field(60, ge=1)
     redemption_write_connections: int = Field(2, ge=1, description="connections of the redemption writer (batches of "
                                               "different campaigns are written in parallel)")
     redemption_batch_max: int = Field(200, ge=1, description="most checkout reads, or single-use redemptions of one "

@@ -235,6 +235,13 @@ _CONTEXT = (
 )
 
 
+async def stored_code_hash(pool: asyncpg.Pool, hashes: list[bytes]) -> bytes | None:
+    """The first of ``hashes`` (one code under each code-hash key, newest first) a voucher holds."""
+    return await pool.fetchval(
+        "SELECT h FROM unnest($1::bytea[]) WITH ORDINALITY AS k(h, i) WHERE EXISTS"
+        " (SELECT 1 FROM vouchers v WHERE v.code_hash = k.h) ORDER BY i LIMIT 1", hashes)
+
+
 async def lock_for_redemption(conn: asyncpg.Connection, code_hash: bytes) -> asyncpg.Record | None:
     """The voucher, locked (two redemptions of one code are serialised), with its campaign and an
     unlocked read of its ledger — one round trip."""
@@ -254,19 +261,40 @@ async def record_redemption(conn: asyncpg.Connection, *, voucher_id: str, status
         voucher_id, status, reserved, balance, closed_at, *redemption, api_key_id, idempotency_key, response)
 
 
-async def redemption_contexts(conn: asyncpg.Connection | asyncpg.Pool,
-                              lookups: Sequence[tuple[bytes, str, str]]) -> list[tuple[asyncpg.Record | None,
-                                                                                       asyncpg.Record | None]]:
+_CONTEXTS = (
+    "{attempts}SELECT ctx.*, k.request_hash AS prior_hash, k.status_code AS prior_status, k.response AS prior_response{waits}"
+    " FROM unnest($1::bytea[], $2::text[], $3::text[]) WITH ORDINALITY AS q(code_hash, api_key_id, key, i)"
+    " LEFT JOIN LATERAL (" + _CONTEXT + " WHERE v.code_hash = q.code_hash) AS ctx ON true"
+    " LEFT JOIN idempotency_keys k ON k.api_key_id = q.api_key_id AND k.key = q.key{join} ORDER BY q.i")
+
+
+async def redemption_contexts(conn: asyncpg.Connection | asyncpg.Pool, lookups: Sequence[tuple[bytes, str, str]],
+                              takes: Sequence[str] = (), rate: float = 0.0, burst: float = 0.0
+                              ) -> tuple[list[tuple[asyncpg.Record | None, asyncpg.Record | None]], list[int]]:
     """For each ``(code hash, API key id, Idempotency-Key)``: the voucher with its campaign and
-    ledger (no locks), and the answer already given to that key if any — one round trip for all."""
-    cols = list(zip(*lookups, strict=True))
-    rows = await conn.fetch(
-        "SELECT ctx.*, k.request_hash AS prior_hash, k.status_code AS prior_status, k.response AS prior_response"
-        " FROM unnest($1::bytea[], $2::text[], $3::text[]) WITH ORDINALITY AS q(code_hash, api_key_id, key, i)"
-        " LEFT JOIN LATERAL (" + _CONTEXT + " WHERE v.code_hash = q.code_hash) AS ctx ON true"
-        " LEFT JOIN idempotency_keys k ON k.api_key_id = q.api_key_id AND k.key = q.key ORDER BY q.i",
-        *[list(c) for c in cols])
-    return [(row if row["id"] is not None else None, row if row["prior_hash"] is not None else None) for row in rows]
+    ledger (no locks), and the answer already given to that key if any — one round trip for all,
+    which also takes the failure-limit tokens of ``takes`` (``settle_attempts``: the answers, one
+    per take, come second)."""
+    cols = [list(c) for c in zip(*lookups, strict=True)]
+    if not takes:
+        rows = await conn.fetch(_CONTEXTS.format(attempts="", waits="", join=""), *cols)
+        waits: list[int] = []
+    else:
+        # A CTE runs once (a volatile function in a joined subquery might run per row).
+        rows = await conn.fetch(_CONTEXTS.format(
+            attempts="WITH a AS MATERIALIZED (SELECT settle_attempts($4::text[], '{}', $5, $6) AS waits) ",
+            waits=", a.waits", join=" CROSS JOIN a"), *cols, list(takes), rate, burst)
+        waits = list(rows[0]["waits"])
+    return [(row if row["id"] is not None else None, row if row["prior_hash"] is not None else None)
+            for row in rows], waits
+
+
+async def settle_attempts(conn: asyncpg.Connection | asyncpg.Pool, takes: Sequence[str], returns: Sequence[str],
+                          rate: float, burst: float) -> list[int]:
+    """Failure-limit tokens taken from ``takes`` and given back to ``returns``; for each take, 0 or
+    the seconds until a token is left (migration 005)."""
+    return list(await conn.fetchval("SELECT settle_attempts($1::text[], $2::text[], $3, $4)",
+                                    list(takes), list(returns), rate, burst))
 
 
 async def store_answer_once(conn: asyncpg.Connection | asyncpg.Pool, api_key_id: str, key: str, request_hash: bytes,
@@ -362,6 +390,12 @@ async def redemption(conn: asyncpg.Connection, redemption_id: str, *, for_update
     return await conn.fetchrow(
         "SELECT id, voucher_id, campaign_id, customer_id, discount, reserved_used, currency, status, redeemed_at,"
         " rolled_back_at FROM redemptions WHERE id = $1" + (" FOR UPDATE" if for_update else ""), redemption_id)
+
+
+async def redeemed_with(conn: asyncpg.Connection, redemption_id: str) -> str | None:
+    """The API key whose request made the redemption."""
+    return await conn.fetchval("SELECT api_key_id FROM idempotency_keys WHERE response ->> 'redemption_id' = $1"
+                               " AND status_code = 201", redemption_id)
 
 
 async def mark_rolled_back(conn: asyncpg.Connection, redemption_id: str, at: datetime) -> None:

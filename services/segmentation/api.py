@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Path
+from fastapi import Depends, FastAPI, HTTPException, Path
 
 from services.segmentation import store
 from shared.service import ErrorOut
@@ -12,6 +12,7 @@ from shared.service import ErrorOut
 
 def routes(app: FastAPI, service) -> None:
     @app.get("/v1/customers/{customer_id}/segments", tags=["segments"],
+             dependencies=[Depends(service.auth.require("profiles:read", "privacy:admin"))],
              responses={404: {"model": ErrorOut, "description": "No profile for this customer"}},
              summary="The customer's segment memberships, each with the facts that explain it")
     async def segments(customer_id: str = Path(min_length=1, max_length=128,

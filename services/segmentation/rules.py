@@ -149,6 +149,20 @@ class RuleSet:
     rules: tuple[Rule, ...]
 
 
+MAX_EXPRESSION_CHARS = 2000
+MAX_DEPTH = 40
+
+
+def _depth(node: ast.AST) -> int:
+    """How deeply the expression nests (iteratively: a hostile rule must not exhaust the stack)."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
+
+
 def parse(text: str) -> RuleSet:
     try:
         doc = yaml.safe_load(text)
@@ -160,20 +174,33 @@ def parse(text: str) -> RuleSet:
     for segment, spec in doc["segments"].items():
         if not isinstance(spec, dict) or not {"when", "trigger"} <= set(spec):
             raise RuleError(f"rule {segment}: needs 'when' and 'trigger'")
+        when, trigger = str(spec["when"]), str(spec["trigger"])
+        if len(when) > MAX_EXPRESSION_CHARS or len(trigger) > MAX_EXPRESSION_CHARS:
+            raise RuleError(f"rule {segment}: 'when' and 'trigger' are limited to {MAX_EXPRESSION_CHARS} characters")
         try:
-            tree = ast.parse(str(spec["when"]), mode="eval")
+            tree = ast.parse(when, mode="eval")
         except SyntaxError as exc:
-            raise RuleError(f"rule {segment}: {exc.msg} in {spec['when']!r}") from None
+            raise RuleError(f"rule {segment}: {exc.msg} in {when!r}") from None
+        except (RecursionError, MemoryError):
+            raise RuleError(f"rule {segment}: 'when' is nested too deeply") from None
+        if _depth(tree) > MAX_DEPTH:
+            raise RuleError(f"rule {segment}: 'when' is nested deeper than {MAX_DEPTH} levels")
         _check(tree, segment)
-        for _, name, _, _ in string.Formatter().parse(str(spec["trigger"])):
+        try:
+            fields = list(string.Formatter().parse(trigger))
+        except ValueError as exc:
+            raise RuleError(f"rule {segment}: trigger is not a format string: {exc}") from None
+        for _, name, format_spec, conversion in fields:
             if name is not None and name not in FACTS:
                 raise RuleError(f"rule {segment}: trigger uses unknown fact {name!r}")
+            if format_spec or conversion:  # '{cart_id:>50000000}' would build 50 MB keys
+                raise RuleError(f"rule {segment}: trigger fields take no format spec or conversion ({{{name}}} only)")
         explain = tuple(spec.get("explain", ()))
         for name in explain:
             if name not in FACTS:
                 raise RuleError(f"rule {segment}: explain lists unknown fact {name!r}")
-        names = tuple(name for _, name, _, _ in string.Formatter().parse(str(spec["trigger"])) if name)
-        rules.append(Rule(str(segment), str(spec["when"]), str(spec["trigger"]), explain, _compile(tree), names))
+        names = tuple(name for _, name, _, _ in fields if name)
+        rules.append(Rule(str(segment), when, trigger, explain, _compile(tree), names))
     return RuleSet(str(doc["version"]), tuple(rules))
 
 

@@ -38,7 +38,7 @@ class Fleet:
             await self._stack.enter_async_context(
                 service_process(s, self.env, self.ports[s], self.logs / f"{s}-{self.runs}.log"))
         if self.runs == 1:  # (a restart keeps the schemas, and the key in them)
-            for s in ("consent", "issuance"):
+            for s in SERVICES:
                 async with self.connect(s) as conn:
                     await auth.create_key(conn, "e2e", list(auth.SCOPES), key=self.key)
 

@@ -63,7 +63,7 @@ async def test_birthday_cart_and_loyalty_stories_with_consent_checkout_counters_
         for s in SERVICES:
             await stack.enter_async_context(service_process(s, env, ports[s], tmp_path / f"{s}.log"))
         _, key = auth.new_key()
-        for schema in (schemas["consent"], schemas["issuance"]):
+        for schema in schemas.values():
             await add_key(schema, key)
         headers = {"Authorization": f"Bearer {key}"}
         client = await stack.enter_async_context(httpx.AsyncClient(headers=headers, timeout=30))

@@ -83,3 +83,16 @@ def test_spend_fires_when_it_crosses_2000_usd_not_while_it_stays_above():
 def test_rule_expressions_are_checked_not_executed(expr, message):
     with pytest.raises(rules.RuleError, match=message):
         rules.parse(f"version: x\nsegments:\n  s:\n    when: \"{expr}\"\n    trigger: 'x'\n")
+
+
+@pytest.mark.parametrize("when, trigger, message", [
+    ("cart_value > 1", "cart:{cart_id:>50000000}", "no format spec or conversion"),
+    ("cart_value > 1", "cart:{cart_id!r}", "no format spec or conversion"),
+    ("cart_value > 1", "cart:{cart_id", "not a format string"),
+    ("-" * 60 + "cart_value > 1", "x", "nested deeper than 40"),
+    ("not " * 300 + "cart_value", "x", "nested deeper than 40|nested too deeply"),
+    ("cart_value > 1 and " * 200 + "True", "x", "limited to 2000 characters"),
+])
+def test_rules_that_could_exhaust_memory_or_the_stack_are_refused_when_they_load(when, trigger, message):
+    with pytest.raises(rules.RuleError, match=message):
+        rules.parse(f"version: x\nsegments:\n  s:\n    when: \"{when}\"\n    trigger: '{trigger}'\n")

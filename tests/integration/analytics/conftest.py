@@ -2,7 +2,7 @@ import httpx
 import pytest
 
 from services.analytics.app import AnalyticsService, AnalyticsSettings
-from shared import db
+from shared import auth, db
 from shared.settings import PostgresSettings
 from tests.integration.issuance.conftest import issuance, issuance_schema  # noqa: F401 - shared fixtures
 from tests.support import unique
@@ -15,8 +15,10 @@ async def analytics(kafka):
     schema = unique("test_analytics_")
     service = AnalyticsService(AnalyticsSettings(kafka=kafka, schema_name=schema, publish_interval_s=0.2))
     await service.start()
+    async with service.pool.acquire() as conn:
+        _, key = await auth.create_key(conn, "tests", ["marketing"])
     service.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=service.http(manage_lifecycle=False)),
-                                       base_url="http://analytics")
+                                       base_url="http://analytics", headers={"Authorization": f"Bearer {key}"})
     try:
         yield service
     finally:

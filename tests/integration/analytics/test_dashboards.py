@@ -49,7 +49,7 @@ async def test_every_dashboard_panel_query_returns_data_through_prometheus(kafka
             for s in services:
                 await stack.enter_async_context(service_process(s, env, ports[s], tmp_path / f"{s}.log"))
             _, key = auth.new_key()
-            for s in ("consent", "issuance"):
+            for s in services:
                 await add_key(schemas[s], key)
             c = await stack.enter_async_context(httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=30))
             issuance, consent = f"http://127.0.0.1:{ports['issuance']}", f"http://127.0.0.1:{ports['consent']}"

@@ -92,6 +92,17 @@ async def test_the_http_api_records_consent_idempotently_and_shows_the_history(c
     got = await states(kafka, "c-4", expect=1)
     assert got[0].purposes[ev.Purpose.PERSONALIZED_OFFERS].granted is True
 
+    # The Idempotency-Key is the caller's, per customer: reused for another decision it is
+    # refused (never a silent 201 that drops a withdrawal); another customer's k-1 is their own.
+    withdrawal = body | {"granted": False, "occurred_at": "2026-11-29T11:00:00+01:00"}
+    reused = await consent.client.post("/v1/consents", json=withdrawal, headers={"Idempotency-Key": "k-1"})
+    assert reused.status_code == 422 and reused.json()["detail"].startswith("idempotency_key_reused")
+    assert len((await consent.client.get("/v1/customers/c-4/consents/history")).json()["ledger"]) == 1
+    other = await consent.client.post("/v1/consents", json=body | {"customer_id": "c-5"},
+                                      headers={"Idempotency-Key": "k-1"})
+    assert other.status_code == 201
+    assert len((await consent.client.get("/v1/customers/c-5/consents/history")).json()["ledger"]) == 1
+
 
 async def test_an_unknown_purpose_on_the_topic_is_a_dead_letter_with_its_reason(consent, kafka):
     raw = ev.encode(change("c-5", "email", True, 0), source="shop").replace(b'"email"', b'"carrier-pigeon"')

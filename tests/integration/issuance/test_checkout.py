@@ -61,7 +61,7 @@ async def test_validation_gives_the_discount_or_the_reason(issuance, kafka):
     assert ok["valid"] and ok["discount"] == {"amount": 2000, "currency": USD}
     assert (await check(codes["v-1"].lower(), "v-1", order(12000)))["valid"]  # typed in lower case
     assert (await check(codes["v-1"], "v-1", order(4000)))["reason"] == "min_order_not_met"
-    assert (await check(codes["v-1"], "someone-else", order(12000)))["reason"] == "not_owner"
+    assert (await check(codes["v-1"], "someone-else", order(12000)))["reason"] == "unknown_code"
     assert (await check("NOPE-NOPE-NOPE", "v-1", order(12000)))["reason"] == "unknown_code"
     assert (await check(codes["v-1"], "v-1", order(12000, currency="EUR")))["reason"] == "currency_mismatch"
     # 25 % of the perfume only (8,000 of a 10,000 order), within the 50 USD cap.
@@ -94,6 +94,10 @@ async def test_redeem_roll_back_redeem_again_with_idempotency_and_an_exact_ledge
     assert (budget["reserved"], budget["spent"]) == (0, 2000)
 
     rid = first.json()["redemption_id"]
+    async with issuance.pool.acquire() as conn:  # another till of the shop: not the key that redeemed
+        _, other_till = await auth.create_key(conn, "till-2", ["checkout"])
+    refused = await c.post(f"/v1/redemptions/{rid}/rollback", headers={"Authorization": f"Bearer {other_till}"})
+    assert refused.status_code == 404 and "made with this API key" in refused.json()["detail"]
     back = await c.post(f"/v1/redemptions/{rid}/rollback")
     assert back.json()["changed"] is True and back.json()["voucher_status"] == "active"
     twice = await c.post(f"/v1/redemptions/{rid}/rollback")
@@ -146,6 +150,12 @@ async def test_keys_scopes_rate_limits_and_onsite_codes(issuance, kafka):
         assert statuses[:30] == [200] * 30 and statuses[-1] == 429
         assert int(r.headers["Retry-After"]) >= 1
         assert "voucherstream_checkout_rate_limited_total" in issuance.metrics.render().decode()
+
+        # Listings that reveal on-site codes are limited per customer (one was made above);
+        # listings without codes are not.
+        listings = [(await site.get("/v1/customers/o-1/offers")).status_code for _ in range(60)]
+        assert listings.count(200) == 59 and listings[-1] == 429
+        assert (await till.get("/v1/customers/o-1/offers")).status_code == 200
     finally:
         for client in (anon, till, site):
             await client.aclose()

@@ -9,7 +9,7 @@ import pytest
 from services.segmentation import store
 from services.segmentation.app import SegmentationService
 from services.segmentation.settings import SegmentationSettings
-from shared import db
+from shared import auth, db
 from shared import events as ev
 from shared.kafka import send_all, start_producer
 from shared.settings import PostgresSettings
@@ -49,8 +49,10 @@ async def kept(service: SegmentationService, customer: str) -> bool:
 @pytest.fixture
 async def segmentation(kafka):
     async with running(settings_for(kafka, rules_check_interval_s=0.5)) as service:
+        async with service.pool.acquire() as conn:
+            _, key = await auth.create_key(conn, "tests", ["profiles:read"])
         service.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=service.http(manage_lifecycle=False)),
-                                           base_url="http://segmentation")
+                                           base_url="http://segmentation", headers={"Authorization": f"Bearer {key}"})
         yield service
         await service.client.aclose()
 

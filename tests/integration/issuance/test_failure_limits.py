@@ -1,0 +1,70 @@
+"""Failure limits on the real database: one guesser on a shop's shared checkout key is stopped
+without stopping anyone else, and two workers share one budget."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from services.issuance.app import IssuanceService
+from shared import auth
+from tests.integration.issuance.conftest import campaign
+from tests.integration.issuance.test_checkout import issue, order
+from tests.support import wait_for
+
+BURST = 30
+
+
+def client(service, key: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=service.http(manage_lifecycle=False)),
+                             base_url="http://issuance", headers={"Authorization": f"Bearer {key}"})
+
+
+async def test_a_guesser_is_stopped_while_honest_shoppers_on_the_same_key_redeem(issuance, kafka):
+    await issuance.client.post("/v1/campaigns", json=campaign())
+    honest = [f"h-{i}" for i in range(100)]
+    codes = await issue(issuance, kafka, honest)
+    second = IssuanceService(issuance.settings)  # another worker on the same database
+    await second.start()
+    async with issuance.pool.acquire() as conn:
+        _, shop_key = await auth.create_key(conn, "the shop's backend", ["checkout"])
+    workers = [client(issuance, shop_key), client(second, shop_key)]
+    try:
+        async def guess(i: int, customer: str = "guesser", shopper: str = "tab-666") -> int:
+            r = await workers[i % 2].post("/v1/validations", headers={"X-Shopper-Id": shopper}, json={
+                "code": f"GUESS{i:05d}XX", "customer_id": customer, "order": order(20000)})
+            assert r.status_code in (200, 429), r.text
+            if r.status_code == 429:
+                assert int(r.headers["Retry-After"]) >= 1
+            return r.status_code
+
+        async def redeem(i: int, customer: str) -> int:
+            r = await workers[i % 2].post("/v1/redemptions", headers={
+                "X-Shopper-Id": f"tab-{i}", "Idempotency-Key": f"order-{i}"}, json={
+                "code": codes[customer], "customer_id": customer, "order": order(20000), "order_id": f"o-{i}"})
+            return r.status_code
+
+        # 60 guesses at once, spread over both workers, while 100 shoppers redeem on the same key.
+        guesses, redemptions = await asyncio.gather(
+            asyncio.gather(*(guess(i) for i in range(60))),
+            asyncio.gather(*(redeem(i, c) for i, c in enumerate(honest))))
+        assert redemptions == [201] * 100
+        assert guesses.count(200) == BURST and guesses.count(429) == 60 - BURST  # one budget, taken atomically
+
+        # Changing the customer id does not reset the shopper's budget; an honest shopper's
+        # refusal (a typo) costs only their own budget.
+        assert await guess(100, customer="someone-else") == 429
+        assert (await workers[0].post("/v1/validations", headers={"X-Shopper-Id": "tab-1"}, json={
+            "code": "TYPO1234XYZ", "customer_id": "h-1", "order": order(20000)})).json()["reason"] == "unknown_code"
+        metrics = issuance.metrics.render().decode() + second.metrics.render().decode()
+        assert 'voucherstream_checkout_rate_limited_total{by="shopper"}' in metrics
+        # Buckets of requests that did not fail are not kept (given back in the background).
+        async def only_the_failed_buckets():
+            return await issuance.pool.fetchval("SELECT count(*) FROM failure_buckets") == 4 or None
+
+        await wait_for(only_the_failed_buckets, what="the honest shoppers' buckets gone")
+    finally:
+        for c in workers:
+            await c.aclose()
+        await second.stop()
