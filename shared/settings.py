@@ -64,6 +64,10 @@ class ServiceSettings(BaseSettings):
             self.postgres = self.postgres.model_copy(update={"dsn": self.postgres_dsn})
         return self
 
+    def problems(self) -> list[str]:
+        """What stops this service from starting outside development (a service adds its own)."""
+        return secret_problems(self)
+
     @property
     def schema(self) -> str:
         return self.schema_name or self.service
@@ -78,7 +82,8 @@ MIN_SECRET_CHARS = 32
 
 
 class InsecureSettings(ValueError):
-    """A secret is missing, a known default or too short, outside development."""
+    """Outside development: a key is missing, a known default or too short, or a setting would
+    make the service answer partially (:meth:`ServiceSettings.problems`)."""
 
 
 def secret_problems(settings: ServiceSettings) -> list[str]:
@@ -109,8 +114,8 @@ def secret_problems(settings: ServiceSettings) -> list[str]:
 
 
 def require_secrets(settings: ServiceSettings) -> None:
-    if problems := secret_problems(settings):
+    if problems := settings.problems():
         raise InsecureSettings(
-            f"{settings.service} refuses to start: {'; '.join(problems)}. Set each to a random secret of at least "
-            f"{MIN_SECRET_CHARS} characters (`openssl rand -base64 32`; docs/operations.md, \"Secrets\"), or "
-            "VOUCHERSTREAM_ENVIRONMENT=development on a developer's machine.")
+            f"{settings.service} refuses to start: {'; '.join(problems)}. Keys must be random secrets of at least "
+            f"{MIN_SECRET_CHARS} characters (`openssl rand -base64 32`; docs/operations.md, \"Secrets\"); "
+            "VOUCHERSTREAM_ENVIRONMENT=development allows the built-in ones on a developer's machine.")

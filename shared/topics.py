@@ -154,6 +154,12 @@ def topic(name: str) -> Topic:
         raise KeyError(f"{name!r} is not in the topic registry") from None
 
 
+def privacy_answerers() -> list[str]:
+    """The services that answer every export and erasure: the producers of both answers' topics."""
+    erasure, export = topic("erasure-completed").producers, topic("export-completed").producers
+    return [s for s in erasure if s in export]
+
+
 def dlq_topic(source: Topic) -> Topic:
     """Dead letters keep the source key and raw value, with the reason in headers."""
     return Topic(source.dlq, source.key, (), f"dead letters of {source.name}", source.consumers, ("operators",),

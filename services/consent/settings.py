@@ -3,6 +3,7 @@ from typing import Annotated
 
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from shared import topics
 from shared.settings import ServiceSettings
 
 
@@ -12,9 +13,10 @@ class ConsentSettings(ServiceSettings):
     service: str = "consent"
     http_port: int = 8001
     privacy_services: Annotated[list[str], NoDecode] = Field(
-        default=["consent"],
-        description="services that must answer every export and erasure request (comma-separated in the "
-        "environment: CONSENT_PRIVACY_SERVICES=consent,segmentation,issuance,analytics)",
+        default_factory=topics.privacy_answerers,
+        description="services that must answer every export and erasure request: by default every service the "
+        "topic registry lists as answering (consent, segmentation, issuance, analytics); a subset only in "
+        "development (comma-separated: CONSENT_PRIVACY_SERVICES=consent,segmentation)",
     )
     pseudonym_key: SecretStr = Field(
         SecretStr("local-dev-pseudonym-key-change-me"),
@@ -40,3 +42,12 @@ class ConsentSettings(ServiceSettings):
         if not value:
             raise ValueError("at least one service must answer privacy requests")
         return list(dict.fromkeys(value))
+
+    def problems(self) -> list[str]:
+        """Besides the keys: outside development, every service that holds customer data must be
+        waited for, or an export would complete holding only some services' parts."""
+        missing = [s for s in topics.privacy_answerers() if s not in self.privacy_services]
+        if missing and self.environment != "development":
+            return super().problems() + [f"CONSENT_PRIVACY_SERVICES leaves out {', '.join(missing)} (exports and "
+                                         "erasures would complete without them)"]
+        return super().problems()

@@ -9,7 +9,7 @@ import asyncpg
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from fastapi import FastAPI
 
-from services.issuance import api
+from services.issuance import api, store
 from services.issuance.checkout_handlers import CheckoutHandlers
 from services.issuance.ratelimit import FailureLimiter
 from services.issuance.campaign_admin import CampaignAdmin
@@ -56,6 +56,7 @@ class IssuanceService(Service):
         self.every("expiry", self.settings.expiry_interval_s, self.expire)
         self.every("consent-holds", self.settings.consent_hold_check_s, self.release_held)
         self.every("failure-buckets", 60.0, self.forget_full_buckets)
+        self.every("idempotency-retention", 3600.0, self.forget_idempotent_answers)
 
     def observe_redemption_write(self, size: int, seconds: float) -> None:
         self.metrics.redemption_batch.observe(size)
@@ -67,6 +68,11 @@ class IssuanceService(Service):
         await super().stop()
         if self.writer_pool is not None:
             await self.writer_pool.close()
+
+    async def forget_idempotent_answers(self) -> None:
+        while await store.forget_idempotent_answers(self.pool, self.settings.idempotency_retention_days, 10_000) \
+                >= 10_000:
+            pass
 
     async def forget_full_buckets(self) -> None:
         await self.limiter.forget_full()

@@ -14,7 +14,9 @@ DECLARATIONS = (
         purpose="issue single-use vouchers to consenting customers through a channel they agreed to, within budget",
         lawful_basis="consent (GDPR Art. 6(1)(a)): personalized_offers and the channel's purpose",
         retention="vouchers and decisions while the campaign's accounts must be kept; on erasure the customer id "
-                  "is replaced by an irreversible pseudonym and the amounts stay",
+                  "is replaced by an irreversible pseudonym, order ids are removed, trigger keys (cart and order "
+                  "ids) are hashed under the pseudonym, the redemptions' idempotency answers are deleted, and the "
+                  "amounts stay; idempotency answers are kept ISSUANCE_IDEMPOTENCY_RETENTION_DAYS (90)",
         recipients=("the shop's e-mail, SMS and push senders (delivery-requested: customer id, channel, code)",
                     "analytics (voucher events without codes)"),
     ),

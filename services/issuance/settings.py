@@ -24,6 +24,9 @@ class IssuanceSettings(ServiceSettings):
                                         "the consumer (marks moved by another instance, waits that ran out)")
     expiry_interval_s: float = Field(10.0, gt=0, description="how often vouchers past validity are expired")
     expiry_batch: int = Field(1000, ge=1)
+    idempotency_retention_days: float = Field(90.0, gt=0, description="how long a redemption's Idempotency-Key "
+                                              "answer is kept: replays are answered, and the redemption may be "
+                                              "rolled back (only with the key that made it), for this long")
     failed_attempts_per_minute: float = Field(30.0, gt=0, description="failed validations/redemptions refilled per "
                                               "minute, per API key and customer, and per API key and shopper (X-Shopper-Id)")
     failed_attempts_burst: int = Field(30, ge=1)

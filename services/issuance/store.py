@@ -207,6 +207,15 @@ async def attempts_of(conn: asyncpg.Connection, customer_id: str) -> list[asyncp
         " WHERE customer_id = $1 ORDER BY decided_at", customer_id)
 
 
+async def forget_idempotent_answers(conn: asyncpg.Connection | asyncpg.Pool, older_than_days: float,
+                                    limit: int) -> int:
+    """Retention of Idempotency-Key answers: the oldest ``limit`` past the age go."""
+    status = await conn.execute(
+        "DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(SELECT ctid FROM idempotency_keys"
+        " WHERE created_at < now() - make_interval(secs => $1) LIMIT $2))", older_than_days * 86400, limit)
+    return int(status.split()[-1])
+
+
 async def pseudonymize(conn: asyncpg.Connection, customer_id: str, pseudonym: str) -> dict[str, int]:
     """Erasure: identity goes, amounts stay (the ledger and the accounts remain whole)."""
     out: dict[str, Any] = {}
@@ -214,6 +223,18 @@ async def pseudonymize(conn: asyncpg.Connection, customer_id: str, pseudonym: st
         status = await conn.execute(f"UPDATE {table} SET customer_id = $2 WHERE customer_id = $1", customer_id, pseudonym)
         out[table] = int(status.split()[-1])
     await conn.execute("UPDATE vouchers SET code_sealed = NULL WHERE customer_id = $1", pseudonym)
+    # What still identifies the customer beside the id: the shop's order ids, the trigger keys (cart
+    # and order ids; hashed with the secret pseudonym, so attempts stay unique and cannot be read),
+    # and the answers kept for their redemptions' Idempotency-Keys.
+    status = await conn.execute(
+        "DELETE FROM idempotency_keys WHERE status_code = 201 AND response ->> 'redemption_id' IN"
+        " (SELECT id FROM redemptions WHERE customer_id = $1)", pseudonym)
+    out["idempotency_keys"] = int(status.split()[-1])
+    await conn.execute("UPDATE redemptions SET order_id = NULL WHERE customer_id = $1 AND order_id IS NOT NULL",
+                       pseudonym)
+    for table in ("vouchers", "issuance_attempts"):
+        await conn.execute(f"UPDATE {table} SET trigger_key = encode(sha256(convert_to($1 || trigger_key, 'UTF8')),"
+                           " 'hex') WHERE customer_id = $1 AND trigger_key IS NOT NULL", pseudonym)
     out["customer_consent"] = await forget_consent(conn, customer_id)
     status = await conn.execute("DELETE FROM outbox WHERE key = $1 AND sent_at IS NOT NULL", customer_id.encode())
     out["outbox"] = int(status.split()[-1])

@@ -17,13 +17,14 @@ import pytest
 
 from bench.common import ROOT, free_port, service_process
 from services.issuance.campaigns import HOLDOUT, Variant, assign_variant
-from shared import auth
+from shared import auth, db
 from shared import events as ev
 from shared.settings import PostgresSettings
-from tests.support import kcat, read_topic, unique, wait_for
+from tests.support import columns_containing, kcat, read_topic, unique, wait_for
 
 pytestmark = pytest.mark.e2e
 SERVICES = ("consent", "segmentation", "issuance", "analytics")
+CART_ID, ORDER_ID = "cart-7f3e9a1c", "order-5b1c2d8e"  # distinctive: searched for in every table after the erasure
 
 
 def shop_publish(kafka, topic: str, events: list[ev.Event]) -> None:
@@ -111,7 +112,7 @@ async def test_birthday_cart_and_loyalty_stories_with_consent_checkout_counters_
             ev.OrderPlaced(order_id="o-3", customer_id=vip, total=ev.Money(amount=60_000, currency="USD"), placed_at=now),
             ev.OrderPlaced(order_id="o-4", customer_id=nobody, total=ev.Money(amount=500_000, currency="USD"), placed_at=now)])
         shop_publish(kafka, "cart-abandoned", [
-            ev.CartAbandoned(cart_id="k-1", customer_id=cart, value=ev.Money(amount=30_000, currency="USD"), abandoned_at=now),
+            ev.CartAbandoned(cart_id=CART_ID, customer_id=cart, value=ev.Money(amount=30_000, currency="USD"), abandoned_at=now),
             ev.CartAbandoned(cart_id="k-2", customer_id=nobody, value=ev.Money(amount=90_000, currency="USD"), abandoned_at=now)])
 
         async def deliveries():
@@ -134,7 +135,8 @@ async def test_birthday_cart_and_loyalty_stories_with_consent_checkout_counters_
 
         # A redemption through the checkout API shows on budget-counters.
         r = await client.post(f"{url['issuance']}/v1/redemptions", headers={"Idempotency-Key": "e2e-1"}, json={
-            "code": got[cart].code, "customer_id": cart, "order": {"amount": {"amount": 32000, "currency": "USD"}, "items": []}})
+            "code": got[cart].code, "customer_id": cart, "order_id": ORDER_ID,
+            "order": {"amount": {"amount": 32000, "currency": "USD"}, "items": []}})
         assert r.status_code == 201, r.text
 
         async def counted():
@@ -160,6 +162,14 @@ async def test_birthday_cart_and_loyalty_stories_with_consent_checkout_counters_
         body = await wait_for(erased, timeout=60, interval=0.5, what="the erasure in every service")
         assert set(body["services"]) == set(SERVICES)
         assert all(p["status"] == "completed" for p in body["services"].values())
+        # No table of any service holds the customer's id, their cart id or their order id.
+        for s, schema in schemas.items():
+            pool = await db.create_pool(PostgresSettings(), schema, min_size=1, max_size=1)
+            try:
+                for needle in (cart, CART_ID, ORDER_ID):
+                    assert await columns_containing(pool, needle) == [], f"{s} still holds {needle}"
+            finally:
+                await pool.close()
     for s in SERVICES:
         log = (tmp_path / f"{s}.log").read_text()
         assert "Traceback" not in log, f"{s}: {log[-3000:]}"

@@ -45,3 +45,16 @@ def test_a_service_started_with_default_secrets_exits_with_a_clear_message(servi
     assert proc.returncode == 1
     assert f"{service} refuses to start" in proc.stderr and f"{secret} is a known default" in proc.stderr
     assert "VOUCHERSTREAM_ENVIRONMENT=development" in proc.stderr
+
+
+def test_consent_waits_for_every_answering_service_unless_in_development():
+    from services.consent.settings import ConsentSettings
+
+    strong = {"pseudonym_key": SecretStr(STRONG)}
+    assert ConsentSettings(environment="production", **strong).privacy_services == [
+        "segmentation", "issuance", "analytics", "consent"]  # from the topic registry
+    assert ConsentSettings(environment="production", **strong).problems() == []
+    partial = ConsentSettings(environment="production", privacy_services=["consent"], **strong)
+    assert partial.problems() == ["CONSENT_PRIVACY_SERVICES leaves out segmentation, issuance, analytics (exports "
+                                  "and erasures would complete without them)"]
+    assert ConsentSettings(environment="development", privacy_services=["consent"]).problems() == []

@@ -7,6 +7,7 @@ import uuid
 
 import httpx
 
+from services.issuance import store
 from shared import auth
 from shared import events as ev
 from tests.integration.issuance.conftest import USD, campaign, consent_state, entered, publish
@@ -107,6 +108,11 @@ async def test_redeem_roll_back_redeem_again_with_idempotency_and_an_exact_ledge
     third = await c.post("/v1/redemptions", json=body, headers={"Idempotency-Key": "k3"})
     assert third.status_code == 201
     assert (await c.post(f"/v1/redemptions/{uuid.uuid4()}/rollback")).status_code == 404
+
+    # Idempotency-Key answers are kept for ISSUANCE_IDEMPOTENCY_RETENTION_DAYS, then forgotten.
+    await issuance.pool.execute("UPDATE idempotency_keys SET created_at = now() - interval '91 days' WHERE key = 'k1'")
+    assert await store.forget_idempotent_answers(issuance.pool, 90, 100) == 1
+    assert await issuance.pool.fetchval("SELECT array_agg(key ORDER BY key) FROM idempotency_keys") == ["k2", "k3"]
 
     history = await issuance.pool.fetch("SELECT seq, limit_minor, reserved, spent, cause FROM budget_ledger_history"
                                         " WHERE campaign_id = 'cart-20' ORDER BY seq")
