@@ -360,6 +360,8 @@ def _privacy(kind: str, customer: str, follow: bool, url: str, key: str, timeout
                 if shown.get(service) != part["status"]:
                     shown[service] = part["status"]
                     console.print(f"  {service:14} {part['status']:9} {part['completed_at'] or ''}")
+            if body["status"] == "delivered":
+                fail(f"the bundle was already handed out at {body['delivered_at']} (an export is delivered once)")
             if body["status"] == "completed":
                 console.print(f"{kind} completed at {body['completed_at']}")
                 if kind == "export":

@@ -278,6 +278,9 @@ class ExportRequested(Event):
     request_id: Identifier
     customer_id: CustomerId
     requested_at: UtcDatetime
+    recipient_key: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9+/]{43}=$",
+                                      description="X25519 public key (base64) the parts are sealed for; only the "
+                                                  "consent service holds its private key, for this request only")
 
 
 class ExportCompleted(Event):
@@ -287,7 +290,11 @@ class ExportCompleted(Event):
     customer_id: CustomerId
     service: Identifier
     completed_at: UtcDatetime
-    data: dict[str, Any] = Field(default_factory=dict, description="everything the service holds on the customer")
+    data: dict[str, Any] = Field(default_factory=dict, description="the part in clear: only when the request "
+                                 "carried no recipient_key (an older consent service)")
+    sealed: str | None = Field(None, max_length=4_000_000, description="the part (JSON) sealed for the request's "
+                               "recipient_key (shared/sealing.py: X25519, HKDF-SHA256, AES-GCM; context "
+                               "'<request_id>/<service>')")
 
 
 # --------------------------------------------------------------------------- segmentation

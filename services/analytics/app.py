@@ -24,6 +24,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.analytics import stats, store
 from shared import events as ev
+from shared import exports
 from shared.kafka import send_all
 from shared.metrics import Metrics
 from shared.service import NOT_FOUND, Service
@@ -127,8 +128,7 @@ class AnalyticsService(Service):
                 done = (ev.ErasureCompleted(request_id=a.request_id, customer_id=a.customer_id, service="analytics",
                                             completed_at=now, erased={})
                         if isinstance(a, ev.ErasureRequested) else
-                        ev.ExportCompleted(request_id=a.request_id, customer_id=a.customer_id, service="analytics",
-                                           completed_at=now, data={"note": "analytics keeps no customer ids"}))
+                        exports.answer(a, "analytics", {"note": "analytics keeps no customer ids"}, now))
                 topic = "erasure-completed" if isinstance(a, ev.ErasureRequested) else "export-completed"
                 records.append((self.settings.kafka.topic(topic), a.customer_id.encode(),
                                 ev.encode(done, source=SOURCE), None))

@@ -77,11 +77,14 @@ class ServiceProgress(BaseModel):
 class PrivacyRequestOut(BaseModel):
     request_id: str
     kind: Literal["export", "erasure"]
-    status: Literal["pending", "completed"]
+    status: Literal["pending", "completed", "delivered"]
     requested_at: datetime
     completed_at: datetime | None
+    delivered_at: datetime | None = Field(None, description="exports only: when the bundle was handed out")
     services: dict[str, ServiceProgress]
-    bundle: dict[str, Any] | None = Field(None, description="exports only: the whole export once every service answered")
+    bundle: dict[str, Any] | None = Field(None, description="exports only: the whole export, handed out once — by "
+                                          "the first read after every service answered; then it is deleted "
+                                          "(status delivered)")
 
 
 class RegisterOut(BaseModel):
@@ -150,9 +153,9 @@ def routes(app: FastAPI, service) -> None:
             return await _request_out(conn, request_id, "export")
 
     @app.get("/v1/privacy/exports/{request_id}", dependencies=privacy_scope, response_model=PrivacyRequestOut, tags=["privacy"], responses=NOT_FOUND | AUTH_RESPONSES,
-             summary="An export's progress per service and, once complete, the bundle")
+             summary="An export's progress per service and, once complete, the bundle (handed out once)")
     async def get_export(request_id: RequestPath) -> PrivacyRequestOut:
-        async with service.pool.acquire() as conn:
+        async with service.pool.acquire() as conn, conn.transaction():
             return await _request_out(conn, request_id, "export")
 
     @app.post("/v1/privacy/erasures", dependencies=privacy_scope, status_code=status.HTTP_202_ACCEPTED, response_model=PrivacyRequestOut,
@@ -188,9 +191,14 @@ def routes(app: FastAPI, service) -> None:
         parts = await store.parts(conn, request_id)
         expected = list(row["expected"])
         complete = row["completed_at"] is not None
-        bundle = None
-        if kind == "export" and complete:
-            bundle = privacy.export_bundle(request_id, row["customer_id"], expected, parts, row["completed_at"])
-        return PrivacyRequestOut(request_id=request_id, kind=kind, status="completed" if complete else "pending",
-                                 requested_at=row["requested_at"], completed_at=row["completed_at"],
+        bundle, delivered_at = None, row["delivered_at"]
+        if kind == "export" and complete and delivered_at is None:
+            now = ev.now_utc()
+            if await store.deliver_export(conn, request_id, now):  # the first read takes it
+                bundle = privacy.export_bundle(request_id, row["customer_id"], expected,
+                                               handlers.opened(request_id, parts), row["completed_at"])
+            delivered_at = now if bundle is None else None
+        state = "delivered" if delivered_at is not None else "completed" if complete else "pending"
+        return PrivacyRequestOut(request_id=request_id, kind=kind, status=state, requested_at=row["requested_at"],
+                                 completed_at=row["completed_at"], delivered_at=delivered_at,
                                  services=privacy.progress(expected, parts), bundle=bundle)

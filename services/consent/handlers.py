@@ -6,15 +6,18 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from services.consent import ledger, privacy, store
+from services.consent.privacy import Part
 from services.consent.settings import ConsentSettings
 from shared import events as ev
+from shared import exports, sealing
 from shared.topics import check_partition
 from shared.kafka import Message
 from shared.outbox import OutboxRecord, enqueue, event_record, partition_record, tombstone
@@ -45,7 +48,14 @@ class ConsentHandlers:
         self.settings = settings
         self.metrics = metrics
         self.key = settings.pseudonym_key.get_secret_value().encode()
+        self.export_key = sealing.derive_key(settings.pseudonym_key.get_secret_value(), "exports")
         self.watermarks: dict[int, int] = {}  # consent-changed partition -> the last watermark committed
+
+    def opened(self, request_id: str, parts: dict[str, Part]) -> dict[str, Part]:
+        """An export's parts with their data, as kept sealed under the settings' key."""
+        return {s: replace(p, detail=orjson.loads(sealing.unseal(self.export_key, p.sealed,
+                                                                 exports.context(request_id, s))))
+                if p.sealed is not None else p for s, p in parts.items()}
 
     def subject(self, customer_id: str) -> str:
         return privacy.subject_hash(self.key, customer_id)
@@ -119,17 +129,21 @@ class ConsentHandlers:
         return request_id
 
     async def request_export(self, conn: asyncpg.Connection, customer_id: str) -> str:
+        """Every service's part is sealed for a key pair of this request (shared/exports.py); its
+        private key is kept sealed under the settings' key until the bundle is delivered."""
         request_id = str(uuid.uuid4())
         now = ev.now_utc()
+        private, public = sealing.new_recipient()
         await store.lock_customers(conn, [customer_id])
         await store.create_request(conn, request_id, "export", self.subject(customer_id),
-                                   self.settings.privacy_services, now, customer_id=customer_id)
+                                   self.settings.privacy_services, now, customer_id=customer_id,
+                                   recipient_private_sealed=sealing.seal(self.export_key, private, request_id.encode()))
+        request = ev.ExportRequested(request_id=request_id, customer_id=customer_id, requested_at=now,
+                                     recipient_key=public)
         await enqueue(conn, [
-            event_record("export-requested", ev.ExportRequested(request_id=request_id, customer_id=customer_id,
-                                                               requested_at=now), source=SOURCE),
-            event_record("export-completed", ev.ExportCompleted(request_id=request_id, customer_id=customer_id,
-                                                               service="consent", completed_at=ev.now_utc(),
-                                                               data=await self.export_part(conn, customer_id)),
+            event_record("export-requested", request, source=SOURCE),
+            event_record("export-completed", exports.answer(request, "consent",
+                                                            await self.export_part(conn, customer_id), ev.now_utc()),
                          source=SOURCE),
         ])
         self.metrics.privacy_requests.labels("export").inc()
@@ -158,8 +172,16 @@ class ConsentHandlers:
                 self.metrics.consent_ignored.labels("unknown_privacy_request").inc(len(by_request[request_id]))
                 continue
             for a in by_request[request_id]:
-                detail = a.erased if isinstance(a, ev.ErasureCompleted) else a.data
-                await store.add_part(conn, request_id, a.service, a.completed_at, detail)
+                if isinstance(a, ev.ErasureCompleted):
+                    await store.add_part(conn, request_id, a.service, a.completed_at, a.erased)
+                    continue
+                if request["recipient_private_sealed"] is None:  # delivered or expired: nothing to keep
+                    self.metrics.consent_ignored.labels("export_part_after_delivery").inc()
+                    continue
+                private = sealing.unseal(self.export_key, request["recipient_private_sealed"], request_id.encode())
+                data = exports.open_part(private, a)
+                await store.add_part(conn, request_id, a.service, a.completed_at, {}, sealing.seal(
+                    self.export_key, orjson.dumps(data), exports.context(request_id, a.service)))
             if request["completed_at"] is not None:
                 continue
             parts = await store.parts(conn, request_id)

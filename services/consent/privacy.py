@@ -13,7 +13,8 @@ from shared.erasure import subject_hash  # noqa: F401 - part of this module's su
 class Part:
     service: str
     completed_at: datetime
-    detail: dict[str, Any]
+    detail: dict[str, Any]  # an erasure's counts; an export's data once opened (see ConsentHandlers.opened)
+    sealed: bytes | None = None  # an export's data as kept
 
 
 def progress(expected: list[str], parts: dict[str, Part]) -> dict[str, dict[str, Any]]:

@@ -20,7 +20,9 @@ DECLARATIONS = (
                        "each service's export part until the export is collected"),
         purpose="answer access, portability and erasure requests and prove that they were answered",
         lawful_basis="legal obligation (GDPR Art. 12, 15, 17, 20)",
-        retention="export parts 30 days; erasure proofs for as long as the accountability duty lasts",
+        retention="export parts, sealed, until the bundle is handed out (once) and at most "
+                  "CONSENT_EXPORT_RETENTION_DAYS (7); then they and the request's key are deleted, which leaves the "
+                  "parts' copies on Kafka unreadable; erasure proofs for as long as the accountability duty lasts",
         recipients=("the customer (exports)",),
     ),
 )

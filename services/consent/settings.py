@@ -22,7 +22,8 @@ class ConsentSettings(ServiceSettings):
         SecretStr("local-dev-pseudonym-key-change-me"),
         description="HMAC key for the keyed hashes that stand in for erased customers' ids",
     )
-    export_retention_days: int = Field(30, ge=1)
+    export_retention_days: int = Field(7, ge=1, description="an export never fetched is deleted after this long, "
+                                       "with the key its parts on Kafka are sealed for")
     max_future_skew_s: float = Field(300.0, ge=0, le=3600, description="a consent decision dated more than this "
                                      "after its receipt is refused (422 over HTTP, consent-changed.dlq on Kafka)")
     publish_wait_s: float = Field(5.0, ge=0, description="how long a consent call waits for its consent-state to "

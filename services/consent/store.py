@@ -96,10 +96,11 @@ async def forget_outbox(conn: asyncpg.Connection, customer_id: str) -> int:
 
 async def create_request(conn: asyncpg.Connection, request_id: str, kind: str, subject: str,
                          expected: list[str], at: datetime, customer_id: str | None = None,
-                         changed_offset: int | None = None) -> None:
+                         changed_offset: int | None = None, recipient_private_sealed: bytes | None = None) -> None:
     await conn.execute(
-        "INSERT INTO privacy_requests (id, kind, subject_hash, customer_id, expected, requested_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6)", request_id, kind, subject, customer_id, expected, at)
+        "INSERT INTO privacy_requests (id, kind, subject_hash, customer_id, expected, requested_at,"
+        " recipient_private_sealed) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        request_id, kind, subject, customer_id, expected, at, recipient_private_sealed)
     if kind == "erasure":
         await conn.execute(
             "INSERT INTO erasure_proofs (request_id, subject_hash, requested_at, changed_offset) VALUES ($1, $2, $3, $4)",
@@ -108,28 +109,39 @@ async def create_request(conn: asyncpg.Connection, request_id: str, kind: str, s
 
 async def request(conn: asyncpg.Connection, request_id: str, kind: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        "SELECT id, kind, subject_hash, customer_id, expected, requested_at, completed_at FROM privacy_requests"
-        " WHERE id = $1 AND kind = $2", request_id, kind)
+        "SELECT id, kind, subject_hash, customer_id, expected, requested_at, completed_at, delivered_at"
+        " FROM privacy_requests WHERE id = $1 AND kind = $2", request_id, kind)
 
 
 async def lock_request(conn: asyncpg.Connection, request_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        "SELECT id, kind, subject_hash, customer_id, expected, requested_at, completed_at FROM privacy_requests"
-        " WHERE id = $1 FOR UPDATE", request_id)
+        "SELECT id, kind, subject_hash, customer_id, expected, requested_at, completed_at, delivered_at,"
+        " recipient_private_sealed FROM privacy_requests WHERE id = $1 FOR UPDATE", request_id)
 
 
 async def add_part(conn: asyncpg.Connection, request_id: str, service: str, completed_at: datetime,
-                   detail: dict[str, Any]) -> bool:
+                   detail: dict[str, Any], detail_sealed: bytes | None = None) -> bool:
     status = await conn.execute(
-        "INSERT INTO privacy_request_parts (request_id, service, completed_at, detail) VALUES ($1, $2, $3, $4)"
-        " ON CONFLICT (request_id, service) DO NOTHING", request_id, service, completed_at, detail)
+        "INSERT INTO privacy_request_parts (request_id, service, completed_at, detail, detail_sealed)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id, service) DO NOTHING",
+        request_id, service, completed_at, detail, detail_sealed)
     return status.endswith(" 1")
 
 
 async def parts(conn: asyncpg.Connection, request_id: str) -> dict[str, Part]:
     rows = await conn.fetch(
-        "SELECT service, completed_at, detail FROM privacy_request_parts WHERE request_id = $1", request_id)
-    return {r["service"]: Part(r["service"], r["completed_at"], r["detail"]) for r in rows}
+        "SELECT service, completed_at, detail, detail_sealed FROM privacy_request_parts WHERE request_id = $1",
+        request_id)
+    return {r["service"]: Part(r["service"], r["completed_at"], r["detail"], r["detail_sealed"]) for r in rows}
+
+
+async def deliver_export(conn: asyncpg.Connection, request_id: str, at: datetime) -> bool:
+    """The bundle was handed out: its parts and the request's private key go (once)."""
+    status = await conn.execute(
+        "UPDATE privacy_requests SET delivered_at = $2, recipient_private_sealed = NULL, customer_id = NULL"
+        " WHERE id = $1 AND delivered_at IS NULL", request_id, at)
+    await conn.execute("UPDATE privacy_request_parts SET detail_sealed = NULL WHERE request_id = $1", request_id)
+    return status.endswith(" 1")
 
 
 async def complete_request(conn: asyncpg.Connection, request_id: str, at: datetime) -> None:
@@ -145,6 +157,10 @@ async def forget_exports_of(conn: asyncpg.Connection, subject: str) -> int:
 
 
 async def purge_old_exports(conn: asyncpg.Connection, older_than_s: float) -> int:
+    """Exports never fetched: their private keys (the log's copies become unreadable) and parts go."""
+    await conn.execute(
+        "UPDATE privacy_requests SET recipient_private_sealed = NULL, customer_id = NULL WHERE kind = 'export'"
+        " AND recipient_private_sealed IS NOT NULL AND requested_at < now() - make_interval(secs => $1)", older_than_s)
     status = await conn.execute(
         "DELETE FROM privacy_request_parts p USING privacy_requests r WHERE p.request_id = r.id"
         " AND r.kind = 'export' AND r.requested_at < now() - make_interval(secs => $1)", older_than_s)

@@ -24,6 +24,7 @@ from services.issuance.metrics import IssuanceMetrics
 from services.issuance.rules import NO_CONSENT, Deny, Issue, decide
 from services.issuance.settings import IssuanceSettings
 from shared import events as ev
+from shared import exports
 from shared import sealing
 from shared.outbox import OutboxRecord, enqueue, event_record
 
@@ -266,9 +267,8 @@ class IssuanceHandlers:
             "entries_waiting_for_consent": [_jsonable(r) for r in await ordering_store.held_of(conn, cid)],
             "note": "voucher codes are stored only as keyed hashes and cannot be exported",
         }
-        batch.outbox.append(event_record("export-completed", ev.ExportCompleted(
-            request_id=request.request_id, customer_id=cid, service="issuance", completed_at=ev.now_utc(),
-            data=data), source=SOURCE))
+        batch.outbox.append(event_record("export-completed", exports.answer(request, "issuance", data, ev.now_utc()),
+                                         source=SOURCE))
 
 
 async def _campaign_rows(conn: asyncpg.Connection, ids: set[str]) -> list[asyncpg.Record]:

@@ -23,6 +23,7 @@ from typing import Any
 from services.segmentation import profile as prof
 from services.segmentation import rules
 from shared import events as ev
+from shared import exports
 from shared.erasure import stale_for_erased
 from shared.topics import CUSTOMER_PARTITIONS, partition_for
 
@@ -115,9 +116,8 @@ def _apply(out: Outcome, item: Input, ruleset: rules.RuleSet, now: datetime, par
             erased={"profiles": 1, "consent": 1})))
     elif isinstance(e, ev.ExportRequested):
         c = out.customers.get(e.customer_id) or Customer()
-        out.emit.append(("export-completed", ev.ExportCompleted(
-            request_id=e.request_id, customer_id=e.customer_id, service="segmentation", completed_at=now,
-            data={"profiling_consent_since": c.profiling_since, "profile": c.profile})))
+        out.emit.append(("export-completed", exports.answer(
+            e, "segmentation", {"profiling_consent_since": c.profiling_since, "profile": c.profile}, now)))
     elif isinstance(e, ev.SegmentationTick):
         for cid in sorted(out.customers):
             c = out.customers[cid]

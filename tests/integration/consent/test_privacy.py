@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from shared import events as ev
+from shared import exports
 from shared.kafka import send_all, start_producer
 from tests.support import columns_containing, read_topic, wait_for
 
@@ -29,9 +30,7 @@ async def answer_as_segmentation(kafka, kind: str) -> str:
         answer = ev.ErasureCompleted(request_id=request.request_id, customer_id=request.customer_id,
                                      service="segmentation", completed_at=datetime.now(UTC), erased={"profiles": 1})
     else:
-        answer = ev.ExportCompleted(request_id=request.request_id, customer_id=request.customer_id,
-                                    service="segmentation", completed_at=datetime.now(UTC),
-                                    data={"profile": {"favourite_brand": "Maison"}})
+        answer = exports.answer(request, "segmentation", {"profile": {"favourite_brand": "Maison"}}, datetime.now(UTC))
     producer = await start_producer(kafka, "segmentation")
     await send_all(producer, [(kafka.topic(f"{kind}-completed"), request.customer_id.encode(),
                                ev.encode(answer, source="segmentation"), None)])
@@ -109,6 +108,19 @@ async def test_an_export_gathers_a_part_from_every_configured_service(consent, k
     consents = got["services"]["consent"]
     assert consents["current_consent"]["email"]["granted"] is True
     assert len(consents["ledger"]) == 2
+
+    # Handed out once; then the parts and the request's private key are gone.
+    again = (await consent.client.get(f"/v1/privacy/exports/{request_id}")).json()
+    assert again["status"] == "delivered" and again["bundle"] is None and again["delivered_at"]
+    assert await consent.pool.fetchval("SELECT count(*) FROM privacy_request_parts WHERE detail_sealed IS NOT NULL"
+                                       " OR detail <> '{}'::jsonb") == 0
+    assert await consent.pool.fetchval("SELECT recipient_private_sealed FROM privacy_requests WHERE id = $1",
+                                       request_id) is None
+    # On Kafka every part travelled sealed for this request's key: nothing of it reads in clear.
+    records = await read_topic(kafka.bootstrap, kafka.topic("export-completed"), expect=2)
+    for record in records:
+        assert b"Maison" not in record.value and b"current_consent" not in record.value
+        assert ev.decode(record.value)[1].sealed
 
 
 async def test_unknown_requests_are_404_and_the_register_lists_every_configured_service(consent):
