@@ -130,6 +130,7 @@ class OutboxRelay:
         recovery_scan_limit: int = 20_000,
         on_published: Callable[[str, dict[str, str], float], None] | None = None,
         seal_key: bytes | None = None,
+        previous_seal_keys: Sequence[bytes] = (),
     ) -> None:
         self.pool = pool
         self.producer = producer
@@ -142,6 +143,7 @@ class OutboxRelay:
         self.recovery_scan_limit = recovery_scan_limit
         self.on_published = on_published  # (registry topic, row headers, ack time) for service metrics
         self.seal_key = seal_key
+        self.open_keys = [k for k in (seal_key, *previous_seal_keys) if k is not None]  # a rotation: earlier keys
         self.source = f"{schema}"
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
@@ -261,7 +263,7 @@ class OutboxRelay:
                 headers += [("outbox.source", self.source.encode()), ("outbox.id", str(row["id"]).encode())]
                 value = row["value"]
                 if row["sealed"]:
-                    value = sealing.unseal(self.seal_key, value, row["key"])
+                    value = sealing.unseal_any(self.open_keys, value, row["key"])
                 futures.append(await self.producer.send(topic, key=row["key"], value=value,
                                                         partition=partition, headers=headers))
             if futures:

@@ -8,6 +8,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+from collections.abc import Sequence
+
+from cryptography.exceptions import InvalidTag
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -26,6 +29,16 @@ def seal(key: bytes, plaintext: bytes, context: bytes = b"") -> bytes:
 
 def unseal(key: bytes, sealed: bytes, context: bytes = b"") -> bytes:
     return AESGCM(key).decrypt(sealed[:12], sealed[12:], context)
+
+
+def unseal_any(keys: Sequence[bytes], sealed: bytes, context: bytes = b"") -> bytes:
+    """Under the first of ``keys`` that opens it (the current key, then earlier ones: a rotation)."""
+    for key in keys[:-1]:
+        try:
+            return unseal(key, sealed, context)
+        except InvalidTag:
+            continue
+    return unseal(keys[-1], sealed, context)
 
 
 # Sealed for one recipient (an export's parts, for the consent service only): an ephemeral X25519

@@ -56,6 +56,7 @@ class Service:
 
     migrations: Path | None = None
     outbox_seal_key: bytes | None = None  # services that enqueue sealed records set it
+    outbox_previous_seal_keys: tuple[bytes, ...] = ()  # while a seal key rotates: records sealed before
 
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
@@ -81,7 +82,8 @@ class Service:
         await db.migrate(self.pool, s.schema, db.discover(*folders))
         self.producer = await start_producer(s.kafka, s.service)
         self.relay = OutboxRelay(pool=self.pool, producer=self.producer,
-                                 kafka=s.kafka, schema=s.schema, metrics=self.metrics, seal_key=self.outbox_seal_key)
+                                 kafka=s.kafka, schema=s.schema, metrics=self.metrics, seal_key=self.outbox_seal_key,
+                                 previous_seal_keys=self.outbox_previous_seal_keys)
         self.spawn("outbox-relay", self.relay.run)
         await self.on_start()
         # Request latency: objects that live as long as the service (settings, pools, compiled

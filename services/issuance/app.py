@@ -34,6 +34,7 @@ class IssuanceService(Service):
                                          end_offsets=lambda partitions: self.consumer.end_offsets(partitions))
         self.admin = CampaignAdmin(self.handlers)
         self.outbox_seal_key = self.handlers.outbox_key
+        self.outbox_previous_seal_keys = tuple(self.handlers.outbox_keys[1:])
         self.writer_pool: asyncpg.Pool | None = None
         self.limiter = FailureLimiter(lambda: self.pool, self.handlers.pseudonym_key, per_minute=settings.failed_attempts_per_minute,
                                       burst=settings.failed_attempts_burst)

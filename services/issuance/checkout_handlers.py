@@ -299,7 +299,7 @@ class CheckoutHandlers:
                     "balance": ({"amount": r["balance"], "currency": r["currency"]} if r["kind"] == "gift_card" else None),
                     "expires_at": r["expires_at"].isoformat(), "code": None}
             if with_codes and r["code_sealed"] is not None:
-                item["code"] = codes.unseal(self.handlers.seal_key, r["code_sealed"], r["id"])
+                item["code"] = codes.unseal(self.handlers.seal_keys, r["code_sealed"], r["id"])
             out.append(item)
         return out
 

@@ -61,5 +61,5 @@ def seal(key: bytes, code: str, voucher_id: str) -> bytes:
     return sealing.seal(key, code.encode(), voucher_id.encode())
 
 
-def unseal(key: bytes, sealed: bytes, voucher_id: str) -> str:
-    return sealing.unseal(key, sealed, voucher_id.encode()).decode()
+def unseal(keys: list[bytes], sealed: bytes, voucher_id: str) -> str:
+    return sealing.unseal_any(keys, sealed, voucher_id.encode()).decode()

@@ -55,8 +55,11 @@ class IssuanceHandlers:
         self.metrics = metrics
         self.hash_key = settings.code_hash_key.get_secret_value().encode()
         self.previous_hash_keys = [k.get_secret_value().encode() for k in settings.code_hash_previous_keys]
-        self.seal_key = codes.seal_key(settings.code_seal_key.get_secret_value())
-        self.outbox_key = sealing.derive_key(settings.code_seal_key.get_secret_value(), "outbox")
+        seal_secrets = [k.get_secret_value() for k in [settings.code_seal_key, *settings.code_seal_previous_keys]]
+        self.seal_key = codes.seal_key(seal_secrets[0])  # seals; opening tries the earlier keys too
+        self.seal_keys = [codes.seal_key(s) for s in seal_secrets]
+        self.outbox_keys = [sealing.derive_key(s, "outbox") for s in seal_secrets]
+        self.outbox_key = self.outbox_keys[0]
         self.pseudonym_key = settings.pseudonym_key.get_secret_value().encode()
         self.gate = ConsentGate(self.pseudonym_key, settings.consent_hold_max_s, metrics, positions, end_offsets)
         self._specs: dict[tuple[str, int], CampaignSpec] = {}

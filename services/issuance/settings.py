@@ -16,6 +16,9 @@ class IssuanceSettings(ServiceSettings):
         "still validate; keep each until every code issued under it has expired (`voucherstream keys rotate`)")
     code_seal_key: SecretStr = Field(SecretStr("local-dev-code-seal-key-change-me"),
                                      description="seals on-site codes (AES-GCM) so the on-site API can show them")
+    code_seal_previous_keys: list[SecretStr] = Field(
+        default_factory=list, description="earlier seal keys (a JSON list), newest first: on-site codes and queued "
+        "delivery requests sealed under them still open; keep each until the longest validity after the rotation")
     pseudonym_key: SecretStr = Field(SecretStr("local-dev-pseudonym-key-change-me"),
                                      description="HMAC key of the pseudonyms that replace erased customers' ids")
     consent_hold_max_s: float = Field(30.0, gt=0, description="how long a segment entry waits for consent to apply "

@@ -58,9 +58,9 @@ def test_sealed_codes_open_only_for_their_own_voucher():
     key = codes.seal_key("secret")
     sealed = codes.seal(key, "ABCD-1234", "v-1")
     assert b"ABCD" not in sealed
-    assert codes.unseal(key, sealed, "v-1") == "ABCD-1234"
+    assert codes.unseal([key], sealed, "v-1") == "ABCD-1234"
     with pytest.raises(Exception):
-        codes.unseal(key, sealed, "v-2")
+        codes.unseal([key], sealed, "v-2")
 
 
 def test_variant_assignment_is_deterministic_weighted_and_keeps_its_holdout():

@@ -1,5 +1,6 @@
-"""A rotated code-hash key: codes issued under the old key still validate and redeem while it is
-kept among the previous keys, and new codes are stored under the new one."""
+"""Rotated keys: codes issued under the old code-hash key still validate and redeem while it is
+kept among the previous keys, new codes are stored under the new one; on-site codes sealed under
+the old seal key are still shown."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ NEW_KEY = "rotated-code-hash-key-0123456789abcdef"
 async def test_codes_issued_under_the_old_key_validate_after_a_rotation(issuance, kafka):
     await issuance.client.post("/v1/campaigns", json=campaign())
     old = await issue(issuance, kafka, ["r-1", "r-2"])
+    await issue(issuance, kafka, ["r-5"], segment="cart-abandoned-300", channel="onsite")
     await issuance.stop()  # the operator restarts with the new key, the old one kept as previous
 
     async def started(**keys) -> tuple[IssuanceService, httpx.AsyncClient]:
@@ -40,9 +42,15 @@ async def test_codes_issued_under_the_old_key_validate_after_a_rotation(issuance
         await forgot.stop()
 
     rotated, client = await started(code_hash_key=SecretStr(NEW_KEY),
-                                    code_hash_previous_keys=[issuance.settings.code_hash_key])
+                                    code_hash_previous_keys=[issuance.settings.code_hash_key],
+                                    code_seal_key=SecretStr(NEW_KEY + "-seal"),
+                                    code_seal_previous_keys=[issuance.settings.code_seal_key])
     try:
         assert await valid(client, "r-1", old["r-1"])
+        async with rotated.pool.acquire() as conn:
+            _, site = await auth.create_key(conn, "site", ["onsite"])
+        shown = (await client.get("/v1/customers/r-5/offers", headers={"Authorization": f"Bearer {site}"})).json()
+        assert shown["offers"][0]["code"], shown  # sealed under the old seal key, opened with it
         r = await client.post("/v1/redemptions", headers={"Idempotency-Key": "rot-1"}, json={
             "code": old["r-2"], "customer_id": "r-2", "order": order(20000)})
         assert r.status_code == 201, r.text
