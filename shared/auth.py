@@ -4,7 +4,7 @@ A key looks like ``vs_<id>_<secret>``; only its SHA-256 is stored (``api_keys`` 
 schema), it is shown once at creation (``voucherstream keys create``), and it never appears in
 logs. Requests carry it as ``Authorization: Bearer <key>`` (or ``X-API-Key``). No, an unknown, a
 revoked or an expired key is 401; a key without the route's scope is 403. Every route that
-serves data needs a key; the OpenAPI document declares both ways of sending it.
+serves data needs a key; the OpenAPI document declares the bearer scheme (and names the header).
 
 Scopes: ``checkout`` (validate, redeem, roll back, offers without codes), ``onsite`` (offers with
 their codes), ``marketing`` (campaigns, budgets, campaign statistics), ``consent:write`` (the

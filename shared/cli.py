@@ -173,7 +173,8 @@ def db_grant(services: str = typer.Argument(..., help="comma-separated: consent,
 
 @keys_app.command("create")
 def create_key(name: str = typer.Option(..., help="who uses it, e.g. shop-checkout"),
-               scopes: str = typer.Option(..., help="comma-separated: checkout, onsite, marketing, consent:write, privacy:admin, profiles:read"),
+               scopes: str = typer.Option(..., help="comma-separated: checkout, onsite, marketing, consent:write, "
+                                                    "privacy:admin, profiles:read"),
                services: str = typer.Option(",".join(DB_SERVICES), help="services that accept it"),
                schema: str = typer.Option(None, help="the PostgreSQL schema, when one service runs under another name"),
                expires_in_days: float = typer.Option(None, min=0.001, help="the key stops working after this long "

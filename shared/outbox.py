@@ -142,7 +142,6 @@ class OutboxRelay:
         self.max_poll_s = max_poll_s
         self.recovery_scan_limit = recovery_scan_limit
         self.on_published = on_published  # (registry topic, row headers, ack time) for service metrics
-        self.seal_key = seal_key
         self.open_keys = [k for k in (seal_key, *previous_seal_keys) if k is not None]  # a rotation: earlier keys
         self.source = f"{schema}"
         self._stopping = asyncio.Event()

@@ -11,7 +11,6 @@ import os
 from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
-
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256

@@ -27,7 +27,7 @@ from shared.http_limits import DEFAULT_LIMIT, BodyLimit
 from shared.kafka import BatchConsumer, Handler, Producer, start_producer
 from shared.metrics import Metrics, metrics_endpoint
 from shared.outbox import OutboxRelay
-from shared.settings import InsecureSettings, ServiceSettings, require_secrets
+from shared.settings import InsecureSettings, ServiceSettings, require_safe_settings
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Service:
 
     async def start(self) -> None:
         s = self.settings
-        require_secrets(s)
+        require_safe_settings(s)
         self.pool = await db.create_pool(s.postgres, s.schema, application_name=s.service)
         folders = [("shared", db.SHARED_MIGRATIONS)]
         if self.migrations is not None:
@@ -243,7 +243,7 @@ def run(service: Service, *, factory: str | None = None, **fastapi_kwargs) -> No
     s = service.settings
     logs.configure(s.service, s.log_level)
     try:
-        require_secrets(s)
+        require_safe_settings(s)
     except InsecureSettings as exc:
         raise SystemExit(str(exc)) from None
     common = dict(host=s.http_host, port=s.http_port, log_config=None, access_log=False, lifespan="on",

@@ -113,7 +113,8 @@ def secret_problems(settings: ServiceSettings) -> list[str]:
     return problems
 
 
-def require_secrets(settings: ServiceSettings) -> None:
+def require_safe_settings(settings: ServiceSettings) -> None:
+    """Raises :class:`InsecureSettings` naming every problem (keys, and what a service adds)."""
     if problems := settings.problems():
         raise InsecureSettings(
             f"{settings.service} refuses to start: {'; '.join(problems)}. Keys must be random secrets of at least "

@@ -130,7 +130,8 @@ def routes(app: FastAPI, service) -> None:
             response.headers["Voucherstream-Propagation"] = "pending"
         return ConsentStateOut(customer_id=body.customer_id, purposes=outcome.states[body.customer_id])
 
-    @app.get("/v1/customers/{customer_id}/consents", dependencies=[consent_scope], response_model=ConsentStateOut, tags=["consent"],
+    @app.get("/v1/customers/{customer_id}/consents", dependencies=[consent_scope], response_model=ConsentStateOut,
+             tags=["consent"],
              summary="A customer's current consent, derived from the ledger")
     async def current(customer_id: CustomerPath) -> ConsentStateOut:
         async with service.pool.acquire() as conn:

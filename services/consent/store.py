@@ -140,8 +140,10 @@ async def deliver_export(conn: asyncpg.Connection, request_id: str, at: datetime
     status = await conn.execute(
         "UPDATE privacy_requests SET delivered_at = $2, recipient_private_sealed = NULL, customer_id = NULL"
         " WHERE id = $1 AND delivered_at IS NULL", request_id, at)
+    if not status.endswith(" 1"):
+        return False  # another read delivered it
     await conn.execute("UPDATE privacy_request_parts SET detail_sealed = NULL WHERE request_id = $1", request_id)
-    return status.endswith(" 1")
+    return True
 
 
 async def complete_request(conn: asyncpg.Connection, request_id: str, at: datetime) -> None:

@@ -36,7 +36,8 @@ class IssuanceService(Service):
         self.outbox_seal_key = self.handlers.outbox_key
         self.outbox_previous_seal_keys = tuple(self.handlers.outbox_keys[1:])
         self.writer_pool: asyncpg.Pool | None = None
-        self.limiter = FailureLimiter(lambda: self.pool, self.handlers.pseudonym_key, per_minute=settings.failed_attempts_per_minute,
+        self.limiter = FailureLimiter(lambda: self.pool, self.handlers.pseudonym_key,
+                                      per_minute=settings.failed_attempts_per_minute,
                                       burst=settings.failed_attempts_burst)
         self.listings = FailureLimiter(lambda: self.pool, self.handlers.pseudonym_key, purpose="onsite",
                                        per_minute=settings.onsite_listings_per_minute,

@@ -4,14 +4,14 @@ A shop calls checkout with one API key for all its shoppers, so a limit per key 
 address: the shop's server) would let one guesser lock every honest shopper out. Failures are
 counted per subject instead — the key with the customer id, and the key with the shopper the
 shop names (``X-Shopper-Id``: a session, an account, a client address) — so a guesser exhausts
-only their own buckets. Each subject may fail ``burst`` times, refilled at ``per_minute``. Listings of on-site codes
-(which reveal codes) are limited the same way, under their own budget, and always count.
+only their own buckets. Each subject may fail ``burst`` times, refilled at ``per_minute``.
+Listings of on-site codes (which reveal codes) are limited the same way, under their own budget,
+and always count.
 
-A request takes a token from each of its subjects before it is answered and gives them back
-unless it failed: concurrent guesses cannot overdraw a bucket, and a request that would succeed
-never waits on anyone else's failures. The buckets and their rule live in PostgreSQL
-(migration ``005_failure_limits.sql``); takes and give-backs arriving together go in one
-statement each.
+A request takes a token from each of its subjects before it is answered — in the statement that
+reads its voucher — and gives them back, in the background, unless it failed: concurrent
+guesses cannot overdraw a bucket, and a request that would succeed never waits on anyone else's
+failures. The buckets and their rule live in PostgreSQL (migration ``005_failure_limits.sql``).
 """
 
 from __future__ import annotations
@@ -125,8 +125,7 @@ class FailureLimiter:
 
     async def forget_full(self) -> int:
         """Removes buckets that have refilled since they were last taken from."""
-        return await self._pool().fetchval("SELECT forget_full_buckets($1, $2, $3)", self.purpose + "/", self.rate,
-                                           self.burst)
+        return await store.forget_full_buckets(self._pool(), self.purpose + "/", self.rate, self.burst)
 
     async def _take(self, _: None, requests: list[tuple[Subject, ...]]) -> list[Refused | None]:
         waits = await store.settle_attempts(self._pool(), [s.id for who in requests for s in who], [],

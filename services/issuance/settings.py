@@ -31,7 +31,8 @@ class IssuanceSettings(ServiceSettings):
                                               "answer is kept: replays are answered, and the redemption may be "
                                               "rolled back (only with the key that made it), for this long")
     failed_attempts_per_minute: float = Field(30.0, gt=0, description="failed validations/redemptions refilled per "
-                                              "minute, per API key and customer, and per API key and shopper (X-Shopper-Id)")
+                                              "minute, per API key and customer, and per API key and shopper "
+                                              "(X-Shopper-Id)")
     failed_attempts_burst: int = Field(30, ge=1)
     onsite_listings_per_minute: float = Field(60.0, gt=0, description="listings of a customer's offers with their "
                                               "on-site codes, per API key and customer, and per key and shopper")

@@ -283,7 +283,8 @@ async def record_redemption(conn: asyncpg.Connection, *, voucher_id: str, status
 
 
 _CONTEXTS = (
-    "{attempts}SELECT ctx.*, k.request_hash AS prior_hash, k.status_code AS prior_status, k.response AS prior_response{waits}"
+    "{attempts}SELECT ctx.*, k.request_hash AS prior_hash, k.status_code AS prior_status,"
+    " k.response AS prior_response{waits}"
     " FROM unnest($1::bytea[], $2::text[], $3::text[]) WITH ORDINALITY AS q(code_hash, api_key_id, key, i)"
     " LEFT JOIN LATERAL (" + _CONTEXT + " WHERE v.code_hash = q.code_hash) AS ctx ON true"
     " LEFT JOIN idempotency_keys k ON k.api_key_id = q.api_key_id AND k.key = q.key{join} ORDER BY q.i")
@@ -411,6 +412,12 @@ async def redemption(conn: asyncpg.Connection, redemption_id: str, *, for_update
     return await conn.fetchrow(
         "SELECT id, voucher_id, campaign_id, customer_id, discount, reserved_used, currency, status, redeemed_at,"
         " rolled_back_at FROM redemptions WHERE id = $1" + (" FOR UPDATE" if for_update else ""), redemption_id)
+
+
+async def forget_full_buckets(conn: asyncpg.Connection | asyncpg.Pool, prefix: str, rate: float,
+                              burst: float) -> int:
+    """Failure-limit buckets (subjects starting with ``prefix``) that refilled on their own."""
+    return await conn.fetchval("SELECT forget_full_buckets($1, $2, $3)", prefix, rate, burst)
 
 
 async def redeemed_with(conn: asyncpg.Connection, redemption_id: str) -> str | None:

@@ -12,7 +12,7 @@ import pytest
 from pydantic import SecretStr
 
 from services.issuance.settings import IssuanceSettings
-from shared.settings import InsecureSettings, require_secrets, secret_problems
+from shared.settings import InsecureSettings, require_safe_settings, secret_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 STRONG = "x" * 40
@@ -29,8 +29,8 @@ def test_production_names_every_weak_secret():
         "ISSUANCE_CODE_HASH_KEY is not set", "ISSUANCE_CODE_HASH_PREVIOUS_KEYS is a known default",
         "ISSUANCE_CODE_SEAL_KEY is shorter than 32 characters", "ISSUANCE_PSEUDONYM_KEY is a known default"]
     with pytest.raises(InsecureSettings, match="refuses to start: ISSUANCE_CODE_HASH_KEY is not set"):
-        require_secrets(s)
-    require_secrets(IssuanceSettings(environment="production", code_hash_key=SecretStr(STRONG),
+        require_safe_settings(s)
+    require_safe_settings(IssuanceSettings(environment="production", code_hash_key=SecretStr(STRONG),
                                      code_seal_key=SecretStr(STRONG + "1"), pseudonym_key=SecretStr(STRONG + "2")))
 
 
