@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer
 
 from bench.common import free_port, percentile, service_process
 from bench.issuance import consent, entered
-from shared import auth, topics
+from shared import auth, datakeys, topics
 from shared import events as ev
 from shared.kafka import start_producer
 from shared.settings import KafkaSettings, PostgresSettings
@@ -71,12 +71,13 @@ async def run(n: int, gap: float) -> dict:
                                           auto_offset_reset="earliest")
                 await reader.start()
                 codes: dict[str, str] = {}
-                while len(codes) < n:
-                    for records in (await reader.getmany(timeout_ms=500)).values():
-                        for r in records:
-                            d = ev.decode(r.value)[1]
-                            if isinstance(d, ev.DeliveryRequested):
-                                codes[d.customer_id] = d.code
+                async with datakeys.reader() as keys:
+                    while len(codes) < n:
+                        for records in (await reader.getmany(timeout_ms=500)).values():
+                            for value in await keys.opened([r.value for r in records]):
+                                d = ev.decode(value)[1]
+                                if isinstance(d, ev.DeliveryRequested):
+                                    codes[d.customer_id] = d.code
                 await reader.stop()
                 counters = AIOKafkaConsumer(kafka.topic("budget-counters"), bootstrap_servers=bootstrap, group_id=None,
                                             auto_offset_reset="earliest")

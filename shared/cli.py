@@ -95,8 +95,8 @@ DB_SERVICES = ("consent", "segmentation", "issuance", "analytics")
 async def _with_schemas(services: list[str], action, schema: str | None = None):
     from pathlib import Path as _Path
 
-    from shared import db
-    from shared.settings import PostgresSettings
+    from shared import datakeys, db
+    from shared.settings import DataKeySettings, PostgresSettings
 
     settings = PostgresSettings()
     out = []
@@ -108,6 +108,7 @@ async def _with_schemas(services: list[str], action, schema: str | None = None):
         try:
             folder = _Path(__file__).resolve().parents[1] / "services" / name / "migrations"
             await db.migrate(pool, target, db.discover(("shared", db.SHARED_MIGRATIONS), (name, folder)))
+            await datakeys.migrate(pool, DataKeySettings())
             async with pool.acquire() as conn:
                 out.append(await action(conn))
         finally:
@@ -149,7 +150,8 @@ def db_grant(services: str = typer.Argument(..., help="comma-separated: consent,
     owner after `db migrate`; idempotent). The service then connects with <SERVICE>_POSTGRES_DSN."""
     import os
 
-    from shared import db
+    from shared import datakeys, db
+    from shared.settings import DataKeySettings
 
     targets = [s.strip() for s in services.split(",") if s.strip()]
     if (role or schema) and len(targets) != 1:
@@ -159,7 +161,9 @@ def db_grant(services: str = typer.Argument(..., help="comma-separated: consent,
         login = role or f"voucherstream_{service}"
 
         async def action(conn, service=service, login=login):
-            return await db.grant_runtime_role(conn, schema or service, login, password)
+            append_only = await db.grant_runtime_role(conn, schema or service, login, password)
+            await datakeys.grant(conn, DataKeySettings(), login)
+            return append_only
 
         try:
             (append_only,) = asyncio.run(_with_schemas([service], action, schema))
@@ -168,7 +172,8 @@ def db_grant(services: str = typer.Argument(..., help="comma-separated: consent,
         except OSError as exc:
             fail(f"cannot reach PostgreSQL: {exc}")
         extra = f"; append-only: {', '.join(append_only)}" if append_only else ""
-        console.print(f"role {login} may use the rows of schema {schema or service} and nothing else{extra}")
+        console.print(f"role {login} may use the rows of schema {schema or service} and the key store, and nothing "
+                      f"else{extra}")
 
 
 @keys_app.command("create")

@@ -166,6 +166,12 @@ async def _apply(conn: asyncpg.Connection, schema: str, migrations: list[Migrati
 _ROLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
+def check_role(role: str) -> str:
+    if not _ROLE_RE.match(role):
+        raise ValueError(f"invalid role name {role!r}: lowercase letters, digits and '_' only")
+    return role
+
+
 async def grant_runtime_role(conn: asyncpg.Connection, schema: str, role: str, password: str | None) -> list[str]:
     """Creates (or updates) ``role``, a login that may read and write the rows of ``schema`` and
     nothing else: no other schema, no DDL (it owns nothing), the migration record read-only, and
@@ -173,8 +179,7 @@ async def grant_runtime_role(conn: asyncpg.Connection, schema: str, role: str, p
     appended to. Run as the schema's owner after every migration (``voucherstream db grant``);
     idempotent. Returns the append-only tables."""
     check_schema(schema)
-    if not _ROLE_RE.match(role):
-        raise ValueError(f"invalid role name {role!r}: lowercase letters, digits and '_' only")
+    check_role(role)
     async with conn.transaction():
         exists = await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", role)
         if not exists or password:

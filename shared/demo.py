@@ -26,6 +26,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from shared import datakeys
 from shared import events as ev
 from shared.kafka import start_producer
 from shared.settings import KafkaSettings
@@ -120,12 +121,12 @@ class Shop:
         await consumer.start()
         try:
             async with httpx.AsyncClient(base_url=issuance_url, headers={"Authorization": f"Bearer {key}"},
-                                         timeout=10) as client:
+                                         timeout=10) as client, datakeys.reader() as keys:
                 while not stop.is_set():
                     batch = await consumer.getmany(timeout_ms=500)
                     for records in batch.values():
-                        for r in records:
-                            d = ev.decode(r.value)[1]
+                        for value in await keys.opened([r.value for r in records]):  # the codes are sealed
+                            d = ev.decode(value)[1]
                             if not isinstance(d, ev.DeliveryRequested):
                                 continue  # a delivery-cancelled: its request, if not yet delivered, is dropped
                             if self.rng.random() > 0.35:

@@ -18,14 +18,17 @@ Rules the models enforce:
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
+from cryptography.exceptions import InvalidTag
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -35,6 +38,8 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+
+from shared import sealing
 
 SPECVERSION = "1.0"
 CONTENT_TYPE = "application/json"
@@ -112,6 +117,8 @@ class Event(Record):
 
     TYPE: ClassVar[str]
     KEY_FIELD: ClassVar[str] = "customer_id"
+    # Fields sealed under the customer's data key on Kafka (crypto-shredding, ``shared.datakeys``).
+    PERSONAL: ClassVar[tuple[str, ...]] = ()
 
     def key(self) -> str:
         """The Kafka message key (also the envelope's ``subject``)."""
@@ -154,6 +161,7 @@ def _same_currency(total: Money, items: list[LineItem], what: str) -> None:
 
 class CustomerRegistered(Event):
     TYPE = "shop.customer.registered.v1"
+    PERSONAL = ("birthday", "preferred_channel")
 
     customer_id: CustomerId
     birthday: Birthday | None = None
@@ -165,6 +173,7 @@ class CustomerUpdated(Event):
     """A change of the facts the engine may keep. Absent fields are unchanged."""
 
     TYPE = "shop.customer.updated.v1"
+    PERSONAL = ("birthday", "preferred_channel")
 
     customer_id: CustomerId
     birthday: Birthday | None = None
@@ -174,6 +183,7 @@ class CustomerUpdated(Event):
 
 class OrderPlaced(Event):
     TYPE = "shop.order.placed.v1"
+    PERSONAL = ("order_id", "total", "items")
 
     order_id: Identifier
     customer_id: CustomerId
@@ -189,6 +199,7 @@ class OrderPlaced(Event):
 
 class CartAbandoned(Event):
     TYPE = "shop.cart.abandoned.v1"
+    PERSONAL = ("cart_id", "value", "items")
 
     cart_id: Identifier
     customer_id: CustomerId
@@ -206,6 +217,7 @@ class ConsentChanged(Event):
     """A customer granted or withdrew consent for one purpose (cookie banner, preference centre)."""
 
     TYPE = "shop.consent.changed.v1"
+    PERSONAL = ("purpose", "granted", "policy_version", "source")
 
     customer_id: CustomerId
     purpose: Purpose
@@ -229,6 +241,7 @@ class ConsentState(Event):
     Published on the compacted ``consent-state`` topic; a tombstone means the customer was erased."""
 
     TYPE = "voucherstream.consent.state.v1"
+    PERSONAL = ("purposes",)
 
     customer_id: CustomerId
     purposes: dict[Purpose, PurposeState] = Field(default_factory=dict)
@@ -314,6 +327,7 @@ class SegmentEntered(Event):
     """A customer entered a segment. ``facts`` and ``caused_by`` are the explanation."""
 
     TYPE = "voucherstream.segment.entered.v1"
+    PERSONAL = ("trigger_key", "facts", "caused_by", "preferred_channel")
 
     customer_id: CustomerId
     segment: Identifier
@@ -370,6 +384,7 @@ class VoucherIssued(Event):
     """Never carries the code itself."""
 
     TYPE = "voucherstream.voucher.issued.v1"
+    PERSONAL = ("trigger_key",)
 
     voucher_id: Identifier
     campaign_id: Identifier
@@ -385,6 +400,7 @@ class VoucherIssued(Event):
 
 class IssuanceDenied(Event):
     TYPE = "voucherstream.issuance.denied.v1"
+    PERSONAL = ("trigger_key",)
 
     campaign_id: Identifier
     customer_id: CustomerId
@@ -398,6 +414,7 @@ class DeliveryRequested(Event):
     """For the shop's e-mail, SMS and push senders: the only event that carries a code."""
 
     TYPE = "voucherstream.delivery.requested.v1"
+    PERSONAL = ("code", "offer")
 
     voucher_id: Identifier
     campaign_id: Identifier
@@ -424,6 +441,7 @@ class DeliveryCancelled(Event):
 
 class VoucherRedeemed(Event):
     TYPE = "voucherstream.voucher.redeemed.v1"
+    PERSONAL = ("order_amount",)
 
     redemption_id: Identifier
     voucher_id: Identifier
@@ -546,6 +564,19 @@ class Envelope(BaseModel):
     subject: str | None = Field(default=None, max_length=200)
     datacontenttype: Literal["application/json"] = CONTENT_TYPE
     data: dict[str, Any]
+    # Extension attributes of crypto-shredding: the event's personal fields, sealed under the
+    # customer's data key ``datakey`` (see :func:`encode`).
+    datakey: str | None = Field(default=None, min_length=1, max_length=64)
+    sealeddata: str | None = Field(default=None, min_length=1, max_length=8_000_000)
+
+
+class Erased(Exception):
+    """The record's personal fields are sealed under a data key that was destroyed: its customer
+    was erased. Consumers skip it; it is not a contract breach."""
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"data key {key_id} is gone (customer erased)")
+        self.key_id = key_id
 
 
 class ContractError(ValueError):
@@ -583,25 +614,51 @@ def new_event_id() -> str:
     return str(uuid.UUID(int=_ids.getrandbits(128), version=4))
 
 
-def encode(event: Event, *, source: str, event_id: str | None = None, time: datetime | None = None) -> bytes:
-    """Wraps ``event`` in an envelope and serialises it to JSON bytes."""
-    return orjson.dumps(
-        {
-            "specversion": SPECVERSION,
-            "id": event_id or new_event_id(),
-            "type": event.TYPE,
-            "source": source,
-            "time": (time or now_utc()).astimezone(UTC).isoformat().replace("+00:00", "Z"),
-            "subject": event.key(),
-            "datacontenttype": CONTENT_TYPE,
-            "data": event.model_dump(mode="json", exclude_none=True),
-        }
-    )
+def encode(event: Event, *, source: str, event_id: str | None = None, time: datetime | None = None,
+           data_key=None) -> bytes:
+    """Wraps ``event`` in an envelope and serialises it to JSON bytes. With ``data_key`` (a
+    ``shared.datakeys.DataKey``: ``.id``, ``.key``) the event's ``PERSONAL`` fields leave ``data``
+    and travel sealed in ``sealeddata`` (AES-GCM, bound to the event type and key)."""
+    data = event.model_dump(mode="json", exclude_none=True)
+    envelope = {
+        "specversion": SPECVERSION,
+        "id": event_id or new_event_id(),
+        "type": event.TYPE,
+        "source": source,
+        "time": (time or now_utc()).astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "subject": event.key(),
+        "datacontenttype": CONTENT_TYPE,
+        "data": data,
+    }
+    if data_key is not None and event.PERSONAL:
+        personal = {f: data.pop(f) for f in event.PERSONAL if f in data}
+        envelope["datakey"] = data_key.id
+        envelope["sealeddata"] = base64.b64encode(
+            sealing.seal(data_key.key, orjson.dumps(personal), _sealed_context(event.TYPE, event.key()))).decode()
+    return orjson.dumps(envelope)
 
 
-def decode(value: bytes | None, accepted: tuple[type[Event], ...] | None = None) -> tuple[Envelope, Event]:
-    """Parses and validates one message value. ``accepted`` limits the event types a topic carries.
-    Raises :class:`ContractError` with a precise reason."""
+def _sealed_context(event_type: str, key: str) -> bytes:
+    return f"{event_type}\x00{key}".encode()
+
+
+def data_key_id(value: bytes | None) -> str | None:
+    """The data key a record's personal fields are sealed under, if any (consumers load the keys
+    of a batch in one query before decoding it)."""
+    if value is None or b'"datakey"' not in value:
+        return None
+    try:
+        key_id = orjson.loads(value).get("datakey")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return key_id if isinstance(key_id, str) else None
+
+
+def decode(value: bytes | None, accepted: tuple[type[Event], ...] | None = None,
+           keys: Callable[[str], bytes | None] | None = None) -> tuple[Envelope, Event]:
+    """Parses and validates one message value. ``accepted`` limits the event types a topic carries;
+    ``keys`` gives a data key by id (``None``: destroyed) to open sealed personal fields.
+    Raises :class:`ContractError` with a precise reason, :class:`Erased` for a destroyed key."""
     if value is None:
         raise ContractError("unexpected_tombstone", "a null value (tombstone) on a topic that is not compacted")
     try:
@@ -620,8 +677,44 @@ def decode(value: bytes | None, accepted: tuple[type[Event], ...] | None = None)
     if accepted is not None and model not in accepted:
         names = ", ".join(m.TYPE for m in accepted)
         raise ContractError("unexpected_type", f"type {envelope.type!r} does not belong on this topic (expects {names})")
+    data = envelope.data if envelope.sealeddata is None else _opened(envelope, keys)
     try:
-        event = model.model_validate(envelope.data)
+        event = model.model_validate(data)
     except ValidationError as exc:
         raise ContractError("invalid_data", describe_validation_error(exc, "data")) from None
     return envelope, event
+
+
+def _opened(envelope: Envelope, keys: Callable[[str], bytes | None] | None) -> dict[str, Any]:
+    if envelope.datakey is None:
+        raise ContractError("invalid_envelope", "sealeddata without a datakey")
+    if keys is None:
+        raise ContractError("sealed", "the personal fields are sealed and no data keys were given to open them")
+    key = keys(envelope.datakey)
+    if key is None:
+        raise Erased(envelope.datakey)
+    try:
+        fields = orjson.loads(sealing.unseal(key, base64.b64decode(envelope.sealeddata, validate=True),
+                                             _sealed_context(envelope.type, envelope.subject or "")))
+    except (InvalidTag, ValueError, orjson.JSONDecodeError):
+        raise ContractError("unsealable", f"sealeddata does not open under data key {envelope.datakey}") from None
+    if not isinstance(fields, dict):
+        raise ContractError("unsealable", "sealeddata is not a JSON object")
+    return {**envelope.data, **fields}
+
+
+def opened(value: bytes, keys: Callable[[str], bytes | None]) -> bytes:
+    """The record as it would be unsealed: personal fields back in ``data`` (tools that show or
+    forward records — the shop's sender, ``voucherstream tail``). A record whose key is gone, or
+    that was never sealed, is returned as it is."""
+    raw = orjson.loads(value)
+    if not isinstance(raw, dict) or "sealeddata" not in raw:
+        return value
+    try:
+        data = _opened(Envelope.model_validate(raw), keys)
+    except Erased:
+        return value
+    except ValidationError as exc:
+        raise ContractError("invalid_envelope", describe_validation_error(exc)) from None
+    raw.pop("datakey", None), raw.pop("sealeddata", None)
+    return orjson.dumps(raw | {"data": data})

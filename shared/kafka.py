@@ -25,19 +25,24 @@ import os
 import socket
 import time
 import traceback
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from shared.events import ContractError, Envelope, Event, decode
+from shared.events import ContractError, Envelope, Erased, Event, data_key_id, decode
 from shared.metrics import Metrics
 from shared.settings import KafkaSettings
 from shared.topics import DLQ_SUFFIX, Topic, topic as registry_topic
+
+if TYPE_CHECKING:
+    from shared.datakeys import DataKeys
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +266,7 @@ class BatchConsumer:
         assignors: tuple = (),
         start_positions: StartPositions | None = None,
         on_idle: OnIdle | None = None,
+        keys: DataKeys | None = None,
     ) -> None:
         self.settings = settings
         self.group_id = group_id
@@ -274,6 +280,7 @@ class BatchConsumer:
         self.assignors = assignors
         self.start_positions = start_positions
         self.on_idle = on_idle
+        self.keys = keys
         self._consumer: AIOKafkaConsumer | None = None
         self._offsets: AIOKafkaConsumer | None = None  # asks log-end offsets (end_offsets), never fetches
         self._lock = asyncio.Lock()
@@ -389,6 +396,11 @@ class BatchConsumer:
         started = time.perf_counter()
         messages: list[Message] = []
         dead: list[DeadLetter] = []
+        erased: dict[str, int] = defaultdict(int)
+        if self.keys is not None:  # the data keys of sealed records, in one query
+            key_ids = {k for records in batch.values() for r in records if (k := data_key_id(r.value))}
+            if key_ids:
+                await self._retrying(lambda: self.keys.load(key_ids))
         for tp, records in batch.items():
             spec = self.topics[tp.topic]
             for record in records:
@@ -397,6 +409,8 @@ class BatchConsumer:
                 except ContractError as exc:
                     dead.append(DeadLetter(record.topic, record.partition, record.offset, record.key, record.value,
                                            exc.reason, exc.detail))
+                except Erased:  # its customer's data key is destroyed: nothing left to act on
+                    erased[spec.name] += 1
         if dead:
             await self._retrying(lambda: self._dead_letter(dead))
         if messages:
@@ -415,6 +429,8 @@ class BatchConsumer:
             handled = len(records) - sum(1 for d in dead if d.topic == tp.topic and d.partition == tp.partition)
             if handled:
                 self.metrics.consumed.labels(self.metrics.service, base, "handled").inc(handled)
+        for base, count in erased.items():
+            self.metrics.consumed.labels(self.metrics.service, base, "skipped_erased").inc(count)
         self.metrics.batch_size.labels(self.metrics.service).observe(len(messages) + len(dead))
         self.metrics.batch_duration.labels(self.metrics.service).observe(time.perf_counter() - started)
 
@@ -468,7 +484,7 @@ class BatchConsumer:
         key = record.key.decode("utf-8", "replace") if record.key is not None else None
         if record.value is None and spec.compacted:
             return Message(spec.name, record.partition, record.offset, key, None, None, record.timestamp, None)
-        envelope, event = decode(record.value, spec.events)
+        envelope, event = decode(record.value, spec.events, self.keys.opener if self.keys is not None else None)
         if key is not None and event.key() != key:
             raise ContractError("key_mismatch", f"message key does not match data.{event.KEY_FIELD}")
         message = Message(spec.name, record.partition, record.offset, key, envelope, event, record.timestamp,

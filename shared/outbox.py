@@ -41,6 +41,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared import sealing
+from shared.datakeys import DataKeys
 from shared.events import Event, encode
 from shared.kafka import Producer, is_transient
 from shared.metrics import Metrics
@@ -54,20 +55,28 @@ log = logging.getLogger(__name__)
 class OutboxRecord:
     topic: str  # registry name; the relay adds the deployment's topic prefix
     key: str
-    value: bytes | None  # None: a tombstone
+    value: bytes | None  # None: a tombstone (or an ``event``, encoded by :func:`enqueue`)
     headers: tuple[tuple[str, str], ...] = ()
     sealed: bool = False  # stored encrypted; the relay opens it as it publishes
     partition: int | None = None  # None: Kafka's murmur2 of the key
+    event: Event | None = None
+    source: str = ""
+    event_id: str | None = None
+
+    @property
+    def personal(self) -> bool:
+        """Whether its event has fields to seal under its customer's data key."""
+        return self.event is not None and bool(self.event.PERSONAL) and self.event.KEY_FIELD == "customer_id"
 
 
 def event_record(topic: str, event: Event, *, source: str, event_id: str | None = None,
                  headers: tuple[tuple[str, str], ...] = (), sealed: bool = False) -> OutboxRecord:
-    return OutboxRecord(topic, event.key(), encode(event, source=source, event_id=event_id), headers, sealed)
+    return OutboxRecord(topic, event.key(), None, headers, sealed, event=event, source=source, event_id=event_id)
 
 
 def partition_record(topic: str, event: Event, partition: int, *, source: str) -> OutboxRecord:
     """A record for one partition, whatever its key hashes to (a per-partition watermark)."""
-    return OutboxRecord(topic, event.key(), encode(event, source=source), partition=partition)
+    return OutboxRecord(topic, event.key(), None, partition=partition, event=event, source=source)
 
 
 def tombstone(topic: str, key: str) -> OutboxRecord:
@@ -75,14 +84,22 @@ def tombstone(topic: str, key: str) -> OutboxRecord:
 
 
 async def enqueue(conn: asyncpg.Connection, records: Sequence[OutboxRecord],
-                  seal_key: bytes | None = None) -> list[int]:
+                  seal_key: bytes | None = None, *, keys: DataKeys | None = None) -> list[int]:
     """Writes ``records`` to the outbox and returns their ids. Call inside the transaction that
-    makes the change. Sealed records need ``seal_key`` (the relay gets the same key)."""
+    makes the change. Events with personal fields need ``keys``: those fields are sealed under
+    their customer's data key, read or created in this transaction. Sealed records need
+    ``seal_key`` (the relay gets the same key)."""
     if not records:
         return []
+    personal = [r.key for r in records if r.personal]
+    if personal and keys is None:
+        raise ValueError("events with personal fields need the data keys to be sealed")
+    data_keys = await keys.for_customers(conn, personal) if personal else {}
     rows = []
     for r in records:
         value = r.value
+        if r.event is not None:
+            value = encode(r.event, source=r.source, event_id=r.event_id, data_key=data_keys.get(r.key))
         if r.sealed:
             if seal_key is None:
                 raise ValueError("a sealed outbox record needs a seal key")

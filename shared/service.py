@@ -21,8 +21,9 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from shared import db, logs
+from shared import datakeys, db, logs
 from shared.auth import Authenticator
+from shared.datakeys import DataKeys
 from shared.http_limits import DEFAULT_LIMIT, BodyLimit
 from shared.kafka import BatchConsumer, Handler, Producer, start_producer
 from shared.metrics import Metrics, metrics_endpoint
@@ -63,6 +64,7 @@ class Service:
         self.metrics = Metrics(settings.service)
         self.pool: asyncpg.Pool | None = None
         self.auth = Authenticator(lambda: self.pool)
+        self.keys = DataKeys(settings.data, lambda: self.pool)
         self.producer: Producer | None = None
         self.relay: OutboxRelay | None = None
         self.consumers: list[BatchConsumer] = []
@@ -80,6 +82,7 @@ class Service:
         if self.migrations is not None:
             folders.append((s.service, self.migrations))
         await db.migrate(self.pool, s.schema, db.discover(*folders))
+        await datakeys.migrate(self.pool, s.data)
         self.producer = await start_producer(s.kafka, s.service)
         self.relay = OutboxRelay(pool=self.pool, producer=self.producer,
                                  kafka=s.kafka, schema=s.schema, metrics=self.metrics, seal_key=self.outbox_seal_key,
@@ -127,7 +130,7 @@ class Service:
 
         consumer = BatchConsumer(settings=self.settings.kafka, group_id=self.settings.group_id + group_suffix,
                                  topics=topics, handler=handle, producer=self.producer, metrics=self.metrics,
-                                 **options)
+                                 keys=self.keys, **options)
         self.consumers.append(consumer)
         self.spawn(f"consumer:{','.join(topics)}", consumer.run)
         return consumer

@@ -35,6 +35,21 @@ class PostgresSettings(BaseSettings):
     command_timeout_s: float = Field(30.0, gt=0)
 
 
+class DataKeySettings(BaseSettings):
+    """The per-customer data keys that seal personal fields on Kafka (``shared.datakeys``)."""
+
+    model_config = SettingsConfigDict(env_prefix="VOUCHERSTREAM_DATA_", extra="ignore")
+
+    key: SecretStr = Field(SecretStr("local-dev-data-key-change-me"),
+                           description="wraps every customer's data key in the key store (the same in every service)")
+    previous_keys: list[SecretStr] = Field(default_factory=list, description="earlier wrapping keys, while one rotates")
+    keystore_schema: str = Field("voucherstream_keys", description="PostgreSQL schema of the key store, shared by "
+                                 "every service")
+    cache_size: int = Field(100_000, ge=100, description="data keys kept in memory per process")
+    cache_ttl_s: float = Field(60.0, gt=0, description="how long a data key is used from memory: an erasure reaches "
+                               "the processes that did not handle it within this time")
+
+
 class ServiceSettings(BaseSettings):
     """Base of each service's settings; subclasses set ``env_prefix`` and ``service``."""
 
@@ -55,6 +70,7 @@ class ServiceSettings(BaseSettings):
     consumer_group: str = Field("", description="overrides the consumer group (default: the service name)")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    data: DataKeySettings = Field(default_factory=DataKeySettings)
     postgres_dsn: SecretStr | None = Field(None, description="this service's own database login (a role from "
                                            "`voucherstream db grant`); default: VOUCHERSTREAM_POSTGRES_DSN")
 
@@ -87,14 +103,18 @@ class InsecureSettings(ValueError):
 
 
 def secret_problems(settings: ServiceSettings) -> list[str]:
-    """What is wrong with the service's keys (its own ``SecretStr`` settings named ``*_key`` or
-    ``*_keys``), one line each; nothing in development."""
+    """What is wrong with the service's keys (its own ``SecretStr`` settings named ``key``,
+    ``*_key`` or ``*_keys``, and the data keys'), one line each; nothing in development."""
     if settings.environment == "development":
         return []
+    return _key_problems(settings) + _key_problems(settings.data)
+
+
+def _key_problems(settings: BaseSettings) -> list[str]:
     prefix = settings.model_config.get("env_prefix", "")
     problems = []
     for name, field in type(settings).model_fields.items():
-        if not name.endswith(("_key", "_keys")):
+        if not (name == "key" or name.endswith(("_key", "_keys"))):
             continue
         value = getattr(settings, name)
         default = field.default

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import subprocess
 import uuid
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from shared import events as ev
+from shared import datakeys
 
 
 def unique(prefix: str = "t") -> str:
@@ -29,9 +33,25 @@ async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, wha
         await asyncio.sleep(interval)
 
 
-async def read_topic(bootstrap: str, topic: str, *, expect: int | None = None, timeout: float = 15.0, where=None):
+async def read_topic(bootstrap: str, topic: str, *, expect: int | None = None, timeout: float = 15.0, where=None,
+                     raw: bool = False):
     """Every record of ``topic`` (that ``where`` accepts) from the start to its current end, or
-    until ``expect`` of them."""
+    until ``expect`` of them; sealed personal fields opened with the key store's data keys, as a
+    service reads them (``raw``: as they are on the log)."""
+    records = await _read_topic(bootstrap, topic, expect=expect, timeout=timeout, where=where)
+    return records if raw else await open_records(records)
+
+
+async def open_records(records: list) -> list:
+    """Records with their sealed fields opened (a record whose key is gone stays sealed)."""
+    if not any(ev.data_key_id(r.value) for r in records):
+        return records
+    async with datakeys.reader() as keys:
+        values = await keys.opened([r.value for r in records])
+    return [dataclasses.replace(r, value=v) for r, v in zip(records, values)]
+
+
+async def _read_topic(bootstrap: str, topic: str, *, expect: int | None, timeout: float, where):
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:

@@ -122,6 +122,8 @@ class AnalyticsService(Service):
                        | await store.add_rollbacks(conn, rollbacks) | await store.advance_ledgers(conn, ledgers))
             await store.bump_versions(conn, changed)
         if answers:
+            # Its memory of the erased customers' data keys goes before it confirms.
+            self.keys.forget(a.customer_id for a in answers if isinstance(a, ev.ErasureRequested))
             records = []
             now = ev.now_utc()
             for a in answers:

@@ -23,7 +23,7 @@ class ConsentService(Service):
         super().__init__(settings)
         self.settings: ConsentSettings = settings
         self.metrics = ConsentMetrics(settings.service)
-        self.handlers = ConsentHandlers(settings, self.metrics)
+        self.handlers = ConsentHandlers(settings, self.metrics, self.keys)
 
     async def on_start(self) -> None:
         self.relay.on_published = self.handlers.observe_published

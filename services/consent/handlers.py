@@ -16,6 +16,7 @@ import orjson
 from services.consent import ledger, privacy, store
 from services.consent.privacy import Part
 from services.consent.settings import ConsentSettings
+from shared.datakeys import DataKeys
 from shared import events as ev
 from shared import exports, sealing
 from shared.topics import check_partition
@@ -44,9 +45,10 @@ class Outcome:
 
 
 class ConsentHandlers:
-    def __init__(self, settings: ConsentSettings, metrics) -> None:
+    def __init__(self, settings: ConsentSettings, metrics, keys: DataKeys) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.keys = keys
         self.key = settings.pseudonym_key.get_secret_value().encode()
         self.export_key = sealing.derive_key(settings.pseudonym_key.get_secret_value(), "exports")
         self.watermarks: dict[int, int] = {}  # consent-changed partition -> the last watermark committed
@@ -92,7 +94,7 @@ class ConsentHandlers:
                 state = ledger.state_event(cid, new, ev.now_utc())
                 records.append(event_record("consent-state", state, source=SOURCE,
                                             headers=((RECEIVED_AT, f"{received_at.timestamp():.6f}"),)))
-        outcome.outbox_ids = await enqueue(conn, records)
+        outcome.outbox_ids = await enqueue(conn, records, keys=self.keys)
         for row in added:
             self.metrics.consents.labels(row["purpose"], "granted" if row["granted"] else "withdrawn").inc()
         if outcome.ignored_erased:
@@ -111,6 +113,9 @@ class ConsentHandlers:
         request_id = str(uuid.uuid4())
         now = ev.now_utc()
         await store.lock_customers(conn, [customer_id])
+        # First the customer's data key: every sealed copy of their fields on Kafka is unreadable
+        # from this commit on (each service destroys a key created meanwhile when it erases).
+        await self.keys.destroy(conn, [customer_id])
         await store.create_request(conn, request_id, "erasure", self.subject(customer_id),
                                    self.settings.privacy_services, now, changed_offset=changed_end)
         event_ids = await store.erase_customer(conn, customer_id)

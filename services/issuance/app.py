@@ -31,7 +31,8 @@ class IssuanceService(Service):
         self.consumer = None
         self.handlers = IssuanceHandlers(settings, self.metrics,
                                          positions=lambda partitions: self.consumer.positions(partitions),
-                                         end_offsets=lambda partitions: self.consumer.end_offsets(partitions))
+                                         end_offsets=lambda partitions: self.consumer.end_offsets(partitions),
+                                         keys=self.keys)
         self.admin = CampaignAdmin(self.handlers)
         self.outbox_seal_key = self.handlers.outbox_key
         self.outbox_previous_seal_keys = tuple(self.handlers.outbox_keys[1:])

@@ -27,6 +27,7 @@ from services.issuance.checkout import Refuse, VoucherView, evaluate
 from services.issuance.handlers import SOURCE, IssuanceHandlers
 from services.issuance.ratelimit import FailureLimiter, Subject
 from services.issuance.redemption_writer import RedemptionWriter, SingleUse
+from shared.datakeys import DataKey
 from shared import events as ev
 from shared.batching import Batcher
 from shared.outbox import enqueue, event_record
@@ -145,7 +146,8 @@ class CheckoutHandlers:
                     redemption_id=redemption_id, customer_id=customer_id, order_id=order_id,
                     order_amount=order.amount, currency=order.currency, at=now, api_key_id=api_key_id,
                     key=idempotency_key, request_hash=request_hash, response=result.body,
-                    event_template=self._redeemed_template(redemption_id, v, row, customer_id, discount, order, now)))
+                    event_template=self._redeemed_template(redemption_id, v, row, customer_id, discount, order, now,
+                                                           await self.handlers.keys.for_customer(customer_id))))
                 if written.outcome in ("stale", "key_used"):
                     continue  # redeemed, rolled back or the key answered since it was read: read again
                 if written.outcome == "redeemed":
@@ -187,14 +189,16 @@ class CheckoutHandlers:
         return Answer(status, refusal(outcome))
 
     def _redeemed_template(self, redemption_id: str, v: VoucherView, row: asyncpg.Record, customer_id: str,
-                           discount: int, order: ev.Money, now) -> bytes:
+                           discount: int, order: ev.Money, now, data_key: DataKey) -> bytes:
         """The event, encoded with a placeholder ledger: the statement that moves the budget writes
-        it to the outbox with the ledger it produced. Its id is the redemption's (one event each)."""
+        it to the outbox with the ledger it produced. Its id is the redemption's (one event each);
+        the order's amount is sealed under the customer's data key."""
         placeholder = ev.LedgerSnapshot(currency=v.currency, limit=0, reserved=0, spent=0, seq=0)
         return ev.encode(ev.VoucherRedeemed(
             redemption_id=redemption_id, voucher_id=v.id, campaign_id=v.campaign_id, customer_id=customer_id,
             variant=v.variant, channel=row_channel(row), discount=ev.Money(amount=discount, currency=v.currency),
-            order_amount=order, redeemed_at=now, ledger=placeholder), source=SOURCE, event_id=redemption_id)
+            order_amount=order, redeemed_at=now, ledger=placeholder), source=SOURCE, event_id=redemption_id,
+            data_key=data_key)
 
     async def _redeem_locked(self, conn: asyncpg.Connection, *, api_key_id: str, idempotency_key: str,
                              request_hash: bytes, code_hash: bytes, customer_id: str, order: ev.Money,
@@ -240,7 +244,8 @@ class CheckoutHandlers:
             redemption=(redemption_id, v.campaign_id, customer_id, order_id, discount, reserved_used, order.amount,
                         order.currency, now),
             api_key_id=api_key_id, idempotency_key=idempotency_key, response=result.body)
-        template = self._redeemed_template(redemption_id, v, row, customer_id, discount, order, now)
+        data_key = (await self.handlers.keys.for_customers(conn, [customer_id]))[customer_id]
+        template = self._redeemed_template(redemption_id, v, row, customer_id, discount, order, now, data_key)
         moved = await store.move_budget_and_announce(conn, v.campaign_id, -reserved_used, discount, "redeemed", v.id,
                                                      "voucher-redeemed", customer_id, template)
         if moved is None:

@@ -23,6 +23,7 @@ from services.issuance.gate import ConsentChanges, ConsentGate, Entry, Offsets
 from services.issuance.metrics import IssuanceMetrics
 from services.issuance.rules import NO_CONSENT, Deny, Issue, decide
 from services.issuance.settings import IssuanceSettings
+from shared.datakeys import DataKeys
 from shared import events as ev
 from shared import exports
 from shared import sealing
@@ -50,9 +51,10 @@ class Batch:
 
 class IssuanceHandlers:
     def __init__(self, settings: IssuanceSettings, metrics: IssuanceMetrics, positions: Offsets,
-                 end_offsets: Offsets) -> None:
+                 end_offsets: Offsets, keys: DataKeys) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.keys = keys
         self.hash_key = settings.code_hash_key.get_secret_value().encode()
         self.previous_hash_keys = [k.get_secret_value().encode() for k in settings.code_hash_previous_keys]
         seal_secrets = [k.get_secret_value() for k in [settings.code_seal_key, *settings.code_seal_previous_keys]]
@@ -95,6 +97,8 @@ class IssuanceHandlers:
             for request in exports:
                 await self.export(conn, batch, request)
             await self.save(conn, batch)
+            # Last, after what the batch sealed for them: the erased customers' data keys.
+            await self.keys.destroy(conn, [r.customer_id for r in consumed.erasures])
         self.observe(batch, ready + released)
 
     async def release_held(self, pool: asyncpg.Pool) -> int:
@@ -126,7 +130,7 @@ class IssuanceHandlers:
 
     async def save(self, conn: asyncpg.Connection, batch: Batch) -> None:
         await store.save_ledgers(conn, [batch.ledgers[c] for c in sorted(batch.changed)], batch.history)
-        await enqueue(conn, batch.outbox)
+        await enqueue(conn, batch.outbox, keys=self.keys)
 
     def observe(self, batch: Batch, entries: list[Entry]) -> None:
         now = time.time()
@@ -222,7 +226,8 @@ class IssuanceHandlers:
                         expires_at=spec.validity.expires_at(now)), source=SOURCE, sealed=True,
                         headers=(("voucher-id", voucher_id),))
             collided = await store.insert_vouchers(conn, rows)
-            await enqueue(conn, [r for vid, r in deliveries.items() if vid not in collided], self.outbox_key)
+            await enqueue(conn, [r for vid, r in deliveries.items() if vid not in collided], self.outbox_key,
+                          keys=self.keys)
             if collided:
                 log.warning("voucher code collision; drawing again", extra={"count": len(collided)})
             pending = {vid: v for vid, v in pending.items() if vid in collided}
@@ -247,7 +252,7 @@ class IssuanceHandlers:
                 self.metrics.closed.labels(v["campaign_id"], "expired").inc()
             await store.close_vouchers(conn, [v["id"] for v in due], "expired", now)
             await store.save_ledgers(conn, [batch.ledgers[c] for c in sorted(batch.changed)], batch.history)
-            await enqueue(conn, batch.outbox)
+            await enqueue(conn, batch.outbox, keys=self.keys)
         return len(due)
 
     # ------------------------------------------------------------------ privacy

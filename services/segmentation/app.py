@@ -37,7 +37,7 @@ class SegmentationService(Service):
         self.consumer = None
         self.handlers = SegmentationHandlers(settings.schema, self.metrics, lambda: self.ruleset,
                                              lambda partitions: self.consumer.end_offsets(partitions),
-                                             settings.pseudonym_key.get_secret_value().encode())
+                                             settings.pseudonym_key.get_secret_value().encode(), self.keys)
 
     @property
     def handled(self) -> int:

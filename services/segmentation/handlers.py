@@ -19,6 +19,7 @@ from services.segmentation import engine, rules, store
 from services.segmentation.metrics import SegmentationMetrics
 from shared import events as ev
 from shared import erasure
+from shared.datakeys import DataKeys
 from shared.erasure import subject_hash
 from shared.kafka import Message
 from shared.outbox import enqueue, event_record
@@ -33,8 +34,9 @@ EndOffsets = Callable[[list[tuple[str, int]]], Awaitable[dict[tuple[str, int], i
 
 class SegmentationHandlers:
     def __init__(self, schema: str, metrics: SegmentationMetrics, ruleset: Callable[[], rules.RuleSet],
-                 end_offsets: EndOffsets, pseudonym_key: bytes) -> None:
+                 end_offsets: EndOffsets, pseudonym_key: bytes, keys: DataKeys) -> None:
         self.schema = schema
+        self.keys = keys
         self.pseudonym_key = pseudonym_key
         self.metrics = metrics
         self.ruleset = ruleset
@@ -77,7 +79,11 @@ class SegmentationHandlers:
             await erasure.remember(conn, [(subject_hash(self.pseudonym_key, cid), at)
                                                for cid, at in outcome.newly_erased.items()])
             await store.save(conn, {cid: outcome.customers[cid] for cid in outcome.changed})
-            await enqueue(conn, [event_record(topic, _marked(e, marks), source=SOURCE) for topic, e in outcome.emit])
+            await enqueue(conn, [event_record(topic, _marked(e, marks), source=SOURCE) for topic, e in outcome.emit],
+                          keys=self.keys)
+            # After what this batch sealed for them: an erased customer's key goes, and with it
+            # every copy of their sealed fields on Kafka.
+            await self.keys.destroy(conn, outcome.newly_erased)
         offsets: dict[tuple[str, int], int] = {}
         for m in fresh:
             offsets[(m.topic, m.partition)] = max(offsets.get((m.topic, m.partition), 0), m.offset + 1)

@@ -53,7 +53,7 @@ from aiokafka.errors import KafkaError
 
 from bench.common import ROOT, free_port
 from services.segmentation.engine import partition_of
-from shared import auth, topics
+from shared import auth, datakeys, topics
 from shared import events as ev
 from shared.kafka import Producer, start_producer
 from shared.settings import KafkaSettings, PostgresSettings
@@ -371,6 +371,10 @@ class Observer:
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
+        async with datakeys.reader() as keys:
+            await self._observe(keys)
+
+    async def _observe(self, keys) -> None:
         topic = {self.kafka.topic(n): n for n in ("voucher-issued", "delivery-requested", "consent-state", "budget-counters")}
         while True:
             try:
@@ -381,12 +385,19 @@ class Observer:
                 continue
             for tp, records in batch.items():
                 name = topic[tp.topic]
-                for r in records:
+                while True:  # the sealed fields opened (PostgreSQL may be down for a while)
+                    try:
+                        values = await keys.opened([r.value for r in records])
+                        break
+                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                        log(f"observer: data keys unavailable ({type(exc).__name__}); retrying")
+                        await asyncio.sleep(0.5)
+                for r, value in zip(records, values):
                     if name == "consent-state":
                         self.consent_keys.add(r.key.decode())
                         continue
                     try:
-                        e = ev.decode(r.value)[1]
+                        e = ev.decode(value)[1]
                     except Exception as exc:  # noqa: BLE001 - reported, never fatal to the observer
                         log(f"observer: cannot decode {name}@{r.partition}:{r.offset}: {exc}")
                         continue

@@ -1,5 +1,6 @@
 """Least privilege in PostgreSQL: each service's own login (``voucherstream db grant``) uses only
-its own schema's rows, and the consent ledger is append-only by grant."""
+its own schema's rows and the key store's (never rewriting a key), and the consent ledger is
+append-only by grant."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from pydantic import SecretStr
 
 from services.issuance.app import IssuanceService
 from services.issuance.settings import IssuanceSettings
-from shared import auth, db
-from shared.settings import PostgresSettings
+from shared import auth, datakeys, db
+from shared.settings import DataKeySettings, PostgresSettings
 from tests.support import unique
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +34,7 @@ async def migrated(service: str):
     pool = await db.create_pool(PostgresSettings(), schema, min_size=1, max_size=2)
     await db.migrate(pool, schema, db.discover(("shared", db.SHARED_MIGRATIONS),
                                                (service, ROOT / "services" / service / "migrations")))
+    await datakeys.migrate(pool, DataKeySettings())
     try:
         yield schema, pool
     finally:
@@ -48,13 +50,17 @@ async def test_each_service_role_reaches_only_its_own_schema_and_the_ledger_only
                 assert await db.grant_runtime_role(conn, consent, roles["consent"], PASSWORD) == ["consent_ledger"]
             async with admin_i.acquire() as conn:
                 assert await db.grant_runtime_role(conn, issuance, roles["issuance"], PASSWORD) == []
+                for role in roles.values():  # as `voucherstream db grant` does
+                    await datakeys.grant(conn, DataKeySettings(), role)
             as_issuance = await asyncpg.connect(dsn_as(roles["issuance"]))
             as_consent = await asyncpg.connect(dsn_as(roles["consent"]))
             try:
                 assert await as_issuance.fetchval(f"SELECT count(*) FROM {issuance}.vouchers") == 0
                 for statement in (f"SELECT * FROM {consent}.consent_ledger", f"SELECT * FROM {consent}.api_keys",
                                   f"CREATE TABLE {issuance}.extra (x int)", f"DROP TABLE {issuance}.vouchers",
-                                  f"DELETE FROM {issuance}.schema_migrations"):
+                                  f"DELETE FROM {issuance}.schema_migrations",
+                                  "UPDATE voucherstream_keys.data_keys SET wrapped = ''",
+                                  "DELETE FROM voucherstream_keys.schema_migrations"):
                     with pytest.raises(asyncpg.InsufficientPrivilegeError):
                         await as_issuance.execute(statement)
 
@@ -91,6 +97,9 @@ async def test_each_service_role_reaches_only_its_own_schema_and_the_ledger_only
         conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value())
         try:
             for role in roles.values():
+                if await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", role):  # the key store stays
+                    await conn.execute(f'REVOKE ALL ON ALL TABLES IN SCHEMA voucherstream_keys FROM "{role}"')
+                    await conn.execute(f'REVOKE ALL ON SCHEMA voucherstream_keys FROM "{role}"')
                 await conn.execute(f'DROP ROLE IF EXISTS "{role}"')
         finally:
             await conn.close()

@@ -12,10 +12,11 @@ import pytest
 from pydantic import SecretStr
 
 from services.issuance.settings import IssuanceSettings
-from shared.settings import InsecureSettings, require_safe_settings, secret_problems
+from shared.settings import DataKeySettings, InsecureSettings, require_safe_settings, secret_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 STRONG = "x" * 40
+STRONG_DATA = DataKeySettings(key=SecretStr("d" * 40))
 
 
 def test_development_allows_the_built_in_secrets():
@@ -27,11 +28,13 @@ def test_production_names_every_weak_secret():
                          code_hash_previous_keys=[SecretStr(STRONG), SecretStr("change-me-old")])
     assert secret_problems(s) == [
         "ISSUANCE_CODE_HASH_KEY is not set", "ISSUANCE_CODE_HASH_PREVIOUS_KEYS is a known default",
-        "ISSUANCE_CODE_SEAL_KEY is shorter than 32 characters", "ISSUANCE_PSEUDONYM_KEY is a known default"]
+        "ISSUANCE_CODE_SEAL_KEY is shorter than 32 characters", "ISSUANCE_PSEUDONYM_KEY is a known default",
+        "VOUCHERSTREAM_DATA_KEY is a known default"]
     with pytest.raises(InsecureSettings, match="refuses to start: ISSUANCE_CODE_HASH_KEY is not set"):
         require_safe_settings(s)
     require_safe_settings(IssuanceSettings(environment="production", code_hash_key=SecretStr(STRONG),
-                                     code_seal_key=SecretStr(STRONG + "1"), pseudonym_key=SecretStr(STRONG + "2")))
+                                     code_seal_key=SecretStr(STRONG + "1"), pseudonym_key=SecretStr(STRONG + "2"),
+                                     data=STRONG_DATA))
 
 
 @pytest.mark.parametrize("service,secret", [("consent", "CONSENT_PSEUDONYM_KEY"),
@@ -50,7 +53,7 @@ def test_a_service_started_with_default_secrets_exits_with_a_clear_message(servi
 def test_consent_waits_for_every_answering_service_unless_in_development():
     from services.consent.settings import ConsentSettings
 
-    strong = {"pseudonym_key": SecretStr(STRONG)}
+    strong = {"pseudonym_key": SecretStr(STRONG), "data": STRONG_DATA}
     assert ConsentSettings(environment="production", **strong).privacy_services == [
         "segmentation", "issuance", "analytics", "consent"]  # from the topic registry
     assert ConsentSettings(environment="production", **strong).problems() == []

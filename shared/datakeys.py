@@ -1,0 +1,204 @@
+"""Per-customer data keys: crypto-shredding of the personal fields the project writes to Kafka.
+
+Every customer gets one random AES-256 data key, kept in the key store (a PostgreSQL schema of its
+own, shared by the four services) *wrapped* under a key-encryption key from the settings
+(``VOUCHERSTREAM_DATA_KEY``), next to a random key id and an HMAC of the customer's id (the store
+never holds the id itself). Events seal their personal fields under their customer's key
+(``shared.events``) and carry the key id. An erasure deletes the row: from then on every copy of
+those fields — in any topic, replica, backup or consumer's cache past :attr:`ttl_s` — is
+unreadable, and a consumer that meets one skips it as erased.
+
+Keys are read through a bounded in-memory cache; a key found gone is remembered as gone (key ids
+are random and never reused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+from cryptography.exceptions import InvalidTag
+
+from shared import db, events, sealing
+from shared.kafka import TransientError
+from shared.settings import DataKeySettings, PostgresSettings
+
+MIGRATIONS = Path(__file__).parent / "keystore_migrations"
+GONE = b""  # a destroyed key, in the cache
+
+
+@dataclass(frozen=True, slots=True)
+class DataKey:
+    id: str
+    key: bytes
+
+
+class KeyUnreadable(TransientError):
+    """A stored data key that none of the configured wrapping keys opens: the settings are wrong
+    (a rotated-out ``VOUCHERSTREAM_DATA_KEY``), not the customer erased: retried, nothing skipped."""
+
+
+class DataKeys:
+    def __init__(self, settings: DataKeySettings, pool: Callable[[], asyncpg.Pool]) -> None:
+        secrets = [settings.key.get_secret_value(), *(k.get_secret_value() for k in settings.previous_keys)]
+        self._wrap = [sealing.derive_key(s, "data-key-wrap") for s in secrets]
+        self._hmac = [sealing.derive_key(s, "data-key-subject") for s in secrets]
+        self.schema = db.check_schema(settings.keystore_schema)
+        self.table = f'"{self.schema}".data_keys'
+        self.ttl_s = settings.cache_ttl_s
+        self._size = settings.cache_size
+        self._pool = pool
+        self._by_id: OrderedDict[str, tuple[bytes, float]] = OrderedDict()  # key id -> key (GONE), read at
+        self._by_customer: OrderedDict[str, tuple[DataKey, float]] = OrderedDict()
+
+    # ------------------------------------------------------------------ subjects
+
+    def subjects(self, customer_id: str) -> list[str]:
+        """The customer's subject under each wrapping key (the current one first)."""
+        return [hmac.new(k, customer_id.encode(), hashlib.sha256).hexdigest() for k in self._hmac]
+
+    # ------------------------------------------------------------------ sealing side
+
+    async def for_customers(self, conn: asyncpg.Connection, customer_ids: Iterable[str]) -> dict[str, DataKey]:
+        """Each customer's data key, created if they have none, on ``conn`` inside the caller's
+        transaction: a new key becomes visible exactly when the records sealed with it do. Never
+        cached — a transaction that rolls back takes its new keys with it."""
+        wanted = list(dict.fromkeys(customer_ids))
+        if not wanted:
+            return {}
+        subjects = {s: cid for cid in wanted for s in self.subjects(cid)}
+        out = {subjects[s]: key for s, key in (await self._read(conn, "subject", list(subjects))).items()}
+        fresh = sorted(set(wanted) - out.keys())
+        if fresh:  # sorted: two writers creating keys for the same customers lock them in one order
+            ids = [os.urandom(12).hex() for _ in fresh]
+            current = [self.subjects(c)[0] for c in fresh]
+            await conn.execute(
+                f"INSERT INTO {self.table} (key_id, subject, wrapped) SELECT * FROM unnest($1::text[], $2::text[],"
+                " $3::bytea[]) ON CONFLICT (subject) DO NOTHING", ids, current,
+                [sealing.seal(self._wrap[0], os.urandom(32), i.encode()) for i in ids])
+            out |= {subjects[s]: key for s, key in (await self._read(conn, "subject", current)).items()}  # ours or a racer's
+        return out
+
+    async def for_customer(self, customer_id: str) -> DataKey:
+        """One customer's key outside any transaction (the checkout's hot path), cached for
+        :attr:`ttl_s` — it is committed by then."""
+        now = time.monotonic()
+        hit = self._by_customer.get(customer_id)
+        if hit is not None and now - hit[1] < self.ttl_s:
+            return hit[0]
+        async with self._pool().acquire() as conn:
+            key = (await self.for_customers(conn, [customer_id]))[customer_id]
+        self._by_customer[customer_id] = (key, now)
+        self._by_customer.move_to_end(customer_id)
+        while len(self._by_customer) > self._size:
+            self._by_customer.popitem(last=False)
+        return key
+
+    # ------------------------------------------------------------------ opening side
+
+    async def load(self, key_ids: Iterable[str]) -> None:
+        """Reads the keys of these ids that are not cached (one query, committed rows only): a key
+        not found is gone, since a record sealed with a key is published only after the key's
+        transaction committed."""
+        now = time.monotonic()
+        wanted = [k for k in dict.fromkeys(key_ids) if not self._fresh(k, now)]
+        if not wanted:
+            return
+        async with self._pool().acquire() as conn:
+            found = await self._read(conn, "key_id", wanted)
+        for key_id in wanted:
+            self._by_id[key_id] = (found[key_id].key if key_id in found else GONE, now)
+            self._by_id.move_to_end(key_id)
+        while len(self._by_id) > self._size:
+            self._by_id.popitem(last=False)
+
+    def opener(self, key_id: str) -> bytes | None:
+        """A loaded key, or ``None`` when it is gone (the customer was erased)."""
+        entry = self._by_id.get(key_id)
+        if entry is None:
+            raise KeyError(f"data key {key_id} was not loaded")
+        return entry[0] or None
+
+    async def opened(self, values: list[bytes | None]) -> list[bytes | None]:
+        """Record values with their sealed fields opened (``events.opened``), for tools that read
+        topics: the shop's sender, the CLI. A record whose key is gone stays sealed."""
+        ids = {k for v in values if (k := events.data_key_id(v))}
+        if not ids:
+            return values
+        await self.load(ids)
+        return [events.opened(v, self.opener) if events.data_key_id(v) else v for v in values]
+
+    # ------------------------------------------------------------------ erasure
+
+    async def destroy(self, conn: asyncpg.Connection, customer_ids: Iterable[str]) -> int:
+        """Deletes these customers' keys, in the caller's erasure transaction, and drops them from
+        this process's memory (not marked gone: the transaction may still roll back)."""
+        customer_ids = list(customer_ids)
+        subjects = [s for cid in customer_ids for s in self.subjects(cid)]
+        if not subjects:
+            return 0
+        gone = await conn.fetch(f"DELETE FROM {self.table} WHERE subject = ANY($1::text[]) RETURNING key_id", subjects)
+        for row in gone:
+            self._by_id.pop(row["key_id"], None)
+        self.forget(customer_ids)
+        return len(gone)
+
+    def forget(self, customer_ids: Iterable[str]) -> None:
+        """Drops these customers' keys from this process's memory (an erasure handled elsewhere)."""
+        for cid in customer_ids:
+            hit = self._by_customer.pop(cid, None)
+            if hit is not None:
+                self._by_id.pop(hit[0].id, None)
+
+    # ------------------------------------------------------------------ internals
+
+    async def _read(self, conn: asyncpg.Connection, column: str, values: list[str]) -> dict[str, DataKey]:
+        rows = await conn.fetch(f"SELECT key_id, subject, wrapped FROM {self.table} WHERE {column} = ANY($1::text[])",
+                                values)
+        return {r[column]: DataKey(r["key_id"], self._unwrap(r["key_id"], r["wrapped"])) for r in rows}
+
+    def _unwrap(self, key_id: str, wrapped: bytes) -> bytes:
+        try:
+            return sealing.unseal_any(self._wrap, wrapped, key_id.encode())
+        except InvalidTag:
+            raise KeyUnreadable(f"data key {key_id} opens under none of VOUCHERSTREAM_DATA_KEY and "
+                                "VOUCHERSTREAM_DATA_PREVIOUS_KEYS") from None
+
+    def _fresh(self, key_id: str, now: float) -> bool:
+        entry = self._by_id.get(key_id)
+        return entry is not None and (entry[0] == GONE or now - entry[1] < self.ttl_s)
+
+
+async def migrate(pool: asyncpg.Pool, settings: DataKeySettings) -> list[str]:
+    """Creates or updates the key store's schema (every service calls it at start)."""
+    return await db.migrate(pool, settings.keystore_schema, db.discover(("keystore", MIGRATIONS)))
+
+
+async def grant(conn: asyncpg.Connection, settings: DataKeySettings, role: str) -> None:
+    """Lets a service's runtime role (``db.grant_runtime_role``) use the key store: read, create
+    and destroy keys — never rewrite one — and read the migration record."""
+    q = f'"{db.check_schema(settings.keystore_schema)}"'
+    await conn.execute(f'GRANT USAGE ON SCHEMA {q} TO "{db.check_role(role)}"')
+    await conn.execute(f'GRANT SELECT, INSERT, DELETE ON {q}.data_keys TO "{role}"')
+    await conn.execute(f'GRANT SELECT ON {q}.schema_migrations TO "{role}"')
+
+
+@asynccontextmanager
+async def reader(settings: DataKeySettings | None = None,
+                 postgres: PostgresSettings | None = None) -> AsyncIterator[DataKeys]:
+    """Data keys for a tool outside the services (a small pool of its own), from the environment's
+    settings by default."""
+    postgres = postgres or PostgresSettings()
+    pool = await asyncpg.create_pool(postgres.dsn.get_secret_value(), min_size=1, max_size=2)
+    try:
+        yield DataKeys(settings or DataKeySettings(), lambda: pool)
+    finally:
+        await pool.close()
