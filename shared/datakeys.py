@@ -136,6 +136,18 @@ class DataKeys:
         await self.load(ids)
         return [events.opened(v, self.opener) if events.data_key_id(v) else v for v in values]
 
+    async def sealed(self, values: list[bytes]) -> list[bytes]:
+        """Events (envelopes, validated: :class:`events.ContractError` names the first that is
+        not) with their personal fields sealed under their customers' keys, created and committed
+        first — the shop's producer, before it publishes (``voucherstream seal``). Id, time and
+        source are kept; other extension attributes are not."""
+        decoded = [events.decode(v) for v in values]
+        customers = [e.key() for _, e in decoded if e.PERSONAL and e.KEY_FIELD == "customer_id"]
+        async with self._pool().acquire() as conn, conn.transaction():
+            found = await self.for_customers(conn, customers)
+        return [events.encode(e, source=env.source, event_id=env.id, time=env.time, data_key=found.get(e.key()))
+                for env, e in decoded]
+
     # ------------------------------------------------------------------ erasure
 
     async def destroy(self, conn: asyncpg.Connection, customer_ids: Iterable[str]) -> int:

@@ -396,7 +396,7 @@ class BatchConsumer:
         started = time.perf_counter()
         messages: list[Message] = []
         dead: list[DeadLetter] = []
-        erased: dict[str, int] = defaultdict(int)
+        erased: dict[TopicPartition, int] = defaultdict(int)
         if self.keys is not None:  # the data keys of sealed records, in one query
             key_ids = {k for records in batch.values() for r in records if (k := data_key_id(r.value))}
             if key_ids:
@@ -410,7 +410,7 @@ class BatchConsumer:
                     dead.append(DeadLetter(record.topic, record.partition, record.offset, record.key, record.value,
                                            exc.reason, exc.detail))
                 except Erased:  # its customer's data key is destroyed: nothing left to act on
-                    erased[spec.name] += 1
+                    erased[tp] += 1
         if dead:
             await self._retrying(lambda: self._dead_letter(dead))
         if messages:
@@ -426,11 +426,11 @@ class BatchConsumer:
                         extra={"group": self.group_id, "error": repr(exc)})
         for tp, records in batch.items():
             base = self.topics[tp.topic].name
-            handled = len(records) - sum(1 for d in dead if d.topic == tp.topic and d.partition == tp.partition)
+            handled = len(records) - erased[tp] - sum(1 for d in dead if d.topic == tp.topic and d.partition == tp.partition)
             if handled:
                 self.metrics.consumed.labels(self.metrics.service, base, "handled").inc(handled)
-        for base, count in erased.items():
-            self.metrics.consumed.labels(self.metrics.service, base, "skipped_erased").inc(count)
+            if erased[tp]:
+                self.metrics.consumed.labels(self.metrics.service, base, "skipped_erased").inc(erased[tp])
         self.metrics.batch_size.labels(self.metrics.service).observe(len(messages) + len(dead))
         self.metrics.batch_duration.labels(self.metrics.service).observe(time.perf_counter() - started)
 

@@ -18,7 +18,7 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.consumed = Counter("voucherstream_messages_consumed_total",
-                                "Messages read from Kafka, by outcome (handled, dead_lettered)",
+                                "Messages read from Kafka, by outcome (handled, dead_lettered, skipped_erased)",
                                 ["service", "topic", "outcome"], registry=r)
         self.dead_letters = Counter("voucherstream_dead_letters_total",
                                     "Messages sent to <topic>.dlq, by reason", ["service", "topic", "reason"], registry=r)

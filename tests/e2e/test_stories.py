@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import json
 import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import pytest
 
 from bench.common import ROOT, free_port, service_process
 from services.issuance.campaigns import HOLDOUT, Variant, assign_variant
-from shared import auth, db
+from shared import auth, datakeys, db
 from shared import events as ev
 from shared.settings import PostgresSettings
 from tests.support import columns_containing, kcat, read_topic, unique, wait_for
@@ -28,10 +30,13 @@ CART_ID, ORDER_ID = "cart-7f3e9a1c", "order-5b1c2d8e"  # distinctive: searched f
 
 
 def shop_publish(kafka, topic: str, events: list[ev.Event]) -> None:
-    """kcat with Kafka's default partitioner, one 'key|json' line per event."""
+    """kcat with Kafka's default partitioner, one 'key|json' line per event, personal fields sealed
+    by `voucherstream seal` on the way, as docs/privacy.md asks of the shop."""
     lines = b"".join(e.key().encode() + b"|" + ev.encode(e, source="shop-php") + b"\n" for e in events)
+    sealed = subprocess.run([sys.executable, "-m", "shared.cli", "seal", "-K", "|"], cwd=ROOT, input=lines,
+                            capture_output=True, env=os.environ | {"PYTHONPATH": str(ROOT)}, timeout=60, check=True)
     kcat("-b", kafka.bootstrap, "-P", "-t", kafka.topic(topic), "-K", "|", "-X", "topic.partitioner=murmur2_random",
-         input=lines)
+         input=sealed.stdout)
 
 
 def not_in_holdout(prefix: str) -> str:
@@ -170,6 +175,46 @@ async def test_birthday_cart_and_loyalty_stories_with_consent_checkout_counters_
                     assert await columns_containing(pool, needle) == [], f"{s} still holds {needle}"
             finally:
                 await pool.close()
+        # And every topic of the broker, read from offset 0, holds no field of theirs in clear.
+        await nothing_readable_on_kafka(kafka, cart, [CART_ID, ORDER_ID, got[cart].code], still_readable=bday)
     for s in SERVICES:
         log = (tmp_path / f"{s}.log").read_text()
         assert "Traceback" not in log, f"{s}: {log[-3000:]}"
+
+
+async def nothing_readable_on_kafka(kafka, customer: str, needles: list[str], still_readable: str) -> None:
+    """Every record of every topic under the test's prefix, raw: none contains a needle; every
+    record of ``customer`` carries no personal field in clear (their id — the message key, the
+    envelope's subject and ``data.customer_id`` — aside) and its sealed fields no longer open;
+    another customer's still do."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    await admin.start()
+    try:
+        names = sorted(n for n in await admin.list_topics() if n.startswith(kafka.topic_prefix))
+    finally:
+        await admin.close()
+    assert len(names) >= 20, names
+    theirs = opened_elsewhere = 0
+    async with datakeys.reader() as keys:
+        for name in names:
+            records = await read_topic(kafka.bootstrap, name, raw=True)
+            for r in records:
+                for needle in needles:
+                    assert needle.encode() not in (r.value or b""), f"{needle} readable on {name}@{r.offset}"
+                if r.value is None or name.endswith(".dlq"):
+                    continue
+                raw = json.loads(r.value)
+                model = ev.EVENT_TYPES[raw["type"]]
+                key_id = raw.get("datakey")
+                if key_id:
+                    await keys.load([key_id])
+                if r.key == customer.encode():
+                    theirs += 1
+                    assert not set(model.PERSONAL) & set(raw["data"]), f"{name}@{r.offset} has personal fields in clear"
+                    assert key_id is None or keys.opener(key_id) is None, f"{name}@{r.offset} still opens"
+                elif r.key == still_readable.encode() and key_id:
+                    assert keys.opener(key_id) is not None
+                    opened_elsewhere += 1
+    assert theirs >= 8 and opened_elsewhere >= 3, (theirs, opened_elsewhere)

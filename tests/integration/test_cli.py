@@ -1,5 +1,6 @@
-"""The voucherstream CLI on the real broker: publish validates and wraps shop events; tail
-decodes them back, dead letters with their reason."""
+"""The voucherstream CLI on the real broker: publish validates and wraps shop events (sealing
+their personal fields if asked); tail decodes them back, dead letters with their reason; seal is
+the shop's pipe into kcat."""
 
 from __future__ import annotations
 
@@ -54,3 +55,48 @@ async def test_tail_shows_a_cancelled_delivery_for_the_shop_s_sender(kafka):
     line = json.loads(out.splitlines()[0])
     assert code == 0 and line["type"] == "voucherstream.delivery.cancelled.v1"
     assert line["data"]["voucher_id"] == "v-1" and line["data"]["reason"] == "consent_withdrawn"
+
+
+async def test_the_shop_seals_personal_fields_and_an_erasure_makes_them_unreadable(kafka):
+    import asyncpg
+
+    from shared.datakeys import DataKeys
+    from shared.settings import DataKeySettings, PostgresSettings
+
+    env = {"VOUCHERSTREAM_KAFKA_TOPIC_PREFIX": kafka.topic_prefix}
+    customer = f"cust-{kafka.topic_prefix.strip('_')[-8:]}"
+    data = {"cart_id": "k-sealed-1", "customer_id": customer, "value": {"amount": 31000, "currency": "USD"},
+            "abandoned_at": "2026-11-29T10:00:00Z"}
+    code, _, err = await cli("publish", "cart-abandoned", "--seal", "--data", json.dumps(data), env=env)
+    assert code == 0, err
+    code, out, _ = await cli("tail", "cart-abandoned", "--from-beginning", "--count", "1", env=env)
+    line = json.loads(out.splitlines()[0])
+    assert "k-sealed-1" not in out and line["sealed"]["data"] == {"customer_id": customer,
+                                                                 "abandoned_at": "2026-11-29T10:00:00Z"}
+    code, out, _ = await cli("tail", "cart-abandoned", "--from-beginning", "--count", "1", "--open", env=env)
+    assert json.loads(out.splitlines()[0])["data"]["cart_id"] == "k-sealed-1"
+    pool = await asyncpg.create_pool(PostgresSettings().dsn.get_secret_value(), min_size=1, max_size=1)
+    try:  # an erasure destroys the key
+        async with pool.acquire() as conn:
+            assert await DataKeys(DataKeySettings(), lambda: pool).destroy(conn, [customer]) == 1
+    finally:
+        await pool.close()
+    code, out, _ = await cli("tail", "cart-abandoned", "--from-beginning", "--count", "1", "--open", env=env)
+    assert code == 0 and "k-sealed-1" not in out and "sealed" in json.loads(out.splitlines()[0])
+
+    # `seal` is the same for a pipe into kcat: key|envelope lines in, sealed out; bad input refused.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shared.cli", "seal", "-K", "|", cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    from shared import events as ev
+
+    event = ev.CartAbandoned.model_validate(data)
+    out, err = await proc.communicate(customer.encode() + b"|" + ev.encode(event, source="shop") + b"\n")
+    key, _, value = out.rstrip(b"\n").partition(b"|")
+    assert proc.returncode == 0 and key == customer.encode() and b"k-sealed-1" not in value
+    assert json.loads(value)["datakey"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shared.cli", "seal", cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate(b'{"specversion": "1.0"}\n')
+    assert proc.returncode == 1 and out == b"" and b"nothing was written" in err

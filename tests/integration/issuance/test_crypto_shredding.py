@@ -1,0 +1,53 @@
+"""Crypto-shredding on the real broker and database: what issuance writes to Kafka is sealed
+under the customer's data key, and a record whose key was destroyed (its customer erased) is
+skipped as erased — not dead-lettered, not acted on."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from shared import events as ev
+from tests.integration.issuance.conftest import campaign, consent_state, entered
+from tests.support import read_topic, wait_for
+
+
+async def test_sealed_entries_open_and_an_erased_customer_s_entry_is_skipped(issuance, kafka):
+    from shared.kafka import send_all, start_producer
+
+    assert (await issuance.client.post("/v1/campaigns", json=campaign())).status_code == 201
+    producer = await start_producer(kafka, "test")
+    try:
+        await send_all(producer, [(kafka.topic("consent-state"), c.encode(),
+                                   ev.encode(consent_state(c, "personalized_offers", "email"), source="t"), None)
+                                  for c in ("c-kept", "c-gone")])
+        await wait_for(lambda: issuance.pool.fetchval("SELECT count(*) = 2 FROM customer_consent"), what="consents")
+        async with issuance.pool.acquire() as conn, conn.transaction():
+            keys = await issuance.keys.for_customers(conn, ["c-kept", "c-gone"])
+        entries = {c: entered(c, preferred="email") for c in keys}
+        async with issuance.pool.acquire() as conn, conn.transaction():
+            assert await issuance.keys.destroy(conn, ["c-gone"]) == 1  # erased after the entry was sealed
+        await send_all(producer, [(kafka.topic("segment-entered"), c.encode(),
+                                   ev.encode(e, source="segmentation", data_key=keys[c]), None)
+                                  for c, e in entries.items()])
+    finally:
+        await producer.stop()
+
+    await wait_for(lambda: issuance.pool.fetchval("SELECT count(*) = 1 FROM vouchers"), what="c-kept's voucher")
+
+    async def skipped():
+        consumed = {(s.labels["topic"], s.labels["outcome"]): s.value for family in text_string_to_metric_families(
+            (await issuance.client.get("/metrics")).text) if family.name == "voucherstream_messages_consumed"
+            for s in family.samples if s.name.endswith("_total")}
+        return consumed.get(("segment-entered", "skipped_erased")) == 1 and \
+            consumed.get(("segment-entered", "handled")) == 1
+
+    await wait_for(skipped, what="the erased customer's entry counted as skipped, not handled")
+    assert await issuance.pool.fetchval("SELECT count(*) FROM issuance_attempts WHERE customer_id = 'c-gone'") == 0
+    assert await read_topic(kafka.bootstrap, kafka.topic("segment-entered.dlq")) == []
+
+    # What issuance wrote is sealed on the log and opens with the key store; the code is not in clear.
+    raw = await read_topic(kafka.bootstrap, kafka.topic("delivery-requested"), expect=1, raw=True)
+    delivery = ev.decode((await read_topic(kafka.bootstrap, kafka.topic("delivery-requested"), expect=1))[0].value)[1]
+    assert delivery.customer_id == "c-kept" and delivery.code.encode() not in raw[0].value
+    issued = await read_topic(kafka.bootstrap, kafka.topic("voucher-issued"), expect=1, raw=True)
+    assert entries["c-kept"].trigger_key.encode() not in issued[0].value and b'"datakey"' in issued[0].value
