@@ -29,6 +29,13 @@ validation goes to `<topic>.dlq` with `dlq.reason`, `dlq.error`, `dlq.source.top
 `dlq.source.partition` and `dlq.source.offset` headers. Publish with Kafka's default partitioner
 (murmur2 of the key; librdkafka/kcat: `-X topic.partitioner=murmur2_random`), so a customer's
 events and consent meet on the same partition.
+
+Personal fields travel sealed (crypto-shredding, docs/privacy.md): the types below that name
+*sealed fields* carry them not in `data` but in the extension attribute `sealeddata` (base64 of
+an AES-GCM nonce and ciphertext of those fields as a JSON object, bound to the type and the key),
+with `datakey`, the id of the customer's data key in the key store. The project seals everything
+it writes; the shop seals its own events with `voucherstream seal` (or `publish --seal`), and the
+services accept them in clear too.
 """
 
 
@@ -43,6 +50,8 @@ def render() -> str:
             out.append(f"### `{model.TYPE}` ({model.__name__})\n")
             if model.__doc__:
                 out.append(" ".join(model.__doc__.split()) + "\n")
+            if model.PERSONAL:
+                out.append("Sealed fields: " + ", ".join(f"`{f}`" for f in model.PERSONAL) + ".\n")
             out.append("```json\n" + json.dumps(schema, indent=2, sort_keys=True) + "\n```\n")
     return "\n".join(out)
 
@@ -78,6 +87,10 @@ def asyncapi() -> dict:
                         "subject": {"type": "string", "description": f"the message key ({t.key})"},
                         "datacontenttype": {"const": "application/json"},
                         "data": {"$ref": f"#/components/schemas/{model.__name__}"},
+                        **({"datakey": {"type": "string", "description": "the customer's data key id"},
+                            "sealeddata": {"type": "string", "contentEncoding": "base64", "description":
+                                           "AES-GCM of {" + ", ".join(model.PERSONAL) + "} as JSON, absent "
+                                           "from data"}} if model.PERSONAL else {}),
                     },
                 },
             }

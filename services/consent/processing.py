@@ -25,4 +25,15 @@ DECLARATIONS = (
                   "parts' copies on Kafka unreadable; erasure proofs for as long as the accountability duty lasts",
         recipients=("the customer (exports)",),
     ),
+    Processing(
+        service="consent",
+        activity="data key store (shared by the four services, schema voucherstream_keys)",
+        personal_data=("keyed hash of the customer id", "the customer's data key, wrapped under "
+                       "VOUCHERSTREAM_DATA_KEY", "when it was created"),
+        purpose="seal the personal fields of the customer's events on Kafka, so that an erasure reaches every copy "
+                "of them (crypto-shredding)",
+        lawful_basis="legal obligation (GDPR Art. 17 and 32: erasure, security of processing)",
+        retention="until the customer's erasure, which deletes the key first",
+        recipients=("the four services and the shop's producers and senders with access to the key store",),
+    ),
 )
