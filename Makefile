@@ -15,7 +15,7 @@ export PYTHONPATH := $(CURDIR)
 export VOUCHERSTREAM_ENVIRONMENT ?= development
 STACK  := deploy/local/stack.sh
 
-.PHONY: help venv up down status topics run chaos bench bench-smoke bench-memory bench-consent bench-issuance bench-segmentation bench-checkout bench-freshness bench-pipeline dashboards test test-races test-unit lock compose-config clean
+.PHONY: help venv up down status topics run chaos bench bench-smoke bench-privacy bench-memory bench-consent bench-issuance bench-segmentation bench-checkout bench-freshness bench-pipeline dashboards test test-races test-unit lock compose-config clean
 
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -77,6 +77,9 @@ bench: venv $(VEGETA) ## everything measured against this machine's limits in on
 
 bench-smoke: venv $(VEGETA) ## every benchmark step at tiny sizes (~2 min; part of make test)
 	@bash tests/run.sh $(PY) bench.all --smoke
+
+bench-privacy: venv ## what sealing personal fields costs, and 100 concurrent erasures under 200 carts/s (p50/p99, the budget)
+	@bash tests/run.sh $(PY) bench.privacy --erasures 100 --load-rate 200 --seconds 20
 
 bench-memory: venv ## each service's memory through 1,000,000 shop events (~8 min)
 	@bash tests/run.sh $(PY) bench.memory --events 1000000 --customers 100000

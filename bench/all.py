@@ -40,6 +40,8 @@ STEPS: dict[str, tuple[str, list[str], list[str], dict[str, str]]] = {
                  ["--rate", "50", "--seconds", "2", "--max-rate", "100", "--workers", "1", "--pg-seconds", "2"], {}),
     "consent": ("bench.consent_propagation", ["--rate", "500", "--seconds", "15"], ["--rate", "50", "--seconds", "2"], {}),
     "freshness": ("bench.freshness", ["--redemptions", "20"], ["--redemptions", "3"], {}),
+    "privacy": ("bench.privacy", ["--codec-events", "20000", "--erasures", "100", "--load-rate", "200", "--seconds", "20"],
+                ["--codec-events", "1000", "--erasures", "5", "--load-rate", "20", "--seconds", "2"], {}),
     "memory": ("bench.memory", ["--events", "200000", "--customers", "20000"], ["--events", "3000", "--customers", "300"], {}),
 }
 
@@ -168,6 +170,16 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str]]:
                     "", "", verdict(fr.get("to_budget_counters_p99_ms"), "< 1000")))
         out.append(("Counter freshness p99 (redemption → /metrics)", num(fr.get("to_metrics_p99_ms"), " ms"),
                     "", "", verdict(fr.get("to_metrics_p99_ms"), "< 1000")))
+    pv = r.get("privacy", {})
+    if pv:
+        cd, er = pv["codec"], pv["erasure"]
+        out += [("Event codec, personal fields sealed (encode + decode, one core)",
+                 num(cd["sealed"]["round_trip_per_s"], " events/s"), num(cd["clear"]["round_trip_per_s"], " events/s in clear"),
+                 ratio(cd["sealed"]["round_trip_per_s"], cd["clear"]["round_trip_per_s"]), ""),
+                (f"**{er['erasures']} concurrent erasures under {er['load_carts_per_s']} carts/s: p50 / p99 to completed**",
+                 f"{num(er['p50_ms'], ' ms')} / {num(er['p99_ms'], ' ms')}", "", "", verdict(er["p99_ms"], "< 60000")),
+                ("Budget invariant through the erasures (spent unchanged, reserved = active vouchers)",
+                 "holds" if er["budget"]["invariant_holds"] else "**broken**", "", "", "")]
     two, twelve = r.get("pipeline_2_workers", {}), r.get("pipeline_12_partitions", {})
     if two and pipe:
         out.append(("End to end with 2 workers per service", num(two.get("events_per_s_end_to_end"), "/s"),

@@ -9,6 +9,7 @@ import base64
 import hashlib
 import os
 from collections.abc import Sequence
+from functools import lru_cache
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -21,13 +22,19 @@ def derive_key(secret: str, purpose: str) -> bytes:
     return hashlib.sha256(f"voucherstream:{purpose}\x00".encode() + secret.encode()).digest()
 
 
+@lru_cache(maxsize=4096)
+def _aead(key: bytes) -> AESGCM:
+    """Built once per key: building one costs more than sealing an event with it."""
+    return AESGCM(key)
+
+
 def seal(key: bytes, plaintext: bytes, context: bytes = b"") -> bytes:
     nonce = os.urandom(12)
-    return nonce + AESGCM(key).encrypt(nonce, plaintext, context)
+    return nonce + _aead(key).encrypt(nonce, plaintext, context)
 
 
 def unseal(key: bytes, sealed: bytes, context: bytes = b"") -> bytes:
-    return AESGCM(key).decrypt(sealed[:12], sealed[12:], context)
+    return _aead(key).decrypt(sealed[:12], sealed[12:], context)
 
 
 def unseal_any(keys: Sequence[bytes], sealed: bytes, context: bytes = b"") -> bytes:

@@ -34,3 +34,5 @@ async def test_every_benchmark_step_runs_and_fills_the_table(tmp_path):
     assert results["pipeline"]["events_per_s_end_to_end"] > 0
     assert results["checkout"]["redeem_at_rate"]["success_ratio"] == 1
     assert results["memory"]["samples"], "memory was sampled while the events went through"
+    erasure = results["privacy"]["erasure"]
+    assert erasure["budget"]["invariant_holds"] and erasure["data_keys_left_of_the_erased"] == 0, erasure
