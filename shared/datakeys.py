@@ -69,14 +69,23 @@ class DataKeys:
 
     async def for_customers(self, conn: asyncpg.Connection, customer_ids: Iterable[str]) -> dict[str, DataKey]:
         """Each customer's data key, created if they have none, on ``conn`` inside the caller's
-        transaction: a new key becomes visible exactly when the records sealed with it do. Never
-        cached — a transaction that rolls back takes its new keys with it."""
-        wanted = list(dict.fromkeys(customer_ids))
+        transaction: a new key becomes visible exactly when the records sealed with it do. Keys
+        another transaction committed are kept in memory for :attr:`ttl_s`; one this transaction
+        wrote is not (it may still roll back)."""
+        now = time.monotonic()
+        out: dict[str, DataKey] = {}
+        wanted = []
+        for cid in dict.fromkeys(customer_ids):
+            hit = self._by_customer.get(cid)
+            if hit is not None and now - hit[1] < self.ttl_s:
+                out[cid] = hit[0]
+            else:
+                wanted.append(cid)
         if not wanted:
-            return {}
+            return out
         subjects = {s: cid for cid in wanted for s in self.subjects(cid)}
-        out = {subjects[s]: key for s, key in (await self._read(conn, "subject", list(subjects))).items()}
-        fresh = sorted(set(wanted) - out.keys())
+        found = await self._read(conn, "subject", list(subjects))
+        fresh = sorted(set(wanted) - {subjects[s] for s in found})
         if fresh:  # sorted: two writers creating keys for the same customers lock them in one order
             ids = [os.urandom(12).hex() for _ in fresh]
             current = [self.subjects(c)[0] for c in fresh]
@@ -84,23 +93,23 @@ class DataKeys:
                 f"INSERT INTO {self.table} (key_id, subject, wrapped) SELECT * FROM unnest($1::text[], $2::text[],"
                 " $3::bytea[]) ON CONFLICT (subject) DO NOTHING", ids, current,
                 [sealing.seal(self._wrap[0], os.urandom(32), i.encode()) for i in ids])
-            out |= {subjects[s]: key for s, key in (await self._read(conn, "subject", current)).items()}  # ours or a racer's
+            found |= await self._read(conn, "subject", current)  # ours, or a racer's
+        for subject, (key, mine) in found.items():
+            out[subjects[subject]] = key
+            if not mine:
+                self._by_customer[subjects[subject]] = (key, now)
+                self._by_customer.move_to_end(subjects[subject])
+        while len(self._by_customer) > self._size:
+            self._by_customer.popitem(last=False)
         return out
 
     async def for_customer(self, customer_id: str) -> DataKey:
-        """One customer's key outside any transaction (the checkout's hot path), cached for
-        :attr:`ttl_s` — it is committed by then."""
-        now = time.monotonic()
+        """One customer's key outside any transaction (the checkout's hot path: usually cached)."""
         hit = self._by_customer.get(customer_id)
-        if hit is not None and now - hit[1] < self.ttl_s:
+        if hit is not None and time.monotonic() - hit[1] < self.ttl_s:
             return hit[0]
         async with self._pool().acquire() as conn:
-            key = (await self.for_customers(conn, [customer_id]))[customer_id]
-        self._by_customer[customer_id] = (key, now)
-        self._by_customer.move_to_end(customer_id)
-        while len(self._by_customer) > self._size:
-            self._by_customer.popitem(last=False)
-        return key
+            return (await self.for_customers(conn, [customer_id]))[customer_id]
 
     # ------------------------------------------------------------------ opening side
 
@@ -115,7 +124,7 @@ class DataKeys:
         async with self._pool().acquire() as conn:
             found = await self._read(conn, "key_id", wanted)
         for key_id in wanted:
-            self._by_id[key_id] = (found[key_id].key if key_id in found else GONE, now)
+            self._by_id[key_id] = (found[key_id][0].key if key_id in found else GONE, now)
             self._by_id.move_to_end(key_id)
         while len(self._by_id) > self._size:
             self._by_id.popitem(last=False)
@@ -172,10 +181,12 @@ class DataKeys:
 
     # ------------------------------------------------------------------ internals
 
-    async def _read(self, conn: asyncpg.Connection, column: str, values: list[str]) -> dict[str, DataKey]:
-        rows = await conn.fetch(f"SELECT key_id, subject, wrapped FROM {self.table} WHERE {column} = ANY($1::text[])",
-                                values)
-        return {r[column]: DataKey(r["key_id"], self._unwrap(r["key_id"], r["wrapped"])) for r in rows}
+    async def _read(self, conn: asyncpg.Connection, column: str, values: list[str]) -> dict[str, tuple[DataKey, bool]]:
+        """``{value: (key, written by this very transaction)}``."""
+        rows = await conn.fetch(
+            f"SELECT key_id, subject, wrapped, (xmin = xid(pg_current_xact_id_if_assigned())) IS TRUE AS mine"
+            f" FROM {self.table} WHERE {column} = ANY($1::text[])", values)
+        return {r[column]: (DataKey(r["key_id"], self._unwrap(r["key_id"], r["wrapped"])), r["mine"]) for r in rows}
 
     def _unwrap(self, key_id: str, wrapped: bytes) -> bytes:
         try:

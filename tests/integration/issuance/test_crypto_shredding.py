@@ -51,3 +51,19 @@ async def test_sealed_entries_open_and_an_erased_customer_s_entry_is_skipped(iss
     assert delivery.customer_id == "c-kept" and delivery.code.encode() not in raw[0].value
     issued = await read_topic(kafka.bootstrap, kafka.topic("voucher-issued"), expect=1, raw=True)
     assert entries["c-kept"].trigger_key.encode() not in issued[0].value and b'"datakey"' in issued[0].value
+
+
+async def test_a_key_created_by_a_transaction_that_rolls_back_is_never_used_again(issuance):
+    keys = issuance.keys
+    async with issuance.pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        lost = (await keys.for_customers(conn, ["c-rolled-back"]))["c-rolled-back"]
+        assert (await keys.for_customers(conn, ["c-rolled-back"]))["c-rolled-back"] == lost  # same transaction
+        await tx.rollback()
+        async with conn.transaction():
+            kept = (await keys.for_customers(conn, ["c-rolled-back"]))["c-rolled-back"]
+    assert kept.id != lost.id  # nothing sealed under the rolled-back key can exist
+    assert await keys.for_customer("c-rolled-back") == kept  # committed: read, then kept in memory
+    await keys.load([kept.id, lost.id])
+    assert keys.opener(kept.id) == kept.key and keys.opener(lost.id) is None
