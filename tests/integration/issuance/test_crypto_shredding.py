@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared import events as ev
 from tests.integration.issuance.conftest import campaign, consent_state, entered
-from tests.support import read_topic, wait_for
+from tests.support import read_topic, unique, wait_for
 
 
 async def test_sealed_entries_open_and_an_erased_customer_s_entry_is_skipped(issuance, kafka):
@@ -55,15 +55,16 @@ async def test_sealed_entries_open_and_an_erased_customer_s_entry_is_skipped(iss
 
 async def test_a_key_created_by_a_transaction_that_rolls_back_is_never_used_again(issuance):
     keys = issuance.keys
+    customer = unique("c-rolled-back-")  # the key store outlives every test's schemas
     async with issuance.pool.acquire() as conn:
         tx = conn.transaction()
         await tx.start()
-        lost = (await keys.for_customers(conn, ["c-rolled-back"]))["c-rolled-back"]
-        assert (await keys.for_customers(conn, ["c-rolled-back"]))["c-rolled-back"] == lost  # same transaction
+        lost = (await keys.for_customers(conn, [customer]))[customer]
+        assert (await keys.for_customers(conn, [customer]))[customer] == lost  # same transaction
         await tx.rollback()
         async with conn.transaction():
-            kept = (await keys.for_customers(conn, ["c-rolled-back"]))["c-rolled-back"]
+            kept = (await keys.for_customers(conn, [customer]))[customer]
     assert kept.id != lost.id  # nothing sealed under the rolled-back key can exist
-    assert await keys.for_customer("c-rolled-back") == kept  # committed: read, then kept in memory
+    assert await keys.for_customer(customer) == kept  # committed: read, then kept in memory
     await keys.load([kept.id, lost.id])
     assert keys.opener(kept.id) == kept.key and keys.opener(lost.id) is None
