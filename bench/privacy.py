@@ -87,8 +87,7 @@ async def keystore(batch: int, rounds: int) -> dict:
             await DataKeys(DataKeySettings(), lambda: pool).load(batch_ids)  # a cold cache
             loaded.append((time.perf_counter() - t0) * 1000)
         async with pool.acquire() as conn:
-            await conn.execute("DELETE FROM voucherstream_keys.data_keys WHERE key_id = ANY($1::text[])",
-                               [i for b in ids for i in b])
+            await conn.execute(f"DELETE FROM {keys.table} WHERE key_id = ANY($1::text[])", [i for b in ids for i in b])
         return {"batch": batch, "create_ms_p50": round(percentile(created, 50), 2),
                 "find_ms_p50": round(percentile(read, 50), 2), "load_by_id_ms_p50": round(percentile(loaded, 50), 2)}
     finally:
@@ -189,11 +188,8 @@ async def erasures(n: int, load_rate: int, seconds: float) -> dict:
                           per_service_p50_ms={s: round(percentile(v, 50), 1) for s, v in per_service.items() if v})
             await loading
             result["load_achieved_carts_per_s"] = round(len(load) / (time.perf_counter() - t0 + 2), 1)
-            subjects = [s for cid in erased for s in DataKeys(DataKeySettings(), lambda: None).subjects(cid)]
-            conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value())
-            result["data_keys_left_of_the_erased"] = await conn.fetchval(
-                "SELECT count(*) FROM voucherstream_keys.data_keys WHERE subject = ANY($1::text[])", subjects)
-            await conn.close()
+            async with datakeys.reader() as keys:
+                result["data_keys_left_of_the_erased"] = await keys.count_of(erased)
             await asyncio.sleep(3)  # the load's last vouchers
             after = await ledger()
             conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value(),

@@ -172,6 +172,12 @@ class DataKeys:
         self.forget(customer_ids)
         return len(gone)
 
+    async def count_of(self, customer_ids: Iterable[str]) -> int:
+        """How many of these customers have a key (0 once every one was erased)."""
+        subjects = [s for cid in customer_ids for s in self.subjects(cid)]
+        async with self._pool().acquire() as conn:
+            return await conn.fetchval(f"SELECT count(*) FROM {self.table} WHERE subject = ANY($1::text[])", subjects)
+
     def forget(self, customer_ids: Iterable[str]) -> None:
         """Drops these customers' keys from this process's memory (an erasure handled elsewhere)."""
         for cid in customer_ids:

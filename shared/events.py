@@ -677,7 +677,7 @@ def decode(value: bytes | None, accepted: tuple[type[Event], ...] | None = None,
     if accepted is not None and model not in accepted:
         names = ", ".join(m.TYPE for m in accepted)
         raise ContractError("unexpected_type", f"type {envelope.type!r} does not belong on this topic (expects {names})")
-    data = envelope.data if envelope.sealeddata is None else _opened(envelope, keys)
+    data = envelope.data if envelope.sealeddata is None else _opened(envelope, model, keys)
     try:
         event = model.model_validate(data)
     except ValidationError as exc:
@@ -685,7 +685,9 @@ def decode(value: bytes | None, accepted: tuple[type[Event], ...] | None = None,
     return envelope, event
 
 
-def _opened(envelope: Envelope, keys: Callable[[str], bytes | None] | None) -> dict[str, Any]:
+def _opened(envelope: Envelope, model: type[Event], keys: Callable[[str], bytes | None] | None) -> dict[str, Any]:
+    """``data`` with the sealed fields back. They open only under the key field ``data`` names
+    (the customer the consumer checks against the message key), never on another's record."""
     if envelope.datakey is None:
         raise ContractError("invalid_envelope", "sealeddata without a datakey")
     if keys is None:
@@ -695,7 +697,7 @@ def _opened(envelope: Envelope, keys: Callable[[str], bytes | None] | None) -> d
         raise Erased(envelope.datakey)
     try:
         fields = orjson.loads(sealing.unseal(key, base64.b64decode(envelope.sealeddata, validate=True),
-                                             _sealed_context(envelope.type, envelope.subject or "")))
+                                             _sealed_context(envelope.type, str(envelope.data.get(model.KEY_FIELD)))))
     except (InvalidTag, ValueError, orjson.JSONDecodeError):
         raise ContractError("unsealable", f"sealeddata does not open under data key {envelope.datakey}") from None
     if not isinstance(fields, dict):
@@ -710,11 +712,14 @@ def opened(value: bytes, keys: Callable[[str], bytes | None]) -> bytes:
     raw = orjson.loads(value)
     if not isinstance(raw, dict) or "sealeddata" not in raw:
         return value
+    model = EVENT_TYPES.get(raw.get("type"))
+    if model is None:
+        raise ContractError("unknown_type", f"type {raw.get('type')!r} is not part of the contract")
     try:
-        data = _opened(Envelope.model_validate(raw), keys)
+        data = _opened(Envelope.model_validate(raw), model, keys)
     except Erased:
         return value
     except ValidationError as exc:
         raise ContractError("invalid_envelope", describe_validation_error(exc)) from None
-    raw.pop("datakey", None), raw.pop("sealeddata", None)
-    return orjson.dumps(raw | {"data": data})
+    clear = {k: v for k, v in raw.items() if k not in ("datakey", "sealeddata")}
+    return orjson.dumps(clear | {"data": data})

@@ -62,3 +62,10 @@ def test_every_personal_field_is_a_field_of_its_event_and_never_the_key():
     for model in ev.EVENT_TYPES.values():
         assert set(model.PERSONAL) <= set(model.model_fields), model.TYPE
         assert model.KEY_FIELD not in model.PERSONAL
+
+
+def test_sealed_fields_are_bound_to_the_customer_data_names_not_to_the_subject():
+    value = orjson.loads(ev.encode(delivery(), source="t", data_key=KEY))
+    value["data"]["customer_id"] = "c-2"  # the subject still says c-1: the consumer checks data against the key
+    with pytest.raises(ev.ContractError, match="unsealable"):
+        ev.decode(orjson.dumps(value), keys={"k1": KEY.key}.get)
