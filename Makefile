@@ -15,7 +15,7 @@ export PYTHONPATH := $(CURDIR)
 export VOUCHERSTREAM_ENVIRONMENT ?= development
 STACK  := deploy/local/stack.sh
 
-.PHONY: help venv up down status topics run chaos bench bench-smoke bench-privacy bench-memory bench-consent bench-issuance bench-segmentation bench-checkout bench-freshness bench-pipeline dashboards test test-races test-unit lock compose-config clean
+.PHONY: help venv up down status topics run chaos cluster-up cluster-down bench bench-smoke bench-privacy bench-memory bench-consent bench-issuance bench-segmentation bench-checkout bench-freshness bench-pipeline dashboards test test-races test-unit lock compose-config clean
 
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -94,8 +94,15 @@ dashboards: venv ## regenerate the Grafana dashboards (deploy/grafana/dashboards
 test: venv $(VEGETA) ## the whole suite on the real stack; starts what it needs and stops what it started
 	@bash tests/run.sh $(PY)
 
-chaos: venv ## 30 minutes of faults under load (36 kill -9, 4 broker and 4 PostgreSQL restarts...), then every check; report in docs/reliability.md
+chaos: venv ## 30 min of faults under load (36 kill -9, broker and PostgreSQL restarts...), then 5 min at 500/s on the secured cluster with 3 broker kills; every check; report in docs/reliability.md
 	@bash tests/run.sh $(PY) tests.chaos.harness --minutes $(or $(CHAOS_MINUTES),30) --report docs/reliability.md
+	@bash tests/run.sh $(PY) tests.chaos.harness --cluster --rate 500 --minutes $(or $(CLUSTER_CHAOS_MINUTES),5) --broker-kills 3 --report docs/reliability.md
+
+cluster-up: venv ## a secured three-broker Kafka on loopback (TLS, SCRAM logins, registry ACLs, 3 replicas); `deploy/local/cluster.sh env NAME` prints a login
+	@deploy/local/cluster.sh up $(PY)
+
+cluster-down: ## stop the three brokers (`deploy/local/cluster.sh clean` also removes their data, certificates and passwords)
+	@deploy/local/cluster.sh down
 
 test-races: venv ## the checkout races at full length: 200 concurrent redemptions of one code, 100 rounds
 	@$(STACK) up kafka postgres

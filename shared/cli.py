@@ -356,7 +356,7 @@ def tail(topic: str = typer.Argument(..., help="a registry topic (or its .dlq)")
             await show(keys)
 
     async def show(keys):
-        consumer = AIOKafkaConsumer(kafka.topic(topic), bootstrap_servers=bootstrap, group_id=None,
+        consumer = AIOKafkaConsumer(kafka.topic(topic), **kafka.client_options(), group_id=None,
                                     auto_offset_reset="earliest" if from_beginning else "latest")
         await consumer.start()
         seen = 0

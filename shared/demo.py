@@ -116,7 +116,7 @@ class Shop:
 
     async def sender(self, issuance_url: str, key: str, stop: asyncio.Event) -> None:
         """Plays the shop's senders and its checkout: redeems about a third of what is delivered."""
-        consumer = AIOKafkaConsumer(self.kafka.topic("delivery-requested"), bootstrap_servers=self.kafka.bootstrap,
+        consumer = AIOKafkaConsumer(self.kafka.topic("delivery-requested"), **self.kafka.client_options(),
                                     group_id=self.kafka.topic_prefix + "demo-shop-sender", auto_offset_reset="latest")
         await consumer.start()
         try:
@@ -143,8 +143,8 @@ class Shop:
 
 
 async def dead_letters(kafka: KafkaSettings) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=None)
+    admin = AIOKafkaAdminClient(**kafka.client_options())
+    consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None)
     await admin.start()
     await consumer.start()
     try:

@@ -188,8 +188,7 @@ class Producer:
 
 async def start_producer(settings: KafkaSettings, service: str, **overrides) -> Producer:
     """An idempotent producer (acks=all): a retried send never duplicates or reorders a partition."""
-    options = dict(
-        bootstrap_servers=settings.bootstrap,
+    options = settings.client_options(
         client_id=client_id(service),
         enable_idempotence=True,
         acks="all",
@@ -328,7 +327,7 @@ class BatchConsumer:
         if not wanted:
             return {}
         if self._offsets is None:
-            client = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, group_id=None,
+            client = AIOKafkaConsumer(**self.settings.client_options(), group_id=None,
                                       client_id=client_id(self.metrics.service) + "-offsets", metadata_max_age_ms=30_000)
             await client.start()
             self._offsets = client
@@ -337,7 +336,7 @@ class BatchConsumer:
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap,
+            **self.settings.client_options(),
             group_id=self.group_id,
             client_id=client_id(self.metrics.service),
             enable_auto_commit=False,

@@ -313,7 +313,7 @@ class OutboxRelay:
         for row, topic, partition in placed:
             wanted[TopicPartition(topic, partition)].add(row["id"])
         found: set[int] = set()
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.kafka.bootstrap, enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(**self.kafka.client_options(), enable_auto_commit=False,
                                     group_id=None, client_id=f"{self.source}-outbox-recovery")
         await consumer.start()
         try:

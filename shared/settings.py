@@ -21,9 +21,86 @@ class KafkaSettings(BaseSettings):
     heartbeat_interval_ms: int = Field(3_000, ge=100)
     max_poll_interval_ms: int = Field(300_000, ge=1000)
     linger_ms: int = Field(5, ge=0)
+    # Security: every client in the project (services, outbox recovery, `make topics`, the CLI,
+    # benches, tests) connects through `client_options()`, so these are the only place to set it.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how clients talk to the brokers; managed clusters need SASL_SSL (or SSL with a "
+        "client certificate)")
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
+        "SCRAM-SHA-512", description="with SASL_*: SCRAM for self-run clusters, MSK and Aiven; PLAIN for Confluent "
+        "Cloud API keys (only over TLS)")
+    sasl_username: str = Field("", description="with SASL_*: this client's principal (one per service)")
+    sasl_password: SecretStr = Field(SecretStr(""), description="with SASL_*: its password")
+    ssl_cafile: str = Field("", description="with SSL/SASL_SSL: the CA that signed the brokers' certificates "
+                            "(empty: the system's trusted CAs, right for MSK and Confluent Cloud)")
+    ssl_certfile: str = Field("", description="mutual TLS: this client's certificate (PEM)")
+    ssl_keyfile: str = Field("", description="mutual TLS: its private key (PEM)")
+    ssl_key_password: SecretStr = Field(SecretStr(""), description="mutual TLS: the private key's password, if any")
+    ssl_check_hostname: bool = Field(True, description="verify that the broker's certificate names the host "
+                                     "connected to (leave on outside a test rig)")
+    # Replication, applied by `make topics` to every topic it creates and reported where it differs.
+    replication_factor: int = Field(1, ge=1, description="replicas of every registry topic (3 in production)")
+    min_insync_replicas: int = Field(1, ge=1, description="replicas that must have a write before it is "
+                                     "acknowledged (acks=all); replication_factor - 1 in production")
+    dlq_replication_factor: int | None = Field(None, ge=1, description="replicas of the dead-letter topics "
+                                               "(default: replication_factor)")
 
     def topic(self, name: str) -> str:
         return self.topic_prefix + name
+
+    @model_validator(mode="after")
+    def _coherent(self) -> KafkaSettings:
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ValueError("mutual TLS needs both VOUCHERSTREAM_KAFKA_SSL_CERTFILE and VOUCHERSTREAM_KAFKA_SSL_KEYFILE")
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"min_insync_replicas ({self.min_insync_replicas}) cannot exceed replication_factor "
+                             f"({self.replication_factor}): no write could ever be acknowledged")
+        return self
+
+    def client_options(self, **overrides) -> dict:
+        """Keyword arguments for any aiokafka client (producer, consumer, admin): the bootstrap
+        servers and the security settings, plus ``overrides``."""
+        if self.security_protocol.startswith("SASL") and not (self.sasl_username and self.sasl_password.get_secret_value()):
+            # (checked here, not at construction: a service's own login, e.g. CONSENT_KAFKA_USERNAME,
+            # may complete the shared settings)
+            raise ValueError(f"VOUCHERSTREAM_KAFKA_SECURITY_PROTOCOL={self.security_protocol} needs a login: "
+                             "VOUCHERSTREAM_KAFKA_SASL_USERNAME and VOUCHERSTREAM_KAFKA_SASL_PASSWORD (or the "
+                             "service's own <SERVICE>_KAFKA_USERNAME and <SERVICE>_KAFKA_PASSWORD)")
+        options: dict = {"bootstrap_servers": self.bootstrap, "security_protocol": self.security_protocol}
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            options["ssl_context"] = self.ssl_context()
+        if self.security_protocol.startswith("SASL"):
+            options |= {"sasl_mechanism": self.sasl_mechanism, "sasl_plain_username": self.sasl_username,
+                        "sasl_plain_password": self.sasl_password.get_secret_value()}
+        return options | overrides
+
+    def ssl_context(self):
+        from aiokafka.helpers import create_ssl_context
+
+        context = create_ssl_context(cafile=self.ssl_cafile or None, certfile=self.ssl_certfile or None,
+                                     keyfile=self.ssl_keyfile or None,
+                                     password=self.ssl_key_password.get_secret_value() or None)
+        context.check_hostname = self.ssl_check_hostname
+        return context
+
+    def librdkafka_config(self) -> dict[str, str]:
+        """The same connection for librdkafka clients (kcat ``-X``, confluent-kafka)."""
+        conf = {"bootstrap.servers": self.bootstrap, "security.protocol": self.security_protocol.lower()}
+        if self.security_protocol.startswith("SASL"):
+            conf |= {"sasl.mechanism": self.sasl_mechanism, "sasl.username": self.sasl_username,
+                     "sasl.password": self.sasl_password.get_secret_value()}
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            conf["ssl.endpoint.identification.algorithm"] = "https" if self.ssl_check_hostname else "none"
+            for key, value in (("ssl.ca.location", self.ssl_cafile), ("ssl.certificate.location", self.ssl_certfile),
+                               ("ssl.key.location", self.ssl_keyfile),
+                               ("ssl.key.password", self.ssl_key_password.get_secret_value())):
+                if value:
+                    conf[key] = value
+        return conf
+
+    def with_user(self, username: str, password: str) -> KafkaSettings:
+        """The same connection as another SASL principal (a service's own login)."""
+        return self.model_copy(update={"sasl_username": username, "sasl_password": SecretStr(password)})
 
 
 class PostgresSettings(BaseSettings):
@@ -73,11 +150,16 @@ class ServiceSettings(BaseSettings):
     data: DataKeySettings = Field(default_factory=DataKeySettings)
     postgres_dsn: SecretStr | None = Field(None, description="this service's own database login (a role from "
                                            "`voucherstream db grant`); default: VOUCHERSTREAM_POSTGRES_DSN")
+    kafka_username: str = Field("", description="this service's own Kafka principal (its ACLs: `voucherstream "
+                                "acls`); default: VOUCHERSTREAM_KAFKA_SASL_USERNAME")
+    kafka_password: SecretStr = Field(SecretStr(""), description="that principal's password")
 
     @model_validator(mode="after")
     def _own_login(self) -> ServiceSettings:
         if self.postgres_dsn is not None and self.postgres.dsn != self.postgres_dsn:
             self.postgres = self.postgres.model_copy(update={"dsn": self.postgres_dsn})
+        if self.kafka_username:
+            self.kafka = self.kafka.with_user(self.kafka_username, self.kafka_password.get_secret_value())
         return self
 
     def problems(self) -> list[str]:

@@ -19,6 +19,8 @@ from aiokafka.partitioner import murmur2
 
 from shared import events as ev
 
+from shared.settings import KafkaSettings
+
 DAY_MS = 24 * 3600 * 1000
 # One deployment-wide setting: every service, `make topics` and the shop's producers must agree on
 # it (segmentation co-partitions by it). Grow it with `make topics`, never shrink it.
@@ -63,6 +65,9 @@ class Topic:
     partitions: int = CUSTOMER_PARTITIONS
     compacted: bool = False
     retention_ms: int = 30 * DAY_MS
+    # Services that only ask its log-end offsets (consent marks: how far consent-changed is
+    # applied), which Kafka authorizes as Describe.
+    watchers: tuple[str, ...] = ()
     extra_config: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -88,6 +93,11 @@ class Topic:
 
 
 SHOP = ("shop",)
+# Who outside the services touches Kafka: the shop publishes its events and reads the budget
+# topics; its sender (e-mail/SMS/push) alone reads the codes. Each gets its own principal and
+# ACLs (`shared.acls`).
+SENDER = ("sender",)
+EXTERNAL = SHOP + SENDER
 
 TOPICS: tuple[Topic, ...] = (
     # Inbound shop events: a short retention is the privacy default.
@@ -100,7 +110,7 @@ TOPICS: tuple[Topic, ...] = (
     Topic("cart-abandoned", "customer_id", (ev.CartAbandoned,), "a customer left a cart",
           SHOP, ("segmentation",), retention_ms=7 * DAY_MS),
     Topic("consent-changed", "customer_id", (ev.ConsentChanged,), "a customer granted or withdrew consent for a purpose",
-          SHOP, ("consent",), retention_ms=7 * DAY_MS),
+          SHOP, ("consent",), retention_ms=7 * DAY_MS, watchers=("segmentation", "issuance")),
     # Consent and privacy.
     Topic("consent-state", "customer_id", (ev.ConsentState, ev.ConsentWatermark),
           "a customer's whole current consent (compacted), and per partition how far consent-changed is applied",
@@ -126,7 +136,7 @@ TOPICS: tuple[Topic, ...] = (
           ("issuance",), ("analytics",)),
     Topic("delivery-requested", "customer_id", (ev.DeliveryRequested, ev.DeliveryCancelled),
           "send this code through this channel; or do not (cancelled after consent was withdrawn)",
-          ("issuance",), ("shop",), retention_ms=7 * DAY_MS),
+          ("issuance",), SENDER, retention_ms=7 * DAY_MS),
     Topic("voucher-redeemed", "customer_id", (ev.VoucherRedeemed,), "a voucher was redeemed at checkout",
           ("issuance",), ("analytics",)),
     Topic("redemption-rolled-back", "customer_id", (ev.RedemptionRolledBack,), "a redemption was rolled back",
@@ -171,24 +181,44 @@ def all_topics(prefix: str = "") -> list[tuple[str, Topic]]:
     out = []
     for t in TOPICS:
         out.append((prefix + t.name, t))
-        if t.consumers and t.consumers != ("shop",):
+        if any(c not in EXTERNAL for c in t.consumers):
             out.append((prefix + t.dlq, dlq_topic(t)))
     return out
 
 
-async def ensure_topics(bootstrap: str, prefix: str = "", *, report=print) -> dict[str, str]:
-    """Creates missing topics, raises partition counts that are too low and sets each topic's
-    configuration. Idempotent. Returns ``{name: "created" | "updated" | "unchanged"}``."""
+def _settings(kafka: KafkaSettings | str) -> KafkaSettings:
+    """Settings from the environment; a bare bootstrap string keeps the environment's security."""
+    return kafka if isinstance(kafka, KafkaSettings) else KafkaSettings(bootstrap=kafka)
+
+
+def replication_of(t: Topic, kafka: KafkaSettings) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) of a topic: dead letters may have their own factor."""
+    factor = (kafka.dlq_replication_factor or kafka.replication_factor) if t.name.endswith(DLQ_SUFFIX) \
+        else kafka.replication_factor
+    return factor, min(kafka.min_insync_replicas, factor)
+
+
+def wanted_config(t: Topic, kafka: KafkaSettings) -> dict[str, str]:
+    return t.config() | {"min.insync.replicas": str(replication_of(t, kafka)[1])}
+
+
+async def ensure_topics(kafka: KafkaSettings | str, prefix: str = "", *, report=print) -> dict[str, str]:
+    """Creates missing topics with the settings' replication, raises partition counts that are too
+    low and sets each topic's configuration (``min.insync.replicas`` included). Idempotent.
+    Reports what it cannot change (fewer replicas than wanted, more partitions than the registry).
+    Returns ``{name: "created" | "updated" | "unchanged"}``."""
     from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="voucherstream-topics")
+    kafka = _settings(kafka)
+    admin = AIOKafkaAdminClient(**kafka.client_options(client_id="voucherstream-topics"))
     await admin.start()
     outcome: dict[str, str] = {}
     try:
         wanted = all_topics(prefix)
         existing = set(await admin.list_topics())
-        missing = [NewTopic(name, t.partitions, 1, topic_configs=t.config()) for name, t in wanted if name not in existing]
+        missing = [NewTopic(name, t.partitions, replication_of(t, kafka)[0], topic_configs=wanted_config(t, kafka))
+                   for name, t in wanted if name not in existing]
         if missing:
             resp = await admin.create_topics(missing)
             for name, code, *rest in resp.topic_errors:
@@ -202,12 +232,18 @@ async def ensure_topics(bootstrap: str, prefix: str = "", *, report=print) -> di
             described = {d["topic"]: d for d in await admin.describe_topics([n for n, _ in present])}
             grow = {}
             for name, t in present:
-                have = len(described[name]["partitions"])
+                parts = described[name]["partitions"]
+                have = len(parts)
                 if have < t.partitions:
                     grow[name] = NewPartitions(total_count=t.partitions)
                 elif have > t.partitions:
                     report(f"warning: {name} has {have} partitions, the registry says {t.partitions}; "
                            "Kafka cannot shrink a topic, leaving it")
+                replicas = min((len(p["replicas"]) for p in parts), default=0)
+                if replicas != replication_of(t, kafka)[0]:
+                    report(f"drift: {name} has {replicas} replicas, the settings say {replication_of(t, kafka)[0]}; "
+                           "change it with a partition reassignment (kafka-reassign-partitions), "
+                           "docs/operations.md \"Replication\"")
             if grow:
                 await admin.create_partitions(grow)
             resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name, _ in present]
@@ -219,8 +255,11 @@ async def ensure_topics(bootstrap: str, prefix: str = "", *, report=print) -> di
                     have_conf[res_name] = {e[0]: e[1] for e in entries}
             changes = []
             for name, t in present:
-                want = t.config()
-                if any(have_conf.get(name, {}).get(k) != v for k, v in want.items()):
+                want = wanted_config(t, kafka)
+                drifted = {k: (have_conf.get(name, {}).get(k), v) for k, v in want.items()
+                           if have_conf.get(name, {}).get(k) != v}
+                if drifted:
+                    report(f"drift: {name}: " + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in drifted.items()))
                     changes.append(ConfigResource(ConfigResourceType.TOPIC, name, configs=want))
                     outcome[name] = "updated"
                 else:
@@ -246,13 +285,13 @@ async def _wait_for_leaders(admin, names: list[str], timeout_s: float = 15.0) ->
         await asyncio.sleep(0.1)
 
 
-async def delete_topics(bootstrap: str, prefix: str) -> None:
+async def delete_topics(kafka: KafkaSettings | str, prefix: str) -> None:
     """Deletes the topics under ``prefix`` (test clean-up). Refuses an empty prefix."""
     if not prefix:
         raise ValueError("refusing to delete the production topics (empty prefix)")
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="voucherstream-topics")
+    admin = AIOKafkaAdminClient(**_settings(kafka).client_options(client_id="voucherstream-topics"))
     await admin.start()
     try:
         names = [n for n in await admin.list_topics() if n.startswith(prefix)]
@@ -287,16 +326,20 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_table())
         return 0
     kafka = KafkaSettings()
-    bootstrap = args.bootstrap or kafka.bootstrap
+    if args.bootstrap:
+        kafka = kafka.model_copy(update={"bootstrap": args.bootstrap})
+    bootstrap = kafka.bootstrap
     prefix = kafka.topic_prefix if args.prefix is None else args.prefix
     try:
-        outcome = asyncio.run(ensure_topics(bootstrap, prefix))
+        outcome = asyncio.run(ensure_topics(kafka, prefix))
     except Exception as exc:  # noqa: BLE001 - a CLI reports, it does not trace back
         print(f"error: could not create the topics on {bootstrap}: {exc}", file=sys.stderr)
         return 1
     for name, t in all_topics(prefix):
         kind = "compacted" if t.compacted else f"retention {int(t.config()['retention.ms']) // DAY_MS} d"
-        print(f"{outcome.get(name, '?'):9}  {name:34} {t.partitions:2} partitions  key {t.key:11}  {kind}")
+        factor, isr = replication_of(t, kafka)
+        print(f"{outcome.get(name, '?'):9}  {name:34} {t.partitions:2} partitions  x{factor} (min in sync {isr})  "
+              f"key {t.key:11}  {kind}")
     return 0
 
 

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 STATE=.local
 mkdir -p "$STATE"
 before=$(ls "$STATE"/started.* 2>/dev/null | sort)
+cluster_before=$(deploy/local/cluster.sh status 2>/dev/null | grep -c " up " || true)
 
 cleanup() {
   local after
@@ -22,6 +23,10 @@ cleanup() {
       esac
     fi
   done
+  # The cluster tests stop the secured cluster they started; this covers an interrupted run.
+  if [[ "$cluster_before" == 0 ]] && deploy/local/cluster.sh status 2>/dev/null | grep -q " up "; then
+    deploy/local/cluster.sh down
+  fi
 }
 trap cleanup EXIT
 

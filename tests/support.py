@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared import events as ev
 from shared import datakeys
+from shared.settings import KafkaSettings
 
 
 def unique(prefix: str = "t") -> str:
@@ -33,7 +34,7 @@ async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, wha
         await asyncio.sleep(interval)
 
 
-async def read_topic(bootstrap: str, topic: str, *, expect: int | None = None, timeout: float = 15.0, where=None,
+async def read_topic(bootstrap: str | KafkaSettings, topic: str, *, expect: int | None = None, timeout: float = 15.0, where=None,
                      raw: bool = False):
     """Every record of ``topic`` (that ``where`` accepts) from the start to its current end, or
     until ``expect`` of them; sealed personal fields opened with the key store's data keys, as a
@@ -51,8 +52,9 @@ async def open_records(records: list) -> list:
     return [dataclasses.replace(r, value=v) for r, v in zip(records, values)]
 
 
-async def _read_topic(bootstrap: str, topic: str, *, expect: int | None, timeout: float, where):
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+async def _read_topic(bootstrap: str | KafkaSettings, topic: str, *, expect: int | None, timeout: float, where):
+    kafka = bootstrap if isinstance(bootstrap, KafkaSettings) else KafkaSettings(bootstrap=bootstrap)
+    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
         async def partitions():

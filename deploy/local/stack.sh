@@ -7,6 +7,7 @@
 #   deploy/local/stack.sh down-one kafka|postgres|prometheus     stop one component, if we started it
 #   deploy/local/stack.sh status                                one line per component
 #   deploy/local/stack.sh fetch                                 only fetch the Kafka jars into the cache
+#   deploy/local/stack.sh tools                                 only install kcat, openssl and java
 #
 # Runtime state (Kafka data, logs, pid files) lives in .local/ (git-ignored); the Kafka jars are
 # cached under ${XDG_CACHE_HOME:-~/.cache}/voucherstream so a second run needs no network.
@@ -292,5 +293,6 @@ case "$cmd" in
     done ;;
   status) kafka_status; pg_status; prom_status ;;
   fetch) kafka_fetch ;;
-  *) die "usage: $0 up [kafka|postgres|prometheus ...] | down | down-one C... | restart C... | status | fetch" ;;
+  tools) ensure_apt kcat openssl; command -v java >/dev/null || ensure_apt openjdk-17-jre-headless ;;
+  *) die "usage: $0 up [kafka|postgres|prometheus ...] | down | down-one C... | restart C... | status | fetch | tools" ;;
 esac

@@ -7,9 +7,13 @@ issue #10 against the ground truth.
     python -m tests.chaos.harness --minutes 30 --kills 36 --pauses 6 --extras 6 \\
         --broker-restarts 4 --pg-restarts 4 --report docs/reliability.md     # make chaos
     python -m tests.chaos.harness --short                                   # the make-test version
+    python -m tests.chaos.harness --cluster --rate 500 --minutes 5 --broker-kills 3  # make chaos, second part
+    python -m tests.chaos.harness --cluster --short --rate 500              # its make-test version
 
 The broker and the database are restarted with ``deploy/local/stack.sh restart``, which refuses
-servers this project did not start. Exit status 0 only when every check passes.
+servers this project did not start. With ``--cluster`` the run happens on the secured three-broker
+cluster (deploy/local/cluster.sh): the services log in as themselves under the registry's ACLs,
+topics have 3 replicas and want 2 in sync, and the fault is ``kill -9`` of one broker. Exit status 0 only when every check passes.
 
 The workload is built so that the right answer follows from the ground truth alone:
 
@@ -60,6 +64,7 @@ from shared.settings import KafkaSettings, PostgresSettings
 
 SERVICES = ("consent", "segmentation", "issuance", "analytics")
 STACK = ROOT / "deploy/local/stack.sh"
+CLUSTER = ROOT / "deploy/local/cluster.sh"
 FEE = 2000  # every chaos voucher: 20.00 USD off an order of at least 100.00 USD
 CART_BIG, CART_SMALL = 31_000, 20_000
 SEGMENT = "cart-abandoned-300"  # its rule: a USD cart of 300.00 or more; the trigger key is "<segment>:<cart id>"
@@ -193,6 +198,19 @@ class Fleet:
         return {s: i.unexpected_exits for s, i in self.primary.items() if i.unexpected_exits}
 
 
+async def kill_broker(node: int, down_s: float) -> None:
+    """``kill -9`` one node of the secured cluster, and start it again ``down_s`` later."""
+    for args in (("kill", str(node)), None, ("start", str(node), sys.executable)):
+        if args is None:
+            await asyncio.sleep(down_s)
+            continue
+        proc = await asyncio.create_subprocess_exec("bash", str(CLUSTER), *args, cwd=ROOT,
+                                                    stdout=subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"cluster.sh {' '.join(args)} failed: {err.decode()[-500:]}")
+
+
 async def restart_component(component: str) -> None:
     proc = await asyncio.create_subprocess_exec("bash", str(STACK), "restart", component, cwd=ROOT,
                                                 stdout=subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
@@ -242,20 +260,27 @@ class Shop:
         await self.publish(topic, e.key(), ev.encode(e, source="chaos-shop"), {"type": e.TYPE} | record)
 
     async def setup(self) -> None:
+        """Every customer's consent and registration; customers side by side, each one's events in
+        order (a withdrawal after its grants)."""
         now = datetime.now(UTC)
-        for cid in self.a + self.c:
-            for purpose in ("profiling", "personalized_offers", "email"):
-                await self.event("consent-changed", ev.ConsentChanged(customer_id=cid, purpose=purpose, granted=True,
-                                                                      policy_version="2026-11", source="chaos",
-                                                                      occurred_at=now))
-        for cid in self.c:
-            await self.event("consent-changed", ev.ConsentChanged(customer_id=cid, purpose="personalized_offers",
-                                                                  granted=False, policy_version="2026-11",
-                                                                  source="chaos", occurred_at=now + timedelta(seconds=1)))
-        for cid in self.a + self.c + self.d:
-            await self.event("customer-registered", ev.CustomerRegistered(
-                customer_id=cid, preferred_channel="email", registered_at=now,
-                birthday={"month": 1 + self.rng.randrange(12), "day": 1 + self.rng.randrange(28)}))
+        slots = asyncio.Semaphore(64)
+
+        async def customer(cid: str) -> None:
+            async with slots:
+                if cid not in self.d:
+                    for purpose in ("profiling", "personalized_offers", "email"):
+                        await self.event("consent-changed", ev.ConsentChanged(
+                            customer_id=cid, purpose=purpose, granted=True, policy_version="2026-11", source="chaos",
+                            occurred_at=now))
+                if cid in self.c:
+                    await self.event("consent-changed", ev.ConsentChanged(
+                        customer_id=cid, purpose="personalized_offers", granted=False, policy_version="2026-11",
+                        source="chaos", occurred_at=now + timedelta(seconds=1)))
+                await self.event("customer-registered", ev.CustomerRegistered(
+                    customer_id=cid, preferred_channel="email", registered_at=now,
+                    birthday={"month": 1 + self.rng.randrange(12), "day": 1 + self.rng.randrange(28)}))
+
+        await asyncio.gather(*(customer(cid) for cid in self.a + self.c + self.d))
 
     async def cart(self, cid: str, value: int, cart_id: str | None = None) -> str:
         cart_id = cart_id or f"k-{uuid.uuid4().hex[:10]}"
@@ -280,16 +305,31 @@ class Shop:
         group = self.a if r < 0.75 else self.c if r < 0.87 else self.d
         await self.cart(self.rng.choice(group), CART_BIG if self.rng.random() < 0.7 else CART_SMALL)
 
-    async def load(self, rate: float, stop: asyncio.Event) -> None:
+    async def load(self, rate: float, stop: asyncio.Event, in_flight: int = 64) -> None:
+        """``rate`` events a second, up to ``in_flight`` of them waiting for their acknowledgement at
+        once (one at a time cannot reach hundreds a second over TLS with acks=all)."""
         t0, i = time.monotonic(), 0
+        slots = asyncio.Semaphore(in_flight)
+        pending: set[asyncio.Task] = set()
+
+        async def one() -> None:
+            try:
+                await self.one()
+            finally:
+                slots.release()
+
         while not stop.is_set():
             delay = t0 + i / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             elif delay < -5:  # behind after a broker outage: carry on at the rate, do not burst
                 t0, i = time.monotonic(), 0
-            await self.one()
+            await slots.acquire()
+            task = asyncio.create_task(one())
+            pending.add(task)
+            task.add_done_callback(pending.discard)
             i += 1
+        await asyncio.gather(*pending)
 
     def expected(self) -> set[tuple[str, str]]:
         a = set(self.a)
@@ -365,7 +405,7 @@ class Observer:
 
     async def start(self) -> None:
         names = ["voucher-issued", "delivery-requested", "consent-state", "budget-counters"]
-        self.consumer = AIOKafkaConsumer(*(self.kafka.topic(n) for n in names), bootstrap_servers=self.kafka.bootstrap,
+        self.consumer = AIOKafkaConsumer(*(self.kafka.topic(n) for n in names), **self.kafka.client_options(),
                                          group_id=None, auto_offset_reset="earliest")
         await self.consumer.start()
         self._task = asyncio.create_task(self._run())
@@ -418,8 +458,8 @@ class Observer:
         await self.consumer.stop()
 
 
-async def read_all(bootstrap: str, names: list[str]) -> list:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+async def read_all(kafka: KafkaSettings, names: list[str]) -> list:
+    consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None)
     await consumer.start()
     try:
         tps = [TopicPartition(n, p) for n in names for p in sorted(await _partitions(consumer, n))]
@@ -443,10 +483,10 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     return cluster.partitions_for_topic(topic) or set()
 
 
-async def group_lags(bootstrap: str, prefix: str) -> dict[str, int]:
+async def group_lags(kafka: KafkaSettings, prefix: str) -> dict[str, int]:
     """Each of the run's consumer groups: messages not yet committed on its input topics."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    admin = AIOKafkaAdminClient(**kafka.client_options())
+    consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None)
     await admin.start()
     await consumer.start()
     try:
@@ -490,17 +530,21 @@ class Plan:
     tight_capacity: int
     seed: int
     recovery_timeout_s: float = 240.0
+    broker_kills: int = 0  # on the secured cluster: kill -9 one of three brokers, start it again
     faults: list[Fault] = field(default_factory=list)
 
 
 class Run:
-    def __init__(self, plan: Plan, workdir: Path) -> None:
-        self.plan, self.workdir = plan, workdir
+    def __init__(self, plan: Plan, workdir: Path, cluster=None) -> None:
+        self.plan, self.workdir, self.cluster = plan, workdir, cluster
         self.rng = random.Random(plan.seed)
         self.prefix = f"chaos-{uuid.uuid4().hex[:8]}."
-        self.kafka = KafkaSettings(topic_prefix=self.prefix)
+        # On the secured cluster the run reads as the admin and publishes as the shop; the
+        # services log in as themselves.
+        self.kafka = cluster.settings("admin", self.prefix) if cluster else KafkaSettings(topic_prefix=self.prefix)
+        self.shop_kafka = cluster.settings("shop", self.prefix) if cluster else self.kafka
         self.schemas = {s: f"chaos_{s}_{uuid.uuid4().hex[:6]}" for s in SERVICES}
-        env = {"VOUCHERSTREAM_KAFKA_TOPIC_PREFIX": self.prefix, "CONSENT_PRIVACY_SERVICES": ",".join(SERVICES),
+        env = (cluster.service_env() if cluster else {}) | {"VOUCHERSTREAM_KAFKA_TOPIC_PREFIX": self.prefix, "CONSENT_PRIVACY_SERVICES": ",".join(SERVICES),
                "VOUCHERSTREAM_KAFKA_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_S * 1000)}
         for s in SERVICES:
             env[f"{s.upper()}_LOG_LEVEL"] = "WARNING"
@@ -567,7 +611,7 @@ class Run:
     def schedule(self) -> list[tuple[str, str]]:
         p = self.plan
         kinds = (["kill"] * p.kills + ["pause"] * p.pauses + ["extra"] * p.extras
-                 + ["broker"] * p.broker_restarts + ["postgres"] * p.pg_restarts)
+                 + ["broker"] * p.broker_restarts + ["postgres"] * p.pg_restarts + ["broker-kill"] * p.broker_kills)
         self.rng.shuffle(kinds)
         return [(k, self.rng.choice(SERVICES) if k in ("kill", "pause", "extra") else k) for k in kinds]
 
@@ -591,6 +635,8 @@ class Run:
                     await self.fleet.pause(target, SESSION_TIMEOUT_S + 5)
                 elif kind == "extra":
                     await self.fleet.extra(target, self.rng.uniform(15, 30))
+                elif kind == "broker-kill":
+                    await kill_broker(1 + self.rng.randrange(3), down_s=self.rng.uniform(10, 20))
                 else:
                     await restart_component("kafka" if kind == "broker" else "postgres")
             except Exception as exc:  # noqa: BLE001 - a fault that could not be applied is reported
@@ -608,7 +654,7 @@ class Run:
         pool = await asyncpg.connect(PostgresSettings().dsn.get_secret_value())
         try:
             while True:
-                lags = await group_lags(self.kafka.bootstrap, self.prefix)
+                lags = await group_lags(self.kafka, self.prefix)
                 outbox = 0
                 for s in SERVICES:
                     with contextlib.suppress(asyncpg.UndefinedTableError):
@@ -681,7 +727,7 @@ class Run:
                 mismatches[cid] = {"ledger": mine, "budget-counters": theirs}
         record("analytics budget-counters equal the issuance ledger", not mismatches, campaigns=len(ledger),
                mismatches=mismatches)
-        dlq = await read_all(self.kafka.bootstrap, [name for name, _ in topics.all_topics(self.prefix)
+        dlq = await read_all(self.kafka, [name for name, _ in topics.all_topics(self.prefix)
                                                     if name.endswith(topics.DLQ_SUFFIX)])
         dead, other = {}, Counter()
         for r in dlq:
@@ -706,7 +752,7 @@ class Run:
         await shop.setup()
         deadline = time.monotonic() + 120
         while len(observer.consent_keys) < len(shop.a) + len(shop.c) or any(
-                (await group_lags(self.kafka.bootstrap, self.prefix)).values()):
+                (await group_lags(self.kafka, self.prefix)).values()):
             if time.monotonic() > deadline:
                 raise RuntimeError("consents did not settle in 120 s")
             await asyncio.sleep(0.5)
@@ -728,8 +774,13 @@ class Run:
 
     async def go(self) -> dict:
         p = self.plan
-        await topics.ensure_topics(self.kafka.bootstrap, self.prefix, report=lambda *_: None)
-        shop = Shop(self.kafka, self.rng, self.workdir / "ground-truth.jsonl", p.customers)
+        if self.cluster:
+            from tests.cluster.access import prepare
+
+            await prepare(self.cluster, self.prefix)
+        else:
+            await topics.ensure_topics(self.kafka, self.prefix, report=lambda *_: None)
+        shop = Shop(self.shop_kafka, self.rng, self.workdir / "ground-truth.jsonl", p.customers)
         await shop.start()
         checkout = observer = None
         try:
@@ -758,7 +809,12 @@ class Run:
                   "published": dict(shop.published), "carts": len(shop.carts), "faults": [asdict(f) for f in p.faults],
                   "checks": checks, "passed": all(c["ok"] for c in checks.values())}
         if result["passed"]:
-            await topics.delete_topics(self.kafka.bootstrap, self.prefix)
+            if self.cluster:
+                from tests.cluster.access import retire
+
+                await retire(self.kafka)
+            else:
+                await topics.delete_topics(self.kafka, self.prefix)
             await drop_schemas(self.schemas.values())
         return result
 
@@ -793,7 +849,8 @@ def report(result: dict, command: str) -> str:
              f"{sum(result['published'].values()):,} events published ({result['carts']:,} carts).", "",
              "| fault | count | recovered | recovery median | recovery max |", "|---|---:|---:|---:|---:|"]
     names = {"kill": "kill -9 a service (restarted)", "pause": f"SIGSTOP {SESSION_TIMEOUT_S + 5} s (> session timeout)",
-             "extra": "a second instance for 15–30 s", "broker": "Kafka broker restart", "postgres": "PostgreSQL restart"}
+             "extra": "a second instance for 15–30 s", "broker": "Kafka broker restart", "postgres": "PostgreSQL restart",
+             "broker-kill": "kill -9 one of three brokers (cluster), started again 10–20 s later"}
     for kind, s in summary(result).items():
         lines.append(f"| {names.get(kind, kind)} | {s['count']} | {s['recovered']} | {s['median_s']} s | {s['max_s']} s |")
     lines += ["", "| check | result | detail |", "|---|---|---|"]
@@ -813,6 +870,11 @@ def main() -> int:
     parser.add_argument("--extras", type=int, default=6)
     parser.add_argument("--broker-restarts", type=int, default=4)
     parser.add_argument("--pg-restarts", type=int, default=4)
+    parser.add_argument("--cluster", action="store_true", help="on the secured three-broker cluster "
+                        "(deploy/local/cluster.sh, started if down): every service as its own principal, faults "
+                        "--broker-kills, nothing else unless asked")
+    parser.add_argument("--broker-kills", type=int, default=None, help="with --cluster: kill -9 a broker (default 3, "
+                        "1 with --short)")
     parser.add_argument("--customers", type=int, default=400)
     parser.add_argument("--tight-capacity", type=int, default=0, help="default: a third of the expected triggers")
     parser.add_argument("--seed", type=int, default=None)
@@ -821,28 +883,50 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write the whole result as JSON")
     args = parser.parse_args()
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # a broker restart is expected here
-    if args.short:
+    broker_kills = 0
+    if args.cluster:
+        # The cluster run's fault is the broker kill; the single-broker faults stay with the plain run.
+        args.kills = args.pauses = args.extras = args.broker_restarts = args.pg_restarts = 0
+        broker_kills = args.broker_kills if args.broker_kills is not None else (1 if args.short else 3)
+        if args.short:
+            args.minutes, args.customers = 1.0, 400
+    elif args.short:
         args.minutes, args.kills, args.pauses, args.extras, args.broker_restarts, args.pg_restarts = 2.5, 4, 1, 1, 1, 1
         args.customers = 120
     seed = args.seed if args.seed is not None else random.randrange(10**6)
     expected_triggers = args.rate * args.minutes * 60 * 0.75 * 0.7
     plan = Plan(minutes=args.minutes, rate=args.rate, kills=args.kills, pauses=args.pauses, extras=args.extras,
-                broker_restarts=args.broker_restarts, pg_restarts=args.pg_restarts, customers=args.customers,
+                broker_restarts=args.broker_restarts, pg_restarts=args.pg_restarts, broker_kills=broker_kills,
+                customers=args.customers,
                 tight_capacity=args.tight_capacity or max(10, int(expected_triggers / 3)), seed=seed)
     workdir = ROOT / ".local" / "chaos" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     workdir.mkdir(parents=True, exist_ok=True)
     log(f"seed {seed}; ground truth and service logs in {workdir}")
-    result = asyncio.run(Run(plan, workdir).go())
+    cluster, started = None, False
+    if args.cluster:
+        from tests.cluster.access import Cluster
+
+        if "down" in subprocess.run([CLUSTER, "status"], capture_output=True, text=True).stdout:
+            subprocess.run([CLUSTER, "up", sys.executable], check=True, timeout=600)
+            started = True
+        cluster = Cluster()
+    try:
+        result = asyncio.run(Run(plan, workdir, cluster).go())
+    finally:
+        if started:
+            subprocess.run([CLUSTER, "down"], check=False, timeout=120)
+    result["cluster"] = bool(cluster)
     result["seed"] = seed
     (workdir / "result.json").write_text(json.dumps(result, indent=2, default=str))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str))
-    command = "make chaos" if not args.short else "python -m tests.chaos.harness --short"
+    command = " ".join(["python -m tests.chaos.harness"] + sys.argv[1:]) if args.cluster or args.short else "make chaos"
     text = report(result, command)
     print(text)
     if args.report:
         doc = args.report.read_text()
-        begin, end = "<!-- CHAOS-REPORT -->", "<!-- /CHAOS-REPORT -->"
+        block = "CLUSTER-CHAOS-REPORT" if args.cluster else "CHAOS-REPORT"
+        begin, end = f"<!-- {block} -->", f"<!-- /{block} -->"
         head, _, rest = doc.partition(begin)
         _, _, tail = rest.partition(end)
         args.report.write_text(f"{head}{begin}\n{text}{end}{tail}")
