@@ -32,6 +32,8 @@ STEPS: dict[str, tuple[str, list[str], list[str], dict[str, str]]] = {
                            ["--saturation", "300", "--rate", "0", "--instances", "2"], {}),
     "pipeline_12_partitions": ("bench.pipeline", ["--saturation", "10000", "--rate", "0"],
                                ["--saturation", "300", "--rate", "0"], {"VOUCHERSTREAM_CUSTOMER_PARTITIONS": "12"}),
+    "pipeline_cluster": ("bench.pipeline", ["--saturation", "10000", "--rate", "0", "--cluster"],
+                         ["--saturation", "300", "--rate", "0", "--cluster"], {}),
     "segmentation": ("bench.segmentation", ["--events", "50000", "--customers", "5000"],
                      ["--events", "2000", "--customers", "200"], {}),
     "issuance": ("bench.issuance", ["--saturation", "20000", "--rate", "1000", "--seconds", "10"],
@@ -189,6 +191,12 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str]]:
         out.append(("End to end with 12 partitions", num(twelve.get("events_per_s_end_to_end"), "/s"),
                     num(pipe.get("events_per_s_end_to_end"), "/s with 6"),
                     ratio(twelve.get("events_per_s_end_to_end"), pipe.get("events_per_s_end_to_end")), ""))
+    secured = r.get("pipeline_cluster", {})
+    if secured and pipe:
+        out.append(("End to end on the secured cluster (3 brokers, SASL_SSL, 3 replicas, min.insync 2)",
+                    num(secured.get("events_per_s_end_to_end"), "/s"),
+                    num(pipe.get("events_per_s_end_to_end"), "/s on 1 plaintext broker"),
+                    ratio(secured.get("events_per_s_end_to_end"), pipe.get("events_per_s_end_to_end")), ""))
     mem = r.get("memory", {})
     if mem:
         for s in ("consent", "segmentation", "issuance", "analytics"):

@@ -7,6 +7,7 @@ what consent ordering adds to it (the consent marks read by segmentation, the ho
     python -m bench.pipeline --saturation 10000 --rate 1000 --seconds 10
     python -m bench.pipeline --saturation 10000 --rate 0 --instances 2    # two workers per service
     python -m bench.pipeline --saturation 10000 --rate 0 --profile 8      # py-spy each service for 8 s
+    python -m bench.pipeline --saturation 10000 --rate 0 --cluster        # on the secured 3-broker cluster
 
 The customer-keyed topics get ``VOUCHERSTREAM_CUSTOMER_PARTITIONS`` partitions (6 by default; set it
 in the environment to measure 12). ``rss_mb`` is each service's resident memory at the end.
@@ -83,16 +84,27 @@ def ordering_cost(before: dict, after: dict, consent_share: float) -> dict:
 
 
 async def run(saturation: int, rate: int, seconds: float, instances: int = 1, profile_s: float = 0,
-              consent_share: float = 0.1) -> dict:
-    bootstrap = KafkaSettings().bootstrap
+              consent_share: float = 0.1, cluster=None) -> dict:
+    """``cluster``: on the secured three-broker cluster (bench.cluster), the shop publishing as
+    ``shop``, each service as itself, the bench reading as ``admin``."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
-    kafka = KafkaSettings(topic_prefix=prefix)
-    await topics.ensure_topics(bootstrap, prefix, report=lambda *_: None)
+    if cluster:
+        from bench.cluster import prepare
+
+        kafka = await prepare(cluster, prefix)
+        shop = cluster.settings("shop", prefix)
+    else:
+        kafka = shop = KafkaSettings(topic_prefix=prefix)
+        await topics.ensure_topics(kafka, prefix, report=lambda *_: None)
     ports, env = fleet_env(prefix, "pipe")
+    if cluster:
+        env = cluster.service_env() | env
     tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     paced = int(rate * seconds)
     customers = [f"p-{i}" for i in range(saturation + paced)]
     result: dict = {"benchmark": "pipeline", "events_saturation": saturation, "paced_rate_per_s": rate,
+                    "kafka": "3 brokers, SASL_SSL, 3 replicas, min.insync.replicas 2" if cluster else
+                    "1 broker, plaintext, 1 replica",
                     "instances_per_service": instances, "customer_partitions": topics.CUSTOMER_PARTITIONS}
     procs: dict[str, list] = {s: [] for s in SERVICES}
     try:
@@ -108,7 +120,7 @@ async def run(saturation: int, rate: int, seconds: float, instances: int = 1, pr
             await conn.close()
             async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as c:
                 assert (await c.post(f"http://127.0.0.1:{ports['issuance']}/v1/campaigns", json=CAMPAIGN)).status_code == 201
-            producer = await start_producer(kafka, "bench-shop", linger_ms=10)
+            producer = await start_producer(shop, "bench-shop", linger_ms=10)
             now = datetime.now(UTC)
             for cid in customers:
                 for purpose in ("profiling", "personalized_offers", "email"):
@@ -117,7 +129,7 @@ async def run(saturation: int, rate: int, seconds: float, instances: int = 1, pr
                     await producer.send(kafka.topic("consent-changed"), key=cid.encode(), value=ev.encode(e, source="b"))
             await producer.flush()
             arrivals: dict[str, float] = {}
-            reader = AIOKafkaConsumer(kafka.topic("delivery-requested"), bootstrap_servers=bootstrap, group_id=None,
+            reader = AIOKafkaConsumer(kafka.topic("delivery-requested"), **kafka.client_options(), group_id=None,
                                       auto_offset_reset="earliest")
             await reader.start()
 
@@ -129,7 +141,7 @@ async def run(saturation: int, rate: int, seconds: float, instances: int = 1, pr
                             arrivals.setdefault(r.key.decode(), t)
 
             # Consent must have reached segmentation and issuance: wait for consent-state to settle.
-            consent_reader = AIOKafkaConsumer(kafka.topic("consent-state"), bootstrap_servers=bootstrap, group_id=None,
+            consent_reader = AIOKafkaConsumer(kafka.topic("consent-state"), **kafka.client_options(), group_id=None,
                                               auto_offset_reset="earliest")
             await consent_reader.start()
             states: set[str] = set()
@@ -185,7 +197,12 @@ async def run(saturation: int, rate: int, seconds: float, instances: int = 1, pr
             await producer.stop()
             await reader.stop()
     finally:
-        await topics.delete_topics(bootstrap, prefix)
+        if cluster:
+            from bench.cluster import retire
+
+            await retire(kafka)
+        else:
+            await topics.delete_topics(kafka, prefix)
     return result
 
 
@@ -230,11 +247,20 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--instances", type=int, default=1, help="processes per service")
+    parser.add_argument("--cluster", action="store_true", help="on the secured three-broker cluster "
+                        "(deploy/local/cluster.sh, started if down): TLS, SCRAM, ACLs, 3 replicas")
     parser.add_argument("--profile", type=float, default=0, help="py-spy each service for this many seconds")
     parser.add_argument("--consent-share", type=float, default=0.1,
                         help="during the paced phase, one consent change per this many carts' worth (0.1: one per 10)")
     args = parser.parse_args()
-    r = asyncio.run(run(args.saturation, args.rate, args.seconds, args.instances, args.profile, args.consent_share))
+    with contextlib.ExitStack() as stack:
+        cluster = None
+        if args.cluster:
+            from bench.cluster import running
+
+            cluster = stack.enter_context(running())
+        r = asyncio.run(run(args.saturation, args.rate, args.seconds, args.instances, args.profile, args.consent_share,
+                            cluster))
     r["targets"] = {"events_per_s_end_to_end": ">= 2000", "p99_ms_at_1000_per_s": "< 250"}
     r["targets_met"] = r["events_per_s_end_to_end"] >= 2000 and r.get("p99_ms", 0) < 250
     print(json.dumps(r, indent=2))

@@ -460,5 +460,17 @@ def topics_cmd(bootstrap: str = typer.Option("127.0.0.1:9092", envvar="VOUCHERST
     raise typer.Exit(code)
 
 
+@app.command("acls")
+def acls_cmd(prune: bool = typer.Option(False, "--prune", help="delete the registry principals' ACLs it no longer "
+                                        "asks for"),
+             list_only: bool = typer.Option(False, "--list", help="print the ACLs, change nothing")) -> None:
+    """Apply the ACLs the topic registry implies (each service reads what it consumes and writes what
+    it produces; the shop writes its inbound topics; only the sender reads the codes), as a principal
+    allowed to alter ACLs (VOUCHERSTREAM_KAFKA_*)."""
+    from shared import acls
+
+    raise typer.Exit(acls.main((["--prune"] if prune else []) + (["--list"] if list_only else [])))
+
+
 if __name__ == "__main__":
     app()

@@ -775,7 +775,7 @@ class Run:
     async def go(self) -> dict:
         p = self.plan
         if self.cluster:
-            from tests.cluster.access import prepare
+            from bench.cluster import prepare
 
             await prepare(self.cluster, self.prefix)
         else:
@@ -810,7 +810,7 @@ class Run:
                   "checks": checks, "passed": all(c["ok"] for c in checks.values())}
         if result["passed"]:
             if self.cluster:
-                from tests.cluster.access import retire
+                from bench.cluster import retire
 
                 await retire(self.kafka)
             else:
@@ -889,7 +889,7 @@ def main() -> int:
         args.kills = args.pauses = args.extras = args.broker_restarts = args.pg_restarts = 0
         broker_kills = args.broker_kills if args.broker_kills is not None else (1 if args.short else 3)
         if args.short:
-            args.minutes, args.customers = 1.0, 400
+            args.minutes, args.customers = 0.75, 300
     elif args.short:
         args.minutes, args.kills, args.pauses, args.extras, args.broker_restarts, args.pg_restarts = 2.5, 4, 1, 1, 1, 1
         args.customers = 120
@@ -902,19 +902,13 @@ def main() -> int:
     workdir = ROOT / ".local" / "chaos" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     workdir.mkdir(parents=True, exist_ok=True)
     log(f"seed {seed}; ground truth and service logs in {workdir}")
-    cluster, started = None, False
-    if args.cluster:
-        from tests.cluster.access import Cluster
+    with contextlib.ExitStack() as stack:
+        cluster = None
+        if args.cluster:
+            from bench.cluster import running
 
-        if "down" in subprocess.run([CLUSTER, "status"], capture_output=True, text=True).stdout:
-            subprocess.run([CLUSTER, "up", sys.executable], check=True, timeout=600)
-            started = True
-        cluster = Cluster()
-    try:
+            cluster = stack.enter_context(running())
         result = asyncio.run(Run(plan, workdir, cluster).go())
-    finally:
-        if started:
-            subprocess.run([CLUSTER, "down"], check=False, timeout=120)
     result["cluster"] = bool(cluster)
     result["seed"] = seed
     (workdir / "result.json").write_text(json.dumps(result, indent=2, default=str))

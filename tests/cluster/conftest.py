@@ -5,25 +5,16 @@ and the registry's ACLs for that prefix."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from tests.cluster.access import CLUSTER, Cluster, prepare, retire
+from bench.cluster import prepare, retire, running
 from tests.support import unique
 
 
 @pytest.fixture(scope="package")
 def cluster():
-    running = "down" not in subprocess.run([CLUSTER, "status"], capture_output=True, text=True).stdout
-    if not running:
-        subprocess.run([CLUSTER, "up", sys.executable], check=True, timeout=600)
-    try:
-        yield Cluster()
-    finally:
-        if not running:
-            subprocess.run([CLUSTER, "down"], check=False, timeout=120)
+    with running() as cluster:
+        yield cluster
 
 
 @pytest.fixture

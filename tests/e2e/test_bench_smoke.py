@@ -32,6 +32,7 @@ async def test_every_benchmark_step_runs_and_fills_the_table(tmp_path):
     empty = [figure for figure, value, *_ in rows if value in ("–", "", "nan")]
     assert not empty, f"figures without a value: {empty}"
     assert results["pipeline"]["events_per_s_end_to_end"] > 0
+    assert results["pipeline_cluster"]["events_per_s_end_to_end"] > 0 and "SASL_SSL" in results["pipeline_cluster"]["kafka"]
     assert results["checkout"]["redeem_at_rate"]["success_ratio"] == 1
     assert results["memory"]["samples"], "memory was sampled while the events went through"
     erasure = results["privacy"]["erasure"]

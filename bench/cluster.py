@@ -3,7 +3,9 @@ cluster tests and the fault run's ``--cluster`` mode."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+import sys
 
 from bench.common import ROOT
 from shared import acls
@@ -79,3 +81,16 @@ async def retire(admin: KafkaSettings) -> None:
 
     await asyncio.to_thread(acls.remove, admin, admin.topic_prefix)
     await asyncio.wait_for(topics.delete_topics(admin, admin.topic_prefix), 60)
+
+
+@contextlib.contextmanager
+def running():
+    """The cluster, started (`deploy/local/cluster.sh up`) if it is down and stopped again after."""
+    started = "down" in subprocess.run([CLUSTER, "status"], capture_output=True, text=True).stdout
+    if started:
+        subprocess.run([CLUSTER, "up", sys.executable], check=True, timeout=600)
+    try:
+        yield Cluster()
+    finally:
+        if started:
+            subprocess.run([CLUSTER, "down"], check=False, timeout=120)
