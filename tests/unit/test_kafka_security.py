@@ -95,3 +95,10 @@ def test_under_a_prefix_every_name_carries_it_and_groups_are_per_principal():
     assert all(a.name.startswith("p.") for a in derived)
     groups = {(a.principal, a.name, a.pattern) for a in derived if a.resource == "GROUP"}
     assert groups == {(p, "p." + p, "PREFIXED") for p in acls.SERVICES + acls.EXTERNAL}
+
+
+def test_the_operations_guide_shows_the_acls_the_registry_implies():
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs/operations.md").read_text()
+    assert acls.markdown_table() in text, "docs/operations.md's ACL table is stale: paste shared.acls.markdown_table()"
