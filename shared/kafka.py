@@ -141,6 +141,9 @@ class Producer:
                 try:
                     await fresh.start()
                     break
+                except asyncio.CancelledError:  # stop() while replacing: nothing left open
+                    await fresh.stop()
+                    raise
                 except Exception as exc:  # noqa: BLE001 - the broker may still be away: try again
                     log.warning("could not start a fresh producer yet", extra={"error": repr(exc), "retry_in_s": delay})
                     await fresh.stop()

@@ -13,6 +13,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 
 from shared import events as ev
+from shared import topics
 from shared.demo import dead_letters
 from shared.kafka import send_all, start_producer
 from shared.topics import all_topics
@@ -152,3 +153,20 @@ async def test_the_cart_story_on_three_brokers_with_every_service_as_itself(clus
     for log in tmp_path.glob("*.log"):
         text = log.read_text(errors="replace")
         assert "AuthorizationFailed" not in text and "authorization" not in text.lower(), log.name
+
+
+async def test_make_topics_is_idempotent_on_the_cluster_and_reports_drift(secured):
+    again = await topics.ensure_topics(secured, secured.topic_prefix, report=lambda *_: None)
+    assert set(again.values()) == {"unchanged"}
+    said: list[str] = []
+    looser = secured.model_copy(update={"min_insync_replicas": 1})
+    changed = await topics.ensure_topics(looser, secured.topic_prefix, report=said.append)
+    assert set(changed.values()) == {"updated"}
+    assert any("min.insync.replicas 2 -> 1" in line for line in said), said
+    said.clear()
+    fewer = secured.model_copy(update={"replication_factor": 2})  # Kafka cannot change it in place
+    await topics.ensure_topics(fewer, secured.topic_prefix, report=said.append)
+    assert sum("has 3 replicas, the settings say 2" in line for line in said) == len(again), said[:3]
+    # (that run set min.insync.replicas back to 2 as well)
+    assert set((await topics.ensure_topics(secured, secured.topic_prefix, report=lambda *_: None)).values()) \
+        == {"unchanged"}
