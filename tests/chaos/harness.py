@@ -893,7 +893,7 @@ def main() -> int:
         args.kills = args.pauses = args.extras = args.broker_restarts = args.pg_restarts = 0
         broker_kills = args.broker_kills if args.broker_kills is not None else (1 if args.short else 3)
         if args.short:
-            args.minutes, args.customers = 0.75, 300
+            args.minutes, args.customers = 0.5, 200
     elif args.short:
         args.minutes, args.kills, args.pauses, args.extras, args.broker_restarts, args.pg_restarts = 2.5, 4, 1, 1, 1, 1
         args.customers = 120
