@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from shared.settings import KafkaSettings
-from shared.topics import DLQ_SUFFIX, EXTERNAL, TOPICS  # noqa: F401 (EXTERNAL: part of this API)
+from shared.topics import DLQ_SUFFIX, EXTERNAL, TOPICS, all_topics
 
-SERVICES = ("consent", "segmentation", "issuance", "analytics")
+# The principals are the registry's producers and consumers: the services, then the shop and its sender.
+SERVICES = tuple(dict.fromkeys(p for t in TOPICS for p in t.producers + t.consumers if p not in EXTERNAL))
 PRINCIPALS = SERVICES + EXTERNAL
 
 Operation = Literal["READ", "WRITE", "DESCRIBE"]
@@ -78,7 +79,9 @@ def apply(kafka: KafkaSettings, prefix: str = "", *, prune: bool = False, timeou
     admin = AdminClient(admin_config(kafka))
     wanted = derive(prefix)
     have = {_from_binding(b) for b in _describe(admin, AclBindingFilter, timeout_s)}
-    have = {a for a in have if a is not None and a.principal in PRINCIPALS and a.name.startswith(prefix)}
+    # Only this deployment's names: another prefix's ACLs on a shared cluster are not extra here.
+    ours = {name for name, _ in all_topics(prefix)} | {prefix + p for p in PRINCIPALS}
+    have = {a for a in have if a is not None and a.principal in PRINCIPALS and a.name in ours}
     missing = [a for a in wanted if a not in have]
     if missing:
         for future in admin.create_acls([_binding(AclBinding, a) for a in missing],

@@ -18,7 +18,6 @@ from typing import Literal
 from aiokafka.partitioner import murmur2
 
 from shared import events as ev
-
 from shared.settings import KafkaSettings
 
 DAY_MS = 24 * 3600 * 1000

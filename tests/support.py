@@ -191,3 +191,26 @@ def describe_lags(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
         lag = row["LAG"] if row["LAG"] != "-" else end
         lags[(row["TOPIC"], int(row["PARTITION"]))] = int(lag) if lag != "-" else 0
     return lags
+
+
+async def fault_run(tmp_path, *args: str, timeout: float = 840) -> tuple[dict, str, int]:
+    """Runs the fault harness (``python -m tests.chaos.harness ARGS``) as its own process; returns
+    its JSON result, the tail of its report and its exit status."""
+    import json
+    import os
+    import sys
+
+    from bench.common import ROOT
+
+    out = tmp_path / "result.json"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.chaos.harness", *args, "--json", str(out), cwd=ROOT,
+        env=os.environ | {"PYTHONPATH": str(ROOT)}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        text, _ = await asyncio.wait_for(proc.communicate(), timeout=timeout)
+    except TimeoutError:
+        proc.kill()
+        raise
+    report = text.decode(errors="replace")
+    assert out.exists(), report[-4000:]
+    return json.loads(out.read_text()), report[-3000:], proc.returncode

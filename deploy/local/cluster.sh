@@ -200,7 +200,8 @@ up() {
   wait_ready 3
   # The registry's topics (3 replicas, 2 in sync) and its ACLs, as the admin principal.
   (set -a; eval "$(env_of admin)"; set +a; export PYTHONPATH="$ROOT"
-   "$PY" -m shared.topics | grep -c "created\|updated\|unchanged" | xargs printf '[cluster] %s registry topics in place\n' >&2
+   "$PY" -m shared.topics | awk '/^(created|updated|unchanged) /{n++; next} {print "[cluster] " $0}
+                                  END {printf "[cluster] %d registry topics in place\n", n}' >&2
    "$PY" -m shared.acls --prune | sed 's/^/[cluster] /' >&2)
 }
 

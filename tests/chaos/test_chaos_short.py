@@ -5,33 +5,19 @@ check against the shop's ground truth. See tests/chaos/harness.py for the checks
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 
 import pytest
 
-from bench.common import ROOT
+from tests.support import fault_run
 
 pytestmark = [pytest.mark.chaos, pytest.mark.kafka, pytest.mark.postgres, pytest.mark.timeout(900)]
 
 
 async def test_every_fault_kind_nothing_lost_nothing_twice(tmp_path):
-    out = tmp_path / "result.json"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.chaos.harness", "--short", "--json", str(out), cwd=ROOT,
-        env=os.environ | {"PYTHONPATH": str(ROOT)}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    try:
-        text, _ = await asyncio.wait_for(proc.communicate(), timeout=900)
-    except TimeoutError:
-        proc.kill()
-        raise
-    report = text.decode(errors="replace")
-    assert out.exists(), report[-4000:]
-    result = json.loads(out.read_text())
+    result, report, status = await fault_run(tmp_path, "--short", timeout=900)
     kinds = {f["kind"] for f in result["faults"]}
     assert kinds == {"kill", "pause", "extra", "broker", "postgres"}, kinds
     failed = {name: c for name, c in result["checks"].items() if not c["ok"]}
-    assert not failed, json.dumps(failed, indent=1, default=str) + "\n" + report[-3000:]
-    assert proc.returncode == 0, report[-3000:]
+    assert not failed, json.dumps(failed, indent=1, default=str) + "\n" + report
+    assert status == 0, report

@@ -18,6 +18,7 @@ from shared.demo import dead_letters
 from shared.kafka import send_all, start_producer
 from shared.topics import all_topics
 from tests.e2e.fleet import Fleet
+from tests.e2e.test_consent_wins import campaign, record  # the reference cart campaign, roomy; a shop record
 from tests.support import read_topic, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -26,10 +27,6 @@ pytestmark = pytest.mark.cluster
 def consent(cid: str, purpose: str) -> ev.ConsentChanged:
     return ev.ConsentChanged(customer_id=cid, purpose=purpose, granted=True, policy_version="v1", source="test",
                              occurred_at=datetime.now(UTC))
-
-
-def record(kafka, topic: str, event: ev.Event):
-    return (kafka.topic(topic), event.key().encode(), ev.encode(event, source="test-shop"), None)
 
 
 async def produce(kafka, topic: str, event: ev.Event | bytes) -> None:
@@ -118,7 +115,6 @@ async def test_the_cart_story_on_three_brokers_with_every_service_as_itself(clus
     shop, sender = cluster.settings("shop", secured.topic_prefix), cluster.settings("sender", secured.topic_prefix)
     async with Fleet(secured, tmp_path, **cluster.service_env()) as fleet:
         async with fleet.client("issuance") as client:
-            from tests.e2e.test_consent_wins import campaign  # the reference cart campaign, roomy
             assert (await client.post("/v1/campaigns", json=campaign())).status_code == 201
         cid = "c-cluster-cart"
         producer = await start_producer(shop, "test-shop")
