@@ -140,6 +140,10 @@ def db_migrate(services: str = typer.Option(",".join(DB_SERVICES), help="comma-s
     console.print(f"migrated {', '.join(targets)}")
 
 
+# The deploy Jobs' one-word spelling (the Helm chart's pre-install hook runs `db migrate`).
+app.command("migrate", help="Apply pending migrations of every service's schema (the same as `db migrate`).")(db_migrate)
+
+
 @db_app.command("grant")
 def db_grant(services: str = typer.Argument(..., help="comma-separated: consent, segmentation, issuance, analytics"),
              role: str = typer.Option(None, help="the login to create or update, for one service "

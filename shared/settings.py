@@ -1,6 +1,7 @@
 """Settings shared by every service. Each service adds its own class with its own env prefix
 (``CONSENT_``, ``ISSUANCE_`` ...); the infrastructure below is read from ``VOUCHERSTREAM_*`` so one
-environment configures all four. Every default works on the local stack (`make up`)."""
+environment configures all four. Every default works on the local stack (`make up`). An empty
+variable counts as unset: docker-compose and the Helm chart pass every setting, most of them empty."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class KafkaSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VOUCHERSTREAM_KAFKA_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="VOUCHERSTREAM_KAFKA_", extra="ignore", env_ignore_empty=True)
 
     bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = Field("", description="prepended to every topic name (tests, shared clusters)")
@@ -104,7 +105,7 @@ class KafkaSettings(BaseSettings):
 
 
 class PostgresSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VOUCHERSTREAM_POSTGRES_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="VOUCHERSTREAM_POSTGRES_", extra="ignore", env_ignore_empty=True)
 
     dsn: SecretStr = SecretStr("postgresql://voucherstream:voucherstream@127.0.0.1:5432/voucherstream?sslmode=disable")
     pool_min: int = Field(2, ge=1)
@@ -115,7 +116,7 @@ class PostgresSettings(BaseSettings):
 class DataKeySettings(BaseSettings):
     """The per-customer data keys that seal personal fields on Kafka (``shared.datakeys``)."""
 
-    model_config = SettingsConfigDict(env_prefix="VOUCHERSTREAM_DATA_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="VOUCHERSTREAM_DATA_", extra="ignore", env_ignore_empty=True)
 
     key: SecretStr = Field(SecretStr("local-dev-data-key-change-me"),
                            description="wraps every customer's data key in the key store (the same in every service)")
@@ -130,7 +131,7 @@ class DataKeySettings(BaseSettings):
 class ServiceSettings(BaseSettings):
     """Base of each service's settings; subclasses set ``env_prefix`` and ``service``."""
 
-    model_config = SettingsConfigDict(extra="ignore")
+    model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True)
 
     service: str = "voucherstream"
     environment: Literal["development", "production"] = Field(
