@@ -15,7 +15,7 @@ export PYTHONPATH := $(CURDIR)
 export VOUCHERSTREAM_ENVIRONMENT ?= development
 STACK  := deploy/local/stack.sh
 
-.PHONY: help venv up down status topics run chaos cluster-up cluster-down bench bench-smoke bench-privacy bench-memory bench-consent bench-issuance bench-segmentation bench-checkout bench-freshness bench-pipeline dashboards test test-races test-unit lock compose-config clean
+.PHONY: help venv up down status topics run chaos scale-out cluster-up cluster-down bench bench-smoke bench-privacy bench-memory bench-consent bench-issuance bench-segmentation bench-checkout bench-freshness bench-pipeline dashboards helm-files helm-check test test-races test-unit lock compose-config clean
 
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -64,6 +64,32 @@ $(VEGETA):
 	@echo "[make] installing vegeta (a constant-rate HTTP load generator) from the Go module proxy"
 	@GOBIN=$(CACHE)/bin go install github.com/tsenart/vegeta/v12@v12.12.0
 
+# The chart's offline checks (make test): helm built from its Go module, and the CRD schemas of
+# KEDA and the prometheus-operator from theirs; both cached, versioned by path.
+HELM_VERSION := v3.22.0
+HELM := $(CACHE)/helm-$(HELM_VERSION)/helm
+$(HELM):
+	@echo "[make] building helm $(HELM_VERSION) from its Go module (once; about 5 min on 2 cores)"
+	@GOBIN=$(dir $(HELM)) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+CRDS := $(CACHE)/crds-keda-v2.18.0-promop-v0.85.0
+$(CRDS):
+	@deploy/helm/crds.sh $@ v2.18.0 v0.85.0
+# docker-compose.yml loaded by compose-go, the library `docker compose` itself loads it with
+# (the path carries a hash of its source, so a fresh clone reuses the cached build).
+COMPOSE_CHECK := $(CACHE)/compose-check-$(shell cat deploy/compose-check/go.sum deploy/compose-check/main.go | sha256sum | cut -c1-12)/compose-check
+$(COMPOSE_CHECK):
+	@echo "[make] building compose-check (compose-spec/compose-go) from the Go module proxy"
+	@cd deploy/compose-check && go build -o $@ .
+export VOUCHERSTREAM_HELM := $(HELM)
+export VOUCHERSTREAM_COMPOSE_CHECK := $(COMPOSE_CHECK)
+export VOUCHERSTREAM_CRDS := $(CRDS)
+
+helm-files: venv ## regenerate the chart's consumer groups (deploy/helm/voucherstream/files/consumers.yaml) from the topic registry
+	@$(PY) -m deploy.helm
+
+helm-check: venv $(HELM) $(CRDS) ## helm lint, helm template and every rendered manifest against the Kubernetes, KEDA and prometheus-operator schemas
+	@$(PY) -m pytest -q -p no:cacheprovider tests/unit/test_helm_chart.py
+
 bench-checkout: venv $(VEGETA) ## validate/redeem p50/p99 at 1,000 req/s and the max rate, next to /healthz and pgbench
 	@$(STACK) up kafka postgres
 	@PATH="$$PATH:$$(ls -d /usr/lib/postgresql/*/bin | tail -1)" $(PY) -m bench.checkout --rate 1000 --seconds 10 --workers 1
@@ -91,12 +117,15 @@ bench-freshness: venv ## a redemption -> analytics /metrics and budget-counters,
 dashboards: venv ## regenerate the Grafana dashboards (deploy/grafana/dashboards/*.json) from their code
 	@$(PY) -m deploy.grafana.dashboards
 
-test: venv $(VEGETA) ## the whole suite on the real stack; starts what it needs and stops what it started
+test: venv $(VEGETA) $(HELM) $(CRDS) $(COMPOSE_CHECK) ## the whole suite on the real stack; starts what it needs and stops what it started
 	@bash tests/run.sh $(PY)
 
 chaos: venv ## 30 min of faults under load (36 kill -9, broker and PostgreSQL restarts...), then 5 min at 500/s on the secured cluster with 3 broker kills; every check; report in docs/reliability.md
 	@bash tests/run.sh $(PY) tests.chaos.harness --minutes $(or $(CHAOS_MINUTES),30) --report docs/reliability.md
 	@bash tests/run.sh $(PY) tests.chaos.harness --cluster --rate 500 --minutes $(or $(CLUSTER_CHAOS_MINUTES),5) --broker-kills 3 --report docs/reliability.md
+
+scale-out: venv ## what KEDA does, with processes: a backlog, then 1, 2 and 3 instances of segmentation and issuance under load; rates per phase and every chaos check (docs/reliability.md)
+	@bash tests/run.sh $(PY) tests.chaos.scale_out --report docs/reliability.md
 
 cluster-up: venv ## a secured three-broker Kafka on loopback (TLS, SCRAM logins, registry ACLs, 3 replicas); `deploy/local/cluster.sh env NAME` prints a login
 	@deploy/local/cluster.sh up $(PY)
@@ -116,10 +145,9 @@ lock: ## regenerate requirements.lock from pyproject.toml
 	@$(CACHE)/lock-venv/bin/pip install -q ".[dev]" && $(CACHE)/lock-venv/bin/pip freeze --exclude voucherstream \
 	  | sed '1i # Locked transitive set for `pip install -c requirements.lock`. Regenerate with `make lock`.' > requirements.lock
 
-compose-config: ## validate docker-compose.yml (needs docker compose or Debian's docker-compose)
+compose-config: $(COMPOSE_CHECK) ## validate docker-compose.yml with the variables of this shell (docker compose config, or the same loader without Docker)
 	@if docker compose version >/dev/null 2>&1; then docker compose config -q; \
-	 elif command -v docker-compose >/dev/null; then docker-compose -f docker-compose.yml config -q; \
-	 else echo "no docker compose here: apt-get install docker-compose"; exit 1; fi && echo "docker-compose.yml is valid"
+	 else $(COMPOSE_CHECK) docker-compose.yml >/dev/null; fi && echo "docker-compose.yml is valid"
 
 clean: ## remove local runtime state (Kafka data, logs); keeps the caches
 	@$(STACK) down

@@ -1,0 +1,5 @@
+import sys
+
+from deploy.helm.consumers import main
+
+sys.exit(main())
