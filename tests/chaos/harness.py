@@ -6,7 +6,7 @@ issue #10 against the ground truth.
 
     python -m tests.chaos.harness --minutes 30 --kills 36 --pauses 6 --extras 6 \\
         --broker-restarts 4 --pg-restarts 4 --report docs/reliability.md     # make chaos
-    python -m tests.chaos.harness --short                                   # the make-test version
+    python -m tests.chaos.harness --short                                   # the make-test version (2 min)
     python -m tests.chaos.harness --cluster --rate 500 --minutes 5 --broker-kills 3  # make chaos, second part
     python -m tests.chaos.harness --cluster --short --rate 500              # its make-test version
 
@@ -133,6 +133,7 @@ class Fleet:
         self.client = httpx.AsyncClient()
         self._watch: asyncio.Task | None = None
         self.extra_count = 0
+        self.added: list[Instance] = []  # instances that join for good (the scale-out rehearsal)
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.primary[service].port}"
@@ -148,7 +149,7 @@ class Fleet:
         survive broker and database restarts by themselves); it is restarted so the run goes on."""
         while True:
             await asyncio.sleep(0.5)
-            for inst in self.primary.values():
+            for inst in [*self.primary.values(), *self.added]:
                 if inst.proc and inst.proc.returncode is not None and not inst.expected_exit:
                     inst.unexpected_exits.append(inst.proc.returncode)
                     log(f"{inst.service} exited by itself with {inst.proc.returncode}; restarting it (a failed check)")
@@ -187,15 +188,32 @@ class Fleet:
         await asyncio.sleep(seconds)
         await inst.stop()
 
+    async def add(self, service: str) -> Instance:
+        """Another instance of a service that stays (as KEDA adds a pod): it joins the group."""
+        inst = Instance(service, free_port(), self.env, self.logdir, tag=f"-{len(self.added) + 2}")
+        await inst.start()
+        self.added.append(inst)
+        deadline = time.monotonic() + 60
+        while not await inst.ready(self.client):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the added {service} was not ready after 60 s; log {inst.log_path}")
+            await asyncio.sleep(0.2)
+        return inst
+
     async def stop(self) -> None:
         if self._watch:
             self._watch.cancel()
+        await asyncio.gather(*(inst.stop() for inst in self.added))
         for inst in self.primary.values():
             await inst.stop()
         await self.client.aclose()
 
     def unexpected_exits(self) -> dict[str, list[int]]:
-        return {s: i.unexpected_exits for s, i in self.primary.items() if i.unexpected_exits}
+        out = {s: i.unexpected_exits for s, i in self.primary.items() if i.unexpected_exits}
+        for i in self.added:
+            if i.unexpected_exits:
+                out.setdefault(i.service, []).extend(i.unexpected_exits)
+        return out
 
 
 async def kill_broker(node: int, down_s: float) -> None:
@@ -483,21 +501,40 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     return cluster.partitions_for_topic(topic) or set()
 
 
-async def group_lags(kafka: KafkaSettings, prefix: str) -> dict[str, int]:
+async def group_lags(kafka: KafkaSettings, prefix: str, patience_s: float = 120) -> dict[str, int]:
     """Each of the run's consumer groups: messages not yet committed on its input topics."""
+    return {g: end - committed for g, (committed, end) in (await group_offsets(kafka, prefix, patience_s)).items()}
+
+
+async def group_offsets(kafka: KafkaSettings, prefix: str, patience_s: float = 120) -> dict[str, tuple[int, int]]:
+    """Each of the run's consumer groups: (offsets committed, log-end offsets) summed over its
+    input partitions. An answer the broker marks retriable (a coordinator still loading its
+    groups after a broker came back, a leader moving) is asked again until `patience_s` passed."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return await _group_offsets(kafka, prefix)
+        except KafkaError as exc:
+            if not exc.retriable or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1)
+
+
+async def _group_offsets(kafka: KafkaSettings, prefix: str) -> dict[str, tuple[int, int]]:
     admin = AIOKafkaAdminClient(**kafka.client_options())
     consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None)
     await admin.start()
     await consumer.start()
     try:
         groups = [g[0] for g in await admin.list_consumer_groups() if g[0].startswith(prefix)]
-        lags = {}
+        out = {}
         for g in groups:
             offsets = await admin.list_consumer_group_offsets(g)
             tps = [tp for tp in offsets if not tp.topic.endswith("-changelog")]
             ends = await consumer.end_offsets(tps) if tps else {}
-            lags[g.removeprefix(prefix)] = sum(max(0, ends[tp] - offsets[tp].offset) for tp in tps)
-        return lags
+            committed = {tp: min(offsets[tp].offset, ends[tp]) for tp in tps}
+            out[g.removeprefix(prefix)] = (sum(committed.values()), sum(ends[tp] for tp in tps))
+        return out
     finally:
         await consumer.stop()
         await admin.close()
@@ -531,6 +568,7 @@ class Plan:
     seed: int
     recovery_timeout_s: float = 240.0
     broker_kills: int = 0  # on the secured cluster: kill -9 one of three brokers, start it again
+    broker_down_s: tuple[float, float] = (10, 20)  # how long a killed broker stays down
     faults: list[Fault] = field(default_factory=list)
 
 
@@ -616,6 +654,10 @@ class Run:
         return [(k, self.rng.choice(SERVICES) if k in ("kill", "pause", "extra")
                  else f"node {1 + self.rng.randrange(3)}" if k == "broker-kill" else k) for k in kinds]
 
+    async def during_load(self, shop: Shop, observer: Observer) -> None:
+        """What happens while the shop publishes: here the faults (tests/chaos/scale_out.py: replicas)."""
+        await self.inject(shop, observer)
+
     async def inject(self, shop: Shop, observer: Observer) -> None:
         faults = self.schedule()
         budget = self.plan.minutes * 60
@@ -637,7 +679,7 @@ class Run:
                 elif kind == "extra":
                     await self.fleet.extra(target, self.rng.uniform(15, 30))
                 elif kind == "broker-kill":
-                    await kill_broker(int(target.split()[-1]), down_s=self.rng.uniform(10, 20))
+                    await kill_broker(int(target.split()[-1]), down_s=self.rng.uniform(*self.plan.broker_down_s))
                 else:
                     await restart_component("kafka" if kind == "broker" else "postgres")
             except Exception as exc:  # noqa: BLE001 - a fault that could not be applied is reported
@@ -762,7 +804,7 @@ class Run:
         sampler = asyncio.create_task(self.sample_invariant(stop))
         load = asyncio.create_task(shop.load(p.rate, stop))
         t0 = time.monotonic()
-        await self.inject(shop, observer)
+        await self.during_load(shop, observer)
         if (rest := p.minutes * 60 - (time.monotonic() - t0)) > 0:
             await asyncio.sleep(rest)
         stop.set()
@@ -808,7 +850,7 @@ class Run:
                         await part.stop()
         result = {"prefix": self.prefix, "minutes": p.minutes, "rate_per_s": p.rate, "seconds": round(self.load_seconds),
                   "published": dict(shop.published), "carts": len(shop.carts), "faults": [asdict(f) for f in p.faults],
-                  "checks": checks, "passed": all(c["ok"] for c in checks.values())}
+                  "checks": checks, "passed": all(c["ok"] for c in checks.values()), "broker_down_s": list(p.broker_down_s)}
         if result["passed"]:
             if self.cluster:
                 from bench.cluster import retire
@@ -854,7 +896,8 @@ def report(result: dict, command: str) -> str:
              "| fault | count | recovered | recovery median | recovery max |", "|---|---:|---:|---:|---:|"]
     names = {"kill": "kill -9 a service (restarted)", "pause": f"SIGSTOP {SESSION_TIMEOUT_S + 5} s (> session timeout)",
              "extra": "a second instance for 15–30 s", "broker": "Kafka broker restart", "postgres": "PostgreSQL restart",
-             "broker-kill": "kill -9 one of three brokers (cluster), started again 10–20 s later"}
+             "broker-kill": "kill -9 one of three brokers (cluster), started again {:g}–{:g} s later".format(
+                 *result.get("broker_down_s", (10, 20)))}
     for kind, s in summary(result).items():
         lines.append(f"| {names.get(kind, kind)} | {s['count']} | {s['recovered']} | {s['median_s']} s | {s['max_s']} s |")
     lines += ["", "| check | result | detail |", "|---|---|---|"]
@@ -882,7 +925,8 @@ def main() -> int:
     parser.add_argument("--customers", type=int, default=400)
     parser.add_argument("--tight-capacity", type=int, default=0, help="default: a third of the expected triggers")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--short", action="store_true", help="the make-test version: about 3 minutes, every fault kind")
+    parser.add_argument("--short", action="store_true", help="the make-test version: 2 minutes of load, every fault "
+                        "kind (with --cluster: 30 s, one broker down 3-6 s)")
     parser.add_argument("--report", type=Path, help="write the report (markdown) into this file's CHAOS-REPORT block")
     parser.add_argument("--json", type=Path, help="write the whole result as JSON")
     args = parser.parse_args()
@@ -895,12 +939,13 @@ def main() -> int:
         if args.short:
             args.minutes, args.customers = 0.5, 200
     elif args.short:
-        args.minutes, args.kills, args.pauses, args.extras, args.broker_restarts, args.pg_restarts = 2.5, 4, 1, 1, 1, 1
+        args.minutes, args.kills, args.pauses, args.extras, args.broker_restarts, args.pg_restarts = 2, 3, 1, 1, 1, 1
         args.customers = 120
     seed = args.seed if args.seed is not None else random.randrange(10**6)
     expected_triggers = args.rate * args.minutes * 60 * 0.75 * 0.7
     plan = Plan(minutes=args.minutes, rate=args.rate, kills=args.kills, pauses=args.pauses, extras=args.extras,
                 broker_restarts=args.broker_restarts, pg_restarts=args.pg_restarts, broker_kills=broker_kills,
+                broker_down_s=(3, 6) if args.short else (10, 20),
                 customers=args.customers,
                 tight_capacity=args.tight_capacity or max(10, int(expected_triggers / 3)), seed=seed)
     workdir = ROOT / ".local" / "chaos" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
