@@ -4,6 +4,7 @@ PostgreSQL schema, so tests never see each other's data."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import warnings
 
@@ -53,6 +54,49 @@ async def pg_schema(postgres_settings: PostgresSettings):
     await pool.close()
 
 
+class _SharedCluster:
+    """The secured three-broker cluster (deploy/local/cluster.sh), started by the first test that
+    asks for it — if it is down — and stopped after the last one, so the cluster tests and the
+    benchmark smoke's cluster step share one start (about 45 s each on 2 cores)."""
+
+    def __init__(self) -> None:
+        self.stack: contextlib.ExitStack | None = None
+        self.cluster = None
+        self.last_user: str | None = None
+
+    def get(self):
+        if self.cluster is None:
+            from bench.cluster import running
+
+            self.stack = contextlib.ExitStack()
+            self.cluster = self.stack.enter_context(running())
+        return self.cluster
+
+    def close(self) -> None:
+        if self.stack is not None:
+            stack, self.stack, self.cluster = self.stack, None, None
+            stack.close()
+
+
+SHARED_CLUSTER = _SharedCluster()
+
+
+@pytest.fixture
+def secured_cluster():
+    """The secured cluster (bench.cluster.Cluster), up for this test."""
+    return SHARED_CLUSTER.get()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    if item.nodeid == SHARED_CLUSTER.last_user:
+        SHARED_CLUSTER.close()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    SHARED_CLUSTER.close()
+
+
 def pytest_collection_modifyitems(config, items):
     # Tests under integration/ and e2e/ talk to the real stack; mark them so `-m "not kafka"` works.
     for item in items:
@@ -63,5 +107,8 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.kafka)
             if names & {"pg_schema", "postgres_settings"}:
                 item.add_marker(pytest.mark.postgres)
-    # The fault-tolerance run restarts the broker and the database: it goes last.
-    items.sort(key=lambda item: "/chaos/" in str(item.fspath))
+    # The fault-tolerance run restarts the broker and the database: it goes last; the tests on the
+    # secured cluster go first, together, so it runs only while they do.
+    items.sort(key=lambda item: ("/chaos/" in str(item.fspath), "secured_cluster" not in item.fixturenames))
+    users = [item.nodeid for item in items if "secured_cluster" in item.fixturenames]
+    SHARED_CLUSTER.last_user = users[-1] if users else None

@@ -37,7 +37,7 @@ if (($#)); then
   "$PY" -m "$@"
 else
   # shellcheck disable=SC2086
-  "$PY" -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-}
+  "$PY" -m pytest -q -p no:cacheprovider --durations=25 ${PYTEST_ARGS:-}
 fi
 status=$?
 echo "[test] finished in $((SECONDS - t0)) s with exit code $status"

@@ -16,7 +16,9 @@ from bench.common import ROOT
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.postgres, pytest.mark.timeout(600)]
 
 
-async def test_every_benchmark_step_runs_and_fills_the_table(tmp_path):
+async def test_every_benchmark_step_runs_and_fills_the_table(tmp_path, secured_cluster):
+    """(secured_cluster: the pipeline_cluster step runs on the session's cluster instead of
+    starting its own.)"""
     out = tmp_path / "smoke.json"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.all", "--smoke", "--json", str(out), cwd=ROOT,

@@ -21,6 +21,6 @@ async def test_schemathesis_finds_no_server_error_and_no_off_schema_answer(kafka
                 "offer": {"kind": "fixed_amount", "amount": {"amount": 2000, "currency": "USD"}},
                 "validity": {"days_after_issue": 3}, "budget": {"limit": {"amount": 100000, "currency": "USD"}}})
                     ).status_code == 201
-        code, report = await schemathesis(f"http://127.0.0.1:{port}", key, max_time=40)
+        code, report = await schemathesis(f"http://127.0.0.1:{port}", key, max_time=30)
     assert code == 0, report[-8000:]
     assert "Traceback" not in (tmp_path / "issuance.log").read_text()
