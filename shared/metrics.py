@@ -4,7 +4,8 @@ several in one process). Names follow ``voucherstream_<thing>_<unit>``; labels a
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR,
+                               CollectorRegistry, Counter, Gauge, Histogram, generate_latest)
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -17,6 +18,11 @@ class Metrics:
         self.service = service
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        if registry is None:
+            # The process's own: resident memory, CPU seconds, open files, GC, Python version —
+            # what a memory limit or a CPU autoscaler is set from (one process, so shared).
+            for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+                r.register(collector)
         self.consumed = Counter("voucherstream_messages_consumed_total",
                                 "Messages read from Kafka, by outcome (handled, dead_lettered, skipped_erased)",
                                 ["service", "topic", "outcome"], registry=r)

@@ -51,6 +51,10 @@ async def test_the_served_openapi_survives_schemathesis_and_sigterm_stops_the_pr
             assert "/v1/privacy/erasures" in spec["paths"] and "/v1/consents" in spec["paths"]
             metrics = (await client.get("/metrics")).text
             assert "voucherstream_consent_propagation_seconds" in metrics
+            # The process's own figures, for memory limits and CPU autoscaling (the chart's).
+            rss = next(float(line.split()[1]) for line in metrics.splitlines()
+                       if line.startswith("process_resident_memory_bytes "))
+            assert abs(rss / 1024 - rss_kb(proc.pid)) < 50_000 and "python_gc_objects_collected_total" in metrics
             # Bodies are bounded before anything reads them: 20 bodies of 10 MB, announced or
             # streamed without a length, are refused and the process does not grow.
             before = rss_kb(proc.pid)
