@@ -69,7 +69,7 @@ $(VEGETA):
 HELM_VERSION := v3.22.0
 HELM := $(CACHE)/helm-$(HELM_VERSION)/helm
 $(HELM):
-	@echo "[make] building helm $(HELM_VERSION) from its Go module (once; about 5 min on 2 cores)"
+	@echo "[make] building helm $(HELM_VERSION) from its Go module (once; about 2.5 min on 2 cores)"
 	@GOBIN=$(dir $(HELM)) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 CRDS := $(CACHE)/crds-keda-v2.18.0-promop-v0.85.0
 $(CRDS):
