@@ -9,10 +9,23 @@ import subprocess
 import uuid
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from shared import events as ev
 from shared import datakeys
 from shared.settings import KafkaSettings
+
+
+async def committed_offsets(kafka: KafkaSettings, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offset per partition of one topic (partitions never committed: absent).
+    A consumer commits after its batch's work, so an offset here is work done."""
+    admin = AIOKafkaAdminClient(**kafka.client_options())
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+        return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+    finally:
+        await admin.close()
 
 
 def unique(prefix: str = "t") -> str:

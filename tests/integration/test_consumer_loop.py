@@ -6,27 +6,15 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from aiokafka.admin import AIOKafkaAdminClient
-
 from shared import events as ev
 from shared.kafka import BatchConsumer, Message, TransientError, send_all, start_producer
 from shared.metrics import Metrics
-from tests.support import read_topic, wait_for
+from tests.support import committed_offsets, read_topic, wait_for
 
 
 def consent(customer: str, purpose: str = "profiling", granted: bool = True) -> ev.ConsentChanged:
     return ev.ConsentChanged(customer_id=customer, purpose=purpose, granted=granted, policy_version="v1",
                              source="test", occurred_at=datetime.now(UTC))
-
-
-async def committed_offsets(kafka, group: str, topic: str) -> dict[int, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-        return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
-    finally:
-        await admin.close()
 
 
 async def run_consumer(kafka, handler, group: str, topics=("consent-changed",)):
@@ -61,12 +49,20 @@ async def test_a_valid_message_is_handled_once_and_its_offset_committed(kafka):
     offsets = await committed_offsets(kafka, kafka.topic_prefix + "g", topic)
     assert sum(offsets.values()) == 1  # one record consumed, committed past it
 
-    # A restart of the same group does not see it again.
+    # A restart of the same group does not see it again: it handles the record published after,
+    # commits past both — so it has read every partition to its end — and has seen only that one.
     seen.clear()
     loop, task, p2 = await run_consumer(kafka, handler, kafka.topic_prefix + "g")
-    await asyncio.sleep(2)
+    producer = await start_producer(kafka, "test")
+    await send_all(producer, [(topic, b"c-after", ev.encode(consent("c-after"), source="test"), None)])
+    await producer.stop()
+
+    async def past_both() -> bool:
+        return sum((await committed_offsets(kafka, kafka.topic_prefix + "g", topic)).values()) == 2
+
+    await wait_for(past_both, timeout=30, interval=0.2, what="the group committed past both records")
     await stop_consumer(loop, task, p2)
-    assert seen == []
+    assert [m.event.customer_id for m in seen] == ["c-after"]
 
 
 async def test_a_poison_message_goes_to_its_dlq_with_the_reason_and_the_next_is_handled(kafka):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 
 from shared import events as ev
 from tests.integration.issuance.conftest import USD, campaign, consent_state, entered, publish
-from tests.support import columns_containing, read_topic, wait_for
+from tests.support import columns_containing, committed_offsets, read_topic, wait_for
 
 
 async def count(service, sql: str, *args) -> int:
@@ -95,7 +94,11 @@ async def test_campaign_definitions_are_validated_with_precise_errors_and_pause_
     assert paused.json()["status"] == "paused"
     await publish(kafka, "consent-state", [consent_state("c-p", "personalized_offers", "email")])
     await publish(kafka, "segment-entered", [entered("c-p")])
-    await asyncio.sleep(2)
+
+    async def handled() -> bool:  # committed after the batch's transaction: the entry was decided
+        return sum((await committed_offsets(kafka, issuance.settings.group_id, kafka.topic("segment-entered"))).values()) == 1
+
+    await wait_for(handled, timeout=30, interval=0.2, what="issuance past the segment entry")
     assert await count(issuance, "SELECT count(*) FROM issuance_attempts") == 0
     changes = [ev.decode(r.value)[1] for r in await read_topic(kafka.bootstrap, kafka.topic("campaign-changed"), expect=2)]
     assert [c.status for c in changes] == ["active", "paused"]

@@ -6,15 +6,16 @@ sharing the service's schema."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 from datetime import UTC, datetime
 
+import asyncpg
 import httpx
 
 from bench.common import free_port, service_process
 from shared import events as ev
+from shared.settings import PostgresSettings
 from tests.integration.segmentation.conftest import consent, publish
 from tests.support import group_members, read_topic, unique, wait_for
 
@@ -64,7 +65,15 @@ async def test_two_worker_processes_split_the_partitions_and_agree_with_one(kafk
             return got if sum(got) >= len(consented) + len(customers) else None
 
         per_worker = await wait_for(all_handled, timeout=30, interval=0.5, what="every event handled")
-        await asyncio.sleep(1)  # anything extra would have arrived by now
+
+        async def published() -> bool:  # every entry the workers wrote has left their outbox
+            conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value())
+            try:
+                return await conn.fetchval(f'SELECT count(*) FROM "{env["SEGMENTATION_SCHEMA_NAME"]}".outbox') == 0
+            finally:
+                await conn.close()
+
+        await wait_for(published, timeout=30, interval=0.2, what="the outbox relayed")
         records = await read_topic(kafka.bootstrap, kafka.topic("segment-entered"), timeout=10)  # to its end
     got = sorted(ev.decode(r.value)[1].customer_id for r in records)
     assert got == sorted(consented)
