@@ -39,7 +39,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from shared.events import ContractError, Envelope, Erased, Event, data_key_id, decode
 from shared.metrics import Metrics
 from shared.settings import KafkaSettings
-from shared.topics import DLQ_SUFFIX, Topic, topic as registry_topic
+from shared.topics import Topic, topic as registry_topic
 
 if TYPE_CHECKING:
     from shared.datakeys import DataKeys
@@ -610,7 +610,3 @@ class _CommitBeforeRevoke(ConsumerRebalanceListener):
         log.info("partitions assigned", extra={"group": self.owner.group_id,
                                                "partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)})
         await self.owner.seek_to_start_positions(assigned)
-
-
-def is_dlq(name: str) -> bool:
-    return name.endswith(DLQ_SUFFIX)

@@ -50,12 +50,6 @@ class Ledger:
             raise ValueError("a redemption cannot spend more than its voucher reserved")
         return replace(self, reserved=self.reserved - reserved_amount, spent=self.spent + actual, seq=self.seq + 1)
 
-    def spend_unreserved(self, actual: int) -> Ledger:
-        """A partner code reserves nothing at issue: it spends straight from the remaining budget."""
-        if not self.fits(actual):
-            raise BudgetExhausted(self.campaign_id)
-        return replace(self, spent=self.spent + actual, seq=self.seq + 1)
-
     def unspend(self, amount: int, re_reserve: int) -> Ledger:
         """Rollback: what was spent returns; ``re_reserve`` of it is reserved again (the voucher
         is active again)."""
