@@ -145,9 +145,9 @@ lock: ## regenerate requirements.lock from pyproject.toml
 	@$(CACHE)/lock-venv/bin/pip install -q ".[dev]" && $(CACHE)/lock-venv/bin/pip freeze --exclude voucherstream \
 	  | sed '1i # Locked transitive set for `pip install -c requirements.lock`. Regenerate with `make lock`.' > requirements.lock
 
-compose-config: $(COMPOSE_CHECK) ## validate docker-compose.yml with the variables of this shell (docker compose config, or the same loader without Docker)
+compose-config: ## validate docker-compose.yml with the variables of this shell (docker compose config, or the same loader without Docker)
 	@if docker compose version >/dev/null 2>&1; then docker compose config -q; \
-	 else $(COMPOSE_CHECK) docker-compose.yml >/dev/null; fi && echo "docker-compose.yml is valid"
+	 else $(MAKE) -s $(COMPOSE_CHECK) && $(COMPOSE_CHECK) docker-compose.yml >/dev/null; fi && echo "docker-compose.yml is valid"
 
 clean: ## remove local runtime state (Kafka data, logs); keeps the caches
 	@$(STACK) down

@@ -182,9 +182,7 @@ class Fleet:
         self.extra_count += 1
         inst = Instance(service, free_port(), self.env, self.logdir, tag=f"-extra{self.extra_count}")
         await inst.start()
-        deadline = time.monotonic() + 60
-        while not await inst.ready(self.client) and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
+        await self.ready_within(inst, 60)
         await asyncio.sleep(seconds)
         await inst.stop()
 
@@ -193,12 +191,18 @@ class Fleet:
         inst = Instance(service, free_port(), self.env, self.logdir, tag=f"-{len(self.added) + 2}")
         await inst.start()
         self.added.append(inst)
-        deadline = time.monotonic() + 60
+        if not await self.ready_within(inst, 60):
+            raise RuntimeError(f"the added {service} was not ready after 60 s; log {inst.log_path}")
+        return inst
+
+    async def ready_within(self, inst: Instance, timeout_s: float) -> bool:
+        """Whether the instance answered ready within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
         while not await inst.ready(self.client):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the added {service} was not ready after 60 s; log {inst.log_path}")
+                return False
             await asyncio.sleep(0.2)
-        return inst
+        return True
 
     async def stop(self) -> None:
         if self._watch:

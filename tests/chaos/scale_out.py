@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -46,7 +45,7 @@ class ScaleOut(Run):
             before, t0, cpu0 = await group_offsets(self.kafka, self.prefix), time.monotonic(), cpu_times()
             for s in SCALED:
                 await self.fleet.primary[s].start()
-            await asyncio.gather(*(self.ready(self.fleet.primary[s]) for s in SCALED),
+            await asyncio.gather(*(self.restarted(self.fleet.primary[s]) for s in SCALED),
                                  *(self.fleet.add(s) for s in SCALED for _ in range(n - 1)))
             joined = time.monotonic() - t0
             backlog = {s: before[s][1] - before[s][0] for s in SCALED}
@@ -63,12 +62,9 @@ class ScaleOut(Run):
                 + f"; the machine's CPUs {phase['machine_cpu_busy']:.0%} busy")
         # The last phase's instances stay: the checks see the groups as KEDA left them.
 
-    async def ready(self, instance, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not await instance.ready(self.fleet.client):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{instance.service} not ready after {timeout_s:g} s; log {instance.log_path}")
-            await asyncio.sleep(0.2)
+    async def restarted(self, instance) -> None:
+        if not await self.fleet.ready_within(instance, 60):
+            raise RuntimeError(f"{instance.service} not ready after 60 s; log {instance.log_path}")
 
     async def drained(self, backlog: dict[str, int], timeout_s: float = 240) -> dict[str, tuple[int, int]]:
         """Offsets once segmentation is back within a second of the shop's rate (the backlog
@@ -153,8 +149,7 @@ def main() -> int:
         begin, end = "<!-- SCALE-OUT-REPORT -->", "<!-- /SCALE-OUT-REPORT -->"
         head, found, rest = doc.partition(begin)
         _, _, tail = rest.partition(end)
-        with contextlib.suppress(OSError):
-            args.report.write_text(f"{head}{begin}\n{text}{end}{tail}" if found else f"{doc}\n{begin}\n{text}{end}\n")
+        args.report.write_text(f"{head}{begin}\n{text}{end}{tail}" if found else f"{doc}\n{begin}\n{text}{end}\n")
     log("PASSED" if result["passed"] else f"FAILED (kept topics {result['prefix']}* and schemas for inspection)")
     return 0 if result["passed"] else 1
 
