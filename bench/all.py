@@ -152,7 +152,16 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str]]:
                  ratio(rd["p50_ms"], co["raw_postgres_update_at_rate"]["latency_avg_ms"]), ""),
                 (f"**Redeem p99 {at}**", num(rd["p99_ms"], " ms"), num(h["p99_ms"], " ms /healthz"),
                  ratio(rd["p99_ms"], h["p99_ms"]), verdict(rd["p99_ms"], "< 40")),
-                ("Validate maximum rate", num(co["validate_max"]["throughput_per_s"], "/s"),
+                ]
+        for name, route in (("validate", "voucherify_validate_at_rate"), ("redeem", "voucherify_redeem_at_rate")):
+            if route in co:
+                vf = co[route]
+                out.append((f"{name.capitalize()} p50 / p99 {at}, Voucherify SDK routes",
+                            f"{num(vf['p50_ms'], '')} / {num(vf['p99_ms'], ' ms')}",
+                            num((v if name == "validate" else rd)["p99_ms"], " ms p99 native"),
+                            ratio(vf["p99_ms"], (v if name == "validate" else rd)["p99_ms"]),
+                            verdict(vf["p99_ms"], "< 15" if name == "validate" else "< 40")))
+        out += [("Validate maximum rate", num(co["validate_max"]["throughput_per_s"], "/s"),
                  num(co["trivial_endpoint_max"]["throughput_per_s"], "/s /healthz"), ratio(co["validate_max"]["throughput_per_s"],
                                                                                        co["trivial_endpoint_max"]["throughput_per_s"]), ""),
                 ("Redeem maximum rate (one campaign)", num(co["redeem_max"]["throughput_per_s"], "/s"),

@@ -1,6 +1,7 @@
-"""Checkout load on loopback: validate and redeem p50/p99 at a constant 1,000 requests/s and the
-maximum sustained rate, next to a trivial endpoint of the same server (/healthz) and a raw
-PostgreSQL single-row UPDATE (pgbench) on the same machine, in the same run.
+"""Checkout load on loopback: validate and redeem p50/p99 at a constant 1,000 requests/s (on the
+native routes and on the Voucherify-compatible ones) and the maximum sustained rate, next to a
+trivial endpoint of the same server (/healthz) and a raw PostgreSQL single-row UPDATE (pgbench)
+on the same machine, in the same run.
 
 The load comes from vegeta (an open-loop, constant-rate generator written in Go; `make
 bench-checkout` installs it from the Go module proxy into ~/.cache/voucherstream/bin), so the
@@ -131,7 +132,7 @@ async def run(rate: int, seconds: float, max_rate: int, workers: int, pg_seconds
             conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value(), server_settings={"search_path": schema})
             _, key = await auth.create_key(conn, "bench", ["checkout", "marketing"])
             await conn.close()
-            needed = int(rate * seconds) + int(max_rate * 5) + 1400
+            needed = 2 * int(rate * seconds) + int(max_rate * 5) + 1800
             async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
                 assert (await c.post("/v1/campaigns", json=CAMPAIGN)).status_code == 201
                 codes: list[str] = []
@@ -163,6 +164,25 @@ async def run(rate: int, seconds: float, max_rate: int, workers: int, pg_seconds
             result["trivial_endpoint_at_rate"] = await attack(health, rate, seconds)
             await attack(validate, 200, 2)
             result["validate_at_rate"] = await attack(validate, rate, seconds)
+            # The same two requests through the Voucherify-compatible routes, as its SDK sends them.
+            _, app_id, token = key.split("_", 2)
+            vf_headers = {"X-App-Id": app_id, "X-App-Token": token, "Authorization": ""}
+            vf_order = {"amount": 5000, "items": [{"source_id": "sku-1", "price": 2500, "quantity": 2}]}
+            vf_validate = [target(f"{base}/voucherify/v1/validations", key, {
+                "redeemables": [{"object": "voucher", "id": codes[0]}], "customer": {"source_id": "c-1"},
+                "order": vf_order}, vf_headers)]
+
+            def vf_redeem_targets(n):
+                return [target(f"{base}/voucherify/v1/redemptions", key, {
+                    "redeemables": [{"object": "voucher", "id": next(redeem_codes)}],
+                    "customer": {"source_id": f"c-{i}"}, "order": {**vf_order, "source_id": uuid.uuid4().hex}},
+                    vf_headers) for i in range(n)]
+
+            warm = min(2.0, seconds)
+            await attack(vf_validate, 200, warm)
+            result["voucherify_validate_at_rate"] = await attack(vf_validate, rate, seconds)
+            await attack(vf_redeem_targets(int(200 * warm)), 200, warm)
+            result["voucherify_redeem_at_rate"] = await attack(vf_redeem_targets(int(rate * seconds)), rate, seconds)
             await attack(redeem_targets(400), 200, 2)
             async with httpx.AsyncClient(base_url=base) as metrics:
                 before = await writer_totals(metrics)

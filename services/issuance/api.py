@@ -130,7 +130,6 @@ def routes(app: FastAPI, service) -> None:
     auth = service.auth
     marketing = Depends(auth.require("marketing"))
     checkout_scope = auth.require("checkout")
-    limiter = service.limiter
 
     async def run(change):
         try:
@@ -207,19 +206,7 @@ def routes(app: FastAPI, service) -> None:
     # ------------------------------------------------------------------ checkout
 
     async def attempt(principal: Principal, customer_id: str, shopper: str | None, run):
-        """Runs a checkout request within its subjects' failure limits (ratelimit.py; the attempt
-        is taken where the voucher is read): 429 if one has no failures left; the attempt is given
-        back unless the answer is a refusal."""
-        who = limiter.subjects(principal.key_id, customer_id, shopper)
-        try:
-            answer, failed = await run(who)
-        except ratelimit.Limited as exc:
-            service.metrics.rate_limited.labels(exc.refused.by).inc()
-            raise HTTPException(429, "too many failed attempts; slow down",
-                                headers={"Retry-After": str(exc.refused.retry_after)}) from None
-        if not failed:
-            limiter.give_back(s.id for s in who)
-        return answer
+        return await within_limits(service, principal.key_id, customer_id, shopper, run)
 
     def failed(body: dict) -> bool:
         return not body.get("valid", True) and body.get("reason") != "idempotency_key_reused"
@@ -283,6 +270,22 @@ def routes(app: FastAPI, service) -> None:
         async with service.pool.acquire() as conn:
             items = await service.checkout.offers(conn, customer_id, with_codes=with_codes)
         return OffersOut(customer_id=customer_id, offers=[OfferOut(**i) for i in items])
+
+
+async def within_limits(service, key_id: str, customer_id: str, shopper: str | None, run):
+    """Runs a checkout request within its subjects' failure limits (ratelimit.py; the attempt is
+    taken where the voucher is read): 429 if one has no failures left; the attempt is given back
+    unless ``run`` says the answer is a failure (``run(who)`` returns ``(answer, failed)``)."""
+    who = service.limiter.subjects(key_id, customer_id, shopper)
+    try:
+        answer, failed = await run(who)
+    except ratelimit.Limited as exc:
+        service.metrics.rate_limited.labels(exc.refused.by).inc()
+        raise HTTPException(429, "too many failed attempts; slow down",
+                            headers={"Retry-After": str(exc.refused.retry_after)}) from None
+    if not failed:
+        service.limiter.give_back(s.id for s in who)
+    return answer
 
 
 def partner_csv(campaign_id: str, partner: str, codes_: list[str], expires: datetime) -> str:

@@ -9,8 +9,9 @@ import asyncpg
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from fastapi import FastAPI
 
-from services.issuance import api, store
+from services.issuance import api, store, voucherify_api
 from services.issuance.checkout_handlers import CheckoutHandlers
+from services.issuance.checkout_sessions import CheckoutSessions
 from services.issuance.ratelimit import FailureLimiter
 from services.issuance.campaign_admin import CampaignAdmin
 from services.issuance.handlers import IssuanceHandlers
@@ -46,6 +47,7 @@ class IssuanceService(Service):
         self.checkout = CheckoutHandlers(self.handlers, lambda: self.pool, RedemptionWriter(
             lambda: self.writer_pool, max_batch=settings.redemption_batch_max,
             observe=self.observe_redemption_write), self.limiter, max_batch=settings.redemption_batch_max)
+        self.sessions = CheckoutSessions(self.checkout, lambda: self.pool)
 
     async def on_start(self) -> None:
         s = self.settings
@@ -88,9 +90,12 @@ class IssuanceService(Service):
     async def expire(self) -> None:
         while await self.handlers.expire_due(self.pool) >= self.settings.expiry_batch:
             pass
+        while await self.sessions.expire(self.pool, self.settings.expiry_batch) >= self.settings.expiry_batch:
+            pass
 
     def routes(self, app: FastAPI) -> None:
         api.routes(app, self)
+        voucherify_api.routes(app, self)
 
 
 def create_app(settings: IssuanceSettings | None = None) -> IssuanceService:

@@ -25,6 +25,8 @@ class VoucherView:
     balance: int | None
     status: str
     expires_at: datetime
+    session: str | None = None  # the checkout session holding it (a LOCK), until session_expires_at
+    session_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +60,10 @@ def matching_total(offer: PercentageOffer, personal_brand: str | None, items: li
 
 def evaluate(voucher: VoucherView | None, spec: CampaignSpec | None, campaign_status: str | None, *,
              customer_id: str, order: Money, items: list[LineItem], now: datetime,
-             budget_remaining: int) -> Accept | Refuse:
+             budget_remaining: int, session: str | None = None) -> Accept | Refuse:
     """The discount this voucher gives this order, or the reason it gives none. Checked in the
-    order a customer would want to hear about it."""
+    order a customer would want to hear about it. ``session`` is the checkout session the request
+    belongs to: a voucher another session holds (a LOCK, until it expires) is refused."""
     # Someone else's voucher is answered as no voucher at all: whoever holds a code learns
     # nothing about it unless it is theirs.
     if voucher is None or spec is None or (voucher.customer_id is not None and voucher.customer_id != customer_id):
@@ -71,6 +74,10 @@ def evaluate(voucher: VoucherView | None, spec: CampaignSpec | None, campaign_st
         return Refuse("revoked", "this voucher was withdrawn")
     if voucher.status == "expired" or now >= voucher.expires_at:
         return Refuse("expired", f"this voucher expired at {voucher.expires_at.isoformat()}")
+    if (voucher.session is not None and voucher.session != session and voucher.session_expires_at is not None
+            and now < voucher.session_expires_at):
+        return Refuse("locked", "another checkout session holds this voucher until "
+                      f"{voucher.session_expires_at.isoformat()}")
     if campaign_status != "active":
         return Refuse("campaign_paused", f"the campaign is {campaign_status}")
     if order.currency != voucher.currency:

@@ -23,7 +23,7 @@ import orjson
 
 from services.issuance import codes, ratelimit, store
 from services.issuance.campaigns import offer_summary
-from services.issuance.checkout import Refuse, VoucherView, evaluate
+from services.issuance.checkout import Accept, Refuse, VoucherView, evaluate
 from services.issuance.handlers import SOURCE, IssuanceHandlers
 from services.issuance.ratelimit import FailureLimiter, Subject
 from services.issuance.redemption_writer import RedemptionWriter, SingleUse
@@ -39,9 +39,16 @@ class Answer:
     body: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class Checked:
+    row: asyncpg.Record | None  # the checkout context (store.redemption_contexts), None: no such code
+    outcome: Accept | Refuse
+
+
 def view(row: asyncpg.Record) -> VoucherView:
     return VoucherView(row["id"], row["campaign_id"], row["customer_id"], row["partner"], row["variant"], row["kind"],
-                       row["brand"], row["currency"], row["reserved"], row["balance"], row["status"], row["expires_at"])
+                       row["brand"], row["currency"], row["reserved"], row["balance"], row["status"], row["expires_at"],
+                       row.get("session"), row.get("session_expires_at"))
 
 
 def refusal(r: Refuse) -> dict[str, Any]:
@@ -90,7 +97,7 @@ class CheckoutHandlers:
     def _spec(self, campaign_id: str, version: int, definition: dict):
         return self.handlers.spec({"id": campaign_id, "version": version, "definition": definition})
 
-    async def _code_hash(self, code: str) -> bytes:
+    async def code_hash(self, code: str) -> bytes:
         """The code's hash under the current key; while earlier keys are kept (a rotation), under
         the key its voucher was stored with."""
         current = codes.code_hash(self.handlers.hash_key, code)
@@ -99,21 +106,32 @@ class CheckoutHandlers:
         hashes = [current] + [codes.code_hash(k, code) for k in self.handlers.previous_hash_keys]
         return await store.stored_code_hash(self._pool(), hashes) or current
 
+    async def check(self, code: str, customer_id: str, order: ev.Money, items: list[ev.LineItem],
+                    who: tuple[Subject, ...] = (), session: str | None = None) -> Checked:
+        """A validation: the voucher with its campaign and ledger read (and one attempt of ``who``
+        taken), and the decision."""
+        row, _ = await self._context(await self.code_hash(code), who=who)
+        outcome = self.decide(row, customer_id, order, items, ev.now_utc(), session)
+        self.metrics.checkout.labels("validate", outcome.reason if isinstance(outcome, Refuse) else "valid").inc()
+        return Checked(row, outcome)
+
+    async def lookup(self, code: str, who: tuple[Subject, ...] = ()) -> asyncpg.Record | None:
+        """A voucher with its campaign and ledger, by code (one attempt of ``who`` taken)."""
+        row, _ = await self._context(await self.code_hash(code), who=who)
+        return row
+
     async def validate(self, code: str, customer_id: str, order: ev.Money, items: list[ev.LineItem],
                        who: tuple[Subject, ...] = ()) -> Answer:
-        """The voucher with its campaign and ledger, read (and one attempt of ``who`` taken)."""
-        row, _ = await self._context(await self._code_hash(code), who=who)
-        outcome = self._decide(row, customer_id, order, items, ev.now_utc())
-        if isinstance(outcome, Refuse):
-            self.metrics.checkout.labels("validate", outcome.reason).inc()
-            return Answer(200, refusal(outcome))
-        self.metrics.checkout.labels("validate", "valid").inc()
-        return Answer(200, {"valid": True, "discount": {"amount": outcome.discount, "currency": order.currency},
-                            "voucher_id": row["id"], "campaign_id": row["campaign_id"]})
+        checked = await self.check(code, customer_id, order, items, who)
+        if isinstance(checked.outcome, Refuse):
+            return Answer(200, refusal(checked.outcome))
+        return Answer(200, {"valid": True, "discount": {"amount": checked.outcome.discount, "currency": order.currency},
+                            "voucher_id": checked.row["id"], "campaign_id": checked.row["campaign_id"]})
 
     async def redeem(self, *, api_key_id: str, idempotency_key: str, body: dict,
                      code: str, customer_id: str, order: ev.Money, items: list[ev.LineItem],
-                     order_id: str | None, who: tuple[Subject, ...] = ()) -> tuple[Answer, bool]:
+                     order_id: str | None, who: tuple[Subject, ...] = (),
+                     session: str | None = None) -> tuple[Answer, bool]:
         """Returns the answer and whether it is a replay. Takes a connection of the pool only for
         each statement: while the writer has the redemption, the request holds none (the pool's
         size would otherwise cap how many redemptions one batch can gather).
@@ -124,7 +142,7 @@ class CheckoutHandlers:
         and answers ``already_redeemed``). A gift card, whose concurrent partial spends would
         mostly lose that race, takes its row lock first instead."""
         request_hash = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
-        code_hash = await self._code_hash(code)
+        code_hash = await self.code_hash(code)
         for attempt in range(MAX_OPTIMISTIC_ATTEMPTS):
             row, prior = await self._context(code_hash, api_key_id, idempotency_key, who if attempt == 0 else ())
             if prior is not None and (prior["prior_status"] is not None or prior["prior_hash"] != request_hash):
@@ -133,7 +151,7 @@ class CheckoutHandlers:
             if prior is not None or (row is not None and row["kind"] == "gift_card"):
                 break  # a gift card, or this key held by a request still in flight: lock and wait
             now = ev.now_utc()
-            outcome = self._decide(row, customer_id, order, items, now)
+            outcome = self.decide(row, customer_id, order, items, now, session)
             if not isinstance(outcome, Refuse):
                 v, discount = view(row), outcome.discount
                 redemption_id = str(uuid.uuid4())
@@ -147,7 +165,8 @@ class CheckoutHandlers:
                     order_amount=order.amount, currency=order.currency, at=now, api_key_id=api_key_id,
                     key=idempotency_key, request_hash=request_hash, response=result.body,
                     event_template=self._redeemed_template(redemption_id, v, row, customer_id, discount, order, now,
-                                                           await self.handlers.keys.for_customer(customer_id))))
+                                                           await self.handlers.keys.for_customer(customer_id)),
+                    session=session))
                 if written.outcome in ("stale", "key_used"):
                     continue  # redeemed, rolled back or the key answered since it was read: read again
                 if written.outcome == "redeemed":
@@ -165,17 +184,22 @@ class CheckoutHandlers:
         async with self._pool().acquire() as conn, conn.transaction():
             return await self._redeem_locked(conn, api_key_id=api_key_id, idempotency_key=idempotency_key,
                                              request_hash=request_hash, code_hash=code_hash, customer_id=customer_id,
-                                             order=order, items=items, order_id=order_id)
+                                             order=order, items=items, order_id=order_id, session=session)
 
-    def _decide(self, row: asyncpg.Record | None, customer_id: str, order: ev.Money, items: list[ev.LineItem],
-                now):
-        """The discount this voucher row gives this order, or why not (``row``: a checkout context)."""
+    def decide(self, row: asyncpg.Record | None, customer_id: str, order: ev.Money, items: list[ev.LineItem],
+               now, session: str | None = None) -> Accept | Refuse:
+        """The discount this voucher row gives this order, or why not (``row``: a checkout context;
+        ``session``: the checkout session of the request, ``<API key id>/<key>``)."""
         if row is None:
             return evaluate(None, None, None, customer_id=customer_id, order=order, items=items, now=now,
                             budget_remaining=0)
-        spec = self._spec(row["campaign_id"], row["version"], row["definition"])
-        return evaluate(view(row), spec, row["campaign_status"], customer_id=customer_id, order=order, items=items,
-                        now=now, budget_remaining=row["limit_minor"] - row["ledger_reserved"] - row["ledger_spent"])
+        return evaluate(view(row), self.spec_of(row), row["campaign_status"], customer_id=customer_id, order=order,
+                        items=items, now=now, session=session,
+                        budget_remaining=row["limit_minor"] - row["ledger_reserved"] - row["ledger_spent"])
+
+    def spec_of(self, row: asyncpg.Record):
+        """The campaign a checkout context's voucher belongs to, as it is now."""
+        return self._spec(row["campaign_id"], row["version"], row["definition"])
 
     def _replay(self, prior_hash: bytes, status: int, response: dict, request_hash: bytes) -> Answer:
         if prior_hash != request_hash:
@@ -202,7 +226,8 @@ class CheckoutHandlers:
 
     async def _redeem_locked(self, conn: asyncpg.Connection, *, api_key_id: str, idempotency_key: str,
                              request_hash: bytes, code_hash: bytes, customer_id: str, order: ev.Money,
-                             items: list[ev.LineItem], order_id: str | None) -> tuple[Answer, bool]:
+                             items: list[ev.LineItem], order_id: str | None,
+                             session: str | None = None) -> tuple[Answer, bool]:
         """The pessimistic path, inside a transaction: the key is claimed (a concurrent holder is
         waited for), the voucher row locked, then the ledger moved last."""
         prior = await store.claim_idempotency_key(conn, api_key_id, idempotency_key, request_hash)
@@ -215,12 +240,12 @@ class CheckoutHandlers:
 
         now = ev.now_utc()
         row = await store.lock_for_redemption(conn, code_hash)
-        outcome = self._decide(row, customer_id, order, items, now)
+        outcome = self.decide(row, customer_id, order, items, now, session)
         if isinstance(outcome, Refuse):
             return await answer(self._refused("redeem", outcome)), False
         v, discount = view(row), outcome.discount
-        if v.customer_id is None:  # a partner code: nothing was reserved, spend from what remains
-            reserved_used, new_status, new_reserved, new_balance = 0, "redeemed", 0, v.balance
+        if v.customer_id is None:  # a partner code: spends what its hold reserved (if any), the rest from what remains
+            reserved_used, new_status, new_reserved, new_balance = v.reserved, "redeemed", 0, v.balance
         elif v.kind == "gift_card":  # a partial spend of the balance
             reserved_used = min(discount, v.reserved)
             new_balance = (v.balance or 0) - discount

@@ -45,6 +45,7 @@ class SingleUse:
     request_hash: bytes
     response: dict
     event_template: bytes  # voucher-redeemed with a placeholder ledger
+    session: str | None = None  # the checkout session of the request: a voucher another holds is stale
 
 
 @dataclass(frozen=True, slots=True)

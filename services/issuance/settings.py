@@ -41,3 +41,7 @@ class IssuanceSettings(ServiceSettings):
                                               "different campaigns are written in parallel)")
     redemption_batch_max: int = Field(200, ge=1, description="most checkout reads, or single-use redemptions of one "
                                       "campaign, sent in one statement")
+    voucherify_currency: str = Field("USD", pattern=r"^[A-Z]{3}$", description="the currency of amounts on the "
+                                     "Voucherify-compatible routes (/voucherify/v1/...), whose orders carry none")
+    voucherify_session_ttl_s: float = Field(7 * 86400.0, gt=0, description="how long a LOCK session holds its "
+                                            "voucher when the request names no ttl (Voucherify's default: 7 days)")

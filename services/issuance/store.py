@@ -250,7 +250,8 @@ _VOUCHER_VIEW = ("SELECT id, campaign_id, customer_id, partner, variant, channel
 # A voucher with its campaign and an (unlocked) read of its ledger, by code hash.
 _CONTEXT = (
     "SELECT v.id, v.campaign_id, v.customer_id, v.partner, v.variant, v.channel, v.kind, v.brand, v.currency,"
-    " v.reserved, v.balance, v.status, v.expires_at, c.status AS campaign_status, c.definition, c.version,"
+    " v.reserved, v.balance, v.status, v.expires_at, v.session, v.session_expires_at,"
+    " c.status AS campaign_status, c.definition, c.version,"
     " l.limit_minor, l.reserved AS ledger_reserved, l.spent AS ledger_spent"
     " FROM vouchers v JOIN campaigns c ON c.id = v.campaign_id JOIN budget_ledger l ON l.campaign_id = v.campaign_id"
 )
@@ -343,15 +344,15 @@ _MOVE = (
 async def redeem_single_use_batch(conn: asyncpg.Connection, campaign_id: str, topic: str,
                                   items: Sequence[SingleUse]) -> list[tuple[str, Ledger | None]]:
     """Writes single-use redemptions of one campaign in one call of ``redeem_single_use_batch``
-    (migration 003), run outside any explicit transaction: each item is decided as if alone, in
+    (migrations 003 and 007), run outside any explicit transaction: each item is decided as if alone, in
     order. Returns each item's outcome, with the ledger right after it when it was redeemed."""
     cols = list(zip(*[(i.voucher_id, i.reserved, i.discount, i.redemption_id, i.customer_id, i.order_id,
                        i.order_amount, i.currency, i.at, i.api_key_id, i.key, i.request_hash, i.response,
-                       i.event_template.decode()) for i in items], strict=True))
+                       i.event_template.decode(), i.session) for i in items], strict=True))
     rows = await conn.fetch(
         "SELECT * FROM redeem_single_use_batch($1, $2, $3::text[], $4::bigint[], $5::bigint[], $6::text[],"
         " $7::text[], $8::text[], $9::bigint[], $10::text[], $11::timestamptz[], $12::text[], $13::text[],"
-        " $14::bytea[], $15::jsonb[], $16::text[])", campaign_id, topic, *[list(c) for c in cols])
+        " $14::bytea[], $15::jsonb[], $16::text[], $17::text[])", campaign_id, topic, *[list(c) for c in cols])
     return [(r["outcome"], Ledger(campaign_id, r["currency"], r["limit_minor"], r["reserved"], r["spent"], r["seq"],
                                   r["vouchers"]) if r["outcome"] == "redeemed" else None) for r in rows]
 

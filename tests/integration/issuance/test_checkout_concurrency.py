@@ -1,7 +1,8 @@
 """Requests fired truly concurrently at the issuance service as users run it (its own process,
 a pool of 20 database connections): one code redeemed by 200 at once, round after round; 500
-partner codes on a budget for 100; 50 partial spends of one gift card. The ledger history is
-checked at every step.
+partner codes on a budget for 100; 50 partial spends of one gift card; 200 at once on one code
+through the Voucherify-compatible surface, and 50 LOCK sessions on one code. The ledger history
+is checked at every step.
 
 The suite runs 5 rounds of the 200-at-once race; `make test-races` runs the full 100
 (CHECKOUT_RACE_ROUNDS=100: passed in 78.7 s on a 2-core machine with the redemption writer).
@@ -46,6 +47,22 @@ async def fire(client, requests, idempotency_key: str | None = None):
     return await asyncio.gather(*tasks)
 
 
+async def fire_voucherify(client, key: str, bodies, route: str = "redemptions"):
+    """All at once through the Voucherify-compatible surface, authenticated as its SDK does."""
+    _, app_id, token = key.split("_", 2)
+    gate = asyncio.Event()
+
+    async def one(body):
+        await gate.wait()
+        return await client.post(f"/voucherify/v1/{route}", json=body,
+                                 headers={"X-App-Id": app_id, "X-App-Token": token, "Authorization": ""})
+
+    tasks = [asyncio.create_task(one(b)) for b in bodies]
+    await asyncio.sleep(0)
+    gate.set()
+    return await asyncio.gather(*tasks)
+
+
 async def test_concurrent_redemptions_never_double_spend_or_overrun(kafka, issuance_schema, tmp_path):
     port = free_port()
     env = {"ISSUANCE_SCHEMA_NAME": issuance_schema, "VOUCHERSTREAM_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
@@ -57,7 +74,7 @@ async def test_concurrent_redemptions_never_double_spend_or_overrun(kafka, issua
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"},
                                      limits=limits, timeout=60) as c:
             rounds = int(os.environ.get("CHECKOUT_RACE_ROUNDS", "5"))
-            customers = [f"cc-{i:03d}" for i in range(rounds + 51)]
+            customers = [f"cc-{i:03d}" for i in range(rounds + 53)]
             assert (await c.post("/v1/campaigns", json=campaign(budget={
                 "limit": {"amount": len(customers) * 2000, "currency": USD}}))).status_code == 201
             assert (await c.post("/v1/campaigns", json=campaign(id="partners", segment="nobody", budget={
@@ -92,7 +109,26 @@ async def test_concurrent_redemptions_never_double_spend_or_overrun(kafka, issua
             statuses = Counter(a.status_code for a in answers)
             assert statuses == Counter({201: 1, 422: 49}), statuses
             assert {a.json()["reason"] for a in answers if a.status_code == 422} == {"idempotency_key_reused"}
-            redeemed_in_race = rounds + 2
+            # 1c. 200 at once on one code through the Voucherify-compatible surface (each its own
+            # order): one redemption, 199 refusals in Voucherify's shape.
+            customer = customers[rounds + 51]
+            answers = await fire_voucherify(c, key, [{
+                "redeemables": [{"object": "voucher", "id": codes[customer]}], "customer": {"source_id": customer},
+                "order": {"source_id": f"race-{i}", "amount": 15000}} for i in range(200)])
+            statuses = Counter(a.status_code for a in answers)
+            assert statuses == Counter({200: 1, 400: 199}), statuses
+            assert {a.json()["key"] for a in answers if a.status_code == 400} == {"quantity_exceeded"}
+            redeemed_in_race = rounds + 3
+
+            # 1d. 50 checkout sessions ask to LOCK one code at once: one holds it.
+            customer = customers[rounds + 52]
+            answers = await fire_voucherify(c, key, [{
+                "redeemables": [{"object": "voucher", "id": codes[customer]}], "customer": {"source_id": customer},
+                "order": {"amount": 15000}, "session": {"type": "LOCK", "key": f"s-{i}"}} for i in range(50)],
+                route="validations")
+            assert Counter(a.json()["valid"] for a in answers) == Counter({True: 1, False: 49})
+            assert {a.json()["redeemables"][0]["result"]["error"]["key"] for a in answers
+                    if not a.json()["valid"]} == {"multiple_requests"}
 
             # 2. 500 distinct partner codes at once on a budget for 100: exactly 100.
             r = await c.post("/v1/campaigns/partners/partner-codes", json={"partner": "aff-1", "count": 500})
