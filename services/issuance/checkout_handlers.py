@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from services.issuance import codes, ratelimit, store
+from services.issuance import codes, ratelimit, session_store, store
 from services.issuance.campaigns import offer_summary
 from services.issuance.checkout import Accept, Refuse, VoucherView, evaluate
 from services.issuance.handlers import SOURCE, IssuanceHandlers
@@ -269,6 +269,8 @@ class CheckoutHandlers:
             redemption=(redemption_id, v.campaign_id, customer_id, order_id, discount, reserved_used, order.amount,
                         order.currency, now),
             api_key_id=api_key_id, idempotency_key=idempotency_key, response=result.body)
+        if session is not None and row["session"] == session:  # the session's hold ends with its redemption
+            await session_store.release(conn, v.id, new_reserved)
         data_key = (await self.handlers.keys.for_customers(conn, [customer_id]))[customer_id]
         template = self._redeemed_template(redemption_id, v, row, customer_id, discount, order, now, data_key)
         moved = await store.move_budget_and_announce(conn, v.campaign_id, -reserved_used, discount, "redeemed", v.id,

@@ -149,7 +149,7 @@ class CheckoutRequest:
         """A redemption's Idempotency-Key: its session, else its order and code (a retry of the
         same order is answered as before), else none to match (every request is new)."""
         if self.session_key:
-            return f"session:{self.session_key}"
+            return f"session:{self.session_key}:{self.code}"
         if self.order_id:
             return f"order:{self.order_id}:{self.code}"
         return f"once:{uuid.uuid4()}"

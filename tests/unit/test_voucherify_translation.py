@@ -46,7 +46,7 @@ def test_a_voucherify_body_becomes_the_native_checkout():
     assert req.idempotency_key() == "order:o-1:ABCD-1234" and req.lock is None
     # The amount comes from the items when the order names none; a session's key is the idempotency key.
     req = translate(request(order={"items": [{"source_id": "x", "amount": 3000, "quantity": 2}]}, session={"key": "s1"}))
-    assert req.order.amount == 3000 and req.items[0].unit_price.amount == 1500 and req.idempotency_key() == "session:s1"
+    assert req.order.amount == 3000 and req.items[0].unit_price.amount == 1500 and req.idempotency_key() == "session:s1:ABCD-1234"
     # No order id and no session: every request is its own.
     assert translate(request(order={"amount": 1})).idempotency_key() != translate(request(order={"amount": 1})).idempotency_key()
 

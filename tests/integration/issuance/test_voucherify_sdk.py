@@ -51,11 +51,14 @@ async def test_the_voucherify_sdk_validates_redeems_and_rolls_back(kafka, issuan
             assert (await native.post("/v1/campaigns", json=campaign())).status_code == 201
             assert (await native.post("/v1/campaigns", json=campaign(id="partners", segment="nobody", budget={
                 "limit": {"amount": 10 * 2000, "currency": USD}, "per_customer": None}))).status_code == 201
+            assert (await native.post("/v1/campaigns", json=campaign(id="gift", segment="vip", offer={
+                "kind": "gift_card", "balance": {"amount": 10000, "currency": USD}}))).status_code == 201
             customers = [f"vf-{i}" for i in range(4)]
-            await publish(kafka, "consent-state", [consent_state(c, "personalized_offers", "email") for c in customers])
+            await publish(kafka, "consent-state", [consent_state(c, "personalized_offers", "email")
+                                                   for c in customers + ["vf-g"]])
             await asyncio.sleep(1)
-            await publish(kafka, "segment-entered", [entered(c) for c in customers])
-            records = await read_topic(kafka.bootstrap, kafka.topic("delivery-requested"), expect=4, timeout=60)
+            await publish(kafka, "segment-entered", [entered(c) for c in customers] + [entered("vf-g", segment="vip")])
+            records = await read_topic(kafka.bootstrap, kafka.topic("delivery-requested"), expect=5, timeout=60)
             codes = {d.customer_id: d.code for d in (ev.decode(r.value)[1] for r in records)}
             r = await native.post("/v1/campaigns/partners/partner-codes", json={"partner": "aff-1", "count": 1})
             partner_code = r.text.splitlines()[1].split(",")[0]
@@ -154,6 +157,19 @@ async def test_the_voucherify_sdk_validates_redeems_and_rolls_back(kafka, issuan
             assert red.redemptions[0].result == "SUCCESS"
             after = await budget("partners")
             assert (after["reserved"], after["spent"]) == (before["reserved"], before["spent"] + 2000)
+
+            # A gift card held by a session: spent in part by it, which ends the hold.
+            lock = validations.validate_stacked_discounts(body(
+                vm.ValidationsValidateRequestBody, codes["vf-g"], "vf-g", 3000, session={"type": "LOCK"}))
+            assert lock.valid is True and lock.redeemables[0].result.gift.credits == 3000
+            assert validations.validate_stacked_discounts(body(
+                vm.ValidationsValidateRequestBody, codes["vf-g"], "vf-g", 3000)).valid is False
+            spent = redemptions.redeem_stacked_discounts(body(
+                vm.RedemptionsRedeemRequestBody, codes["vf-g"], "vf-g", 3000, session={"key": lock.session.key}))
+            assert spent.redemptions[0].amount == 3000 and spent.redemptions[0].voucher.gift.balance == 7000
+            assert validations.validate_stacked_discounts(body(
+                vm.ValidationsValidateRequestBody, codes["vf-g"], "vf-g", 3000)).valid is True
+            assert vouchers.get_voucher(codes["vf-g"]).gift.balance == 7000
 
             # 5. Errors the SDK's callers see: a wrong token, several vouchers, a missing customer.
             assert refused(lambda: voucherify.VouchersApi(sdk(port, key[:-2] + "xx")).get_voucher(code))["key"] \
