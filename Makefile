@@ -90,9 +90,10 @@ helm-files: venv ## regenerate the chart's consumer groups (deploy/helm/vouchers
 helm-check: venv $(HELM) $(CRDS) ## helm lint, helm template and every rendered manifest against the Kubernetes, KEDA and prometheus-operator schemas
 	@$(PY) -m pytest -q -p no:cacheprovider tests/unit/test_helm_chart.py
 
-bench-checkout: venv $(VEGETA) ## validate/redeem p50/p99 at 1,000 req/s and the max rate, next to /healthz and pgbench
+bench-checkout: venv $(VEGETA) ## validate/redeem p50/p99 at 1,000 req/s (native and Voucherify routes) and the max rate, next to /healthz and pgbench; then the same beside the whole stack as make run runs it
 	@$(STACK) up kafka postgres
 	@PATH="$$PATH:$$(ls -d /usr/lib/postgresql/*/bin | tail -1)" $(PY) -m bench.checkout --rate 1000 --seconds 10 --workers 1
+	@$(PY) -m bench.checkout --rate 1000 --seconds 10 --workers 1 --stack 50
 
 bench-pipeline: venv ## the whole pipeline: shop events/s end to end and event-to-delivery p50/p99 at 1,000/s
 	@$(STACK) up kafka postgres

@@ -40,6 +40,8 @@ STEPS: dict[str, tuple[str, list[str], list[str], dict[str, str]]] = {
                  ["--saturation", "500", "--rate", "100", "--seconds", "2"], {}),
     "checkout": ("bench.checkout", ["--rate", "1000", "--seconds", "10", "--max-rate", "3000", "--workers", "1"],
                  ["--rate", "50", "--seconds", "2", "--max-rate", "100", "--workers", "1", "--pg-seconds", "2"], {}),
+    "checkout_stack": ("bench.checkout", ["--rate", "1000", "--seconds", "10", "--workers", "1", "--stack", "50"],
+                       ["--rate", "50", "--seconds", "2", "--workers", "1", "--stack", "10"], {}),
     "consent": ("bench.consent_propagation", ["--rate", "500", "--seconds", "15"], ["--rate", "50", "--seconds", "2"], {}),
     "freshness": ("bench.freshness", ["--redemptions", "20"], ["--redemptions", "3"], {}),
     "privacy": ("bench.privacy", ["--codec-events", "20000", "--erasures", "100", "--load-rate", "200", "--seconds", "20"],
@@ -171,6 +173,18 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str]]:
                  num(lim.get("raw_postgres_insert_rows_per_s"), " rows/s PG inserts"),
                  ratio(co.get("partner_codes", {}).get("per_s"), lim.get("raw_postgres_insert_rows_per_s")),
                  verdict(co.get("partner_codes", {}).get("per_s"), ">= 1667"))]
+    cs = r.get("checkout_stack", {})
+    if cs:
+        h = cs["trivial_endpoint_at_rate"]
+        for what, native, vf, target in (("Validate", "validate_at_rate", "voucherify_validate_at_rate", "< 15"),
+                                          ("Redeem", "redeem_at_rate", "voucherify_redeem_at_rate", "< 40")):
+            at = f"at {cs[native]['offered_per_s']:,} req/s"
+            out += [(f"**{what} p99 {at} beside the whole stack** (`make run`), native routes",
+                     num(cs[native]["p99_ms"], " ms"), num(h["p99_ms"], " ms /healthz"),
+                     ratio(cs[native]["p99_ms"], h["p99_ms"]), verdict(cs[native]["p99_ms"], target)),
+                    (f"**{what} p99 {at} beside the whole stack**, Voucherify SDK routes", num(cs[vf]["p99_ms"], " ms"),
+                     num(h["p99_ms"], " ms /healthz"), ratio(cs[vf]["p99_ms"], h["p99_ms"]),
+                     verdict(cs[vf]["p99_ms"], target))]
     con = r.get("consent", {})
     if con:
         out.append(("Consent propagation p99 (change → consent-state)", num(con.get("p99_ms"), " ms"), "", "",

@@ -8,6 +8,7 @@ bench-checkout` installs it from the Go module proxy into ~/.cache/voucherstream
 Python server does not share its interpreter with the client.
 
     python -m bench.checkout --rate 1000 --seconds 10
+    python -m bench.checkout --rate 1000 --seconds 10 --stack 50   # beside the whole stack, as `make run`
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import csv
 import io
 import json
@@ -33,6 +35,7 @@ import httpx
 import orjson
 
 from bench.common import free_port, service_process
+from bench.pipeline import fleet_env
 from shared import auth, topics
 from shared.settings import KafkaSettings, PostgresSettings
 
@@ -115,7 +118,43 @@ def writer_stats(before: dict[str, float], after: dict[str, float]) -> dict:
             "mean_write_ms": round(1000 * d["voucherstream_redemption_write_seconds_sum"] / writes, 2)}
 
 
-async def run(rate: int, seconds: float, max_rate: int, workers: int, pg_seconds: int = 10) -> dict:
+async def start_stack(stack: contextlib.AsyncExitStack, prefix: str, env: dict[str, str],
+                      workdir: Path) -> dict[str, str]:
+    """The setting of `make run`: consent, segmentation and analytics beside issuance (each on its
+    own schema and this run's topics); returns the environment issuance is to run with."""
+    ports, fleet = fleet_env(prefix, "stack")
+    for s in ("consent", "segmentation", "analytics"):
+        await stack.enter_async_context(service_process(s, fleet, ports[s], workdir / f"{s}.log"))
+    return fleet | env
+
+
+async def start_demo(stack: contextlib.AsyncExitStack, env: dict[str, str], key: str, workdir: Path,
+                     demo_rate: float) -> None:
+    """The reference campaigns loaded and the shop simulator playing at ``demo_rate``, as `make run`."""
+    urls = {s: f"http://127.0.0.1:{env[f'{s.upper()}_HTTP_PORT']}" for s in ("issuance", "analytics")}
+    for s in ("consent", "segmentation", "issuance", "analytics"):
+        conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value(),
+                                     server_settings={"search_path": env[f"{s.upper()}_SCHEMA_NAME"]})
+        await auth.create_key(conn, "bench", list(auth.SCOPES), key)
+        await conn.close()
+    run_env = os.environ | env | {"VOUCHERSTREAM_API_KEY": key, "VOUCHERSTREAM_ISSUANCE_URL": urls["issuance"]}
+    subprocess.run([sys.executable, "-m", "shared.cli", "campaigns", "load", "deploy/campaigns/reference.yaml"],
+                   env=run_env, check=True, capture_output=True)
+    log = open(workdir / "demo.log", "wb")
+    demo = subprocess.Popen([sys.executable, "-m", "shared.demo", "--key", key, "--rate", str(demo_rate),
+                             "--issuance-url", urls["issuance"], "--analytics-url", urls["analytics"]],
+                            env=run_env, stdout=log, stderr=log)
+
+    def stop() -> None:
+        demo.terminate()
+        demo.wait(30)
+        log.close()
+
+    stack.callback(stop)
+
+
+async def run(rate: int, seconds: float, max_rate: int, workers: int, pg_seconds: int = 10,
+              stack_rate: float | None = None) -> dict:
     bootstrap = KafkaSettings().bootstrap
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
     await topics.ensure_topics(bootstrap, prefix, report=lambda *_: None)
@@ -126,12 +165,19 @@ async def run(rate: int, seconds: float, max_rate: int, workers: int, pg_seconds
            "VOUCHERSTREAM_KAFKA_TOPIC_PREFIX": prefix, "VOUCHERSTREAM_POSTGRES_POOL_MAX": "20", "VOUCHERSTREAM_POSTGRES_POOL_MIN": "20",
            "ISSUANCE_FAILED_ATTEMPTS_BURST": "1000000000", "ISSUANCE_HTTP_WORKERS": str(workers)}
     workdir = Path(tempfile.mkdtemp(prefix="bench-checkout-"))
-    result: dict = {"benchmark": "checkout", "http_workers": workers}
+    result: dict = {"benchmark": "checkout", "http_workers": workers,
+                    "setting": "issuance alone" if stack_rate is None else
+                    f"the stack as make run runs it: four services, the shop simulator at {stack_rate:g} events/s"}
     try:
-        async with service_process("issuance", env, port, workdir / "issuance.log"):
+        async with contextlib.AsyncExitStack() as stack:
+            if stack_rate is not None:
+                env = await start_stack(stack, prefix, env, workdir)
+            await stack.enter_async_context(service_process("issuance", env, port, workdir / "issuance.log"))
             conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value(), server_settings={"search_path": schema})
             _, key = await auth.create_key(conn, "bench", ["checkout", "marketing"])
             await conn.close()
+            if stack_rate is not None:
+                await start_demo(stack, env, key, workdir, stack_rate)
             needed = 2 * int(rate * seconds) + int(max_rate * 5) + 1800
             async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
                 assert (await c.post("/v1/campaigns", json=CAMPAIGN)).status_code == 201
@@ -185,15 +231,17 @@ async def run(rate: int, seconds: float, max_rate: int, workers: int, pg_seconds
             result["voucherify_redeem_at_rate"] = await attack(vf_redeem_targets(int(rate * seconds)), rate, seconds)
             await attack(redeem_targets(400), 200, 2)
             async with httpx.AsyncClient(base_url=base) as metrics:
+                # The redemption writer (single process: http_workers 1) — how many redemptions
+                # each write carried, and how long a write took.
                 before = await writer_totals(metrics)
                 result["redeem_at_rate"] = await attack(redeem_targets(int(rate * seconds)), rate, seconds)
                 middle = await writer_totals(metrics)
+                result["redeem_at_rate"]["writer"] = writer_stats(before, middle)
+                if stack_rate is not None:  # the maximum rates and PostgreSQL's are the other setting's
+                    return result
                 result["trivial_endpoint_max"] = await attack(health, max_rate, 5)
                 result["validate_max"] = await attack(validate, max_rate, 5)
                 result["redeem_max"] = await attack(redeem_targets(int(max_rate * 5)), max_rate, 5)
-                # The redemption writer (single process: http_workers 1) — how many redemptions
-                # each write carried, and how long a write took.
-                result["redeem_at_rate"]["writer"] = writer_stats(before, middle)
                 result["redeem_max"]["writer"] = writer_stats(middle, await writer_totals(metrics))
     finally:
         await topics.delete_topics(bootstrap, prefix)
@@ -220,8 +268,12 @@ def main() -> int:
     parser.add_argument("--max-rate", type=int, default=3000, help="offered load to find the sustained maximum")
     parser.add_argument("--workers", type=int, default=2, help="HTTP worker processes of the issuance service")
     parser.add_argument("--pg-seconds", type=int, default=10, help="length of each pgbench run")
+    parser.add_argument("--stack", type=float, default=None, metavar="EVENTS_PER_S",
+                        help="run the checkout beside the whole stack as `make run` runs it (the other three "
+                             "services, the reference campaigns, the shop simulator at this rate); the maximum "
+                             "rates and pgbench are left to the run without it")
     args = parser.parse_args()
-    r = asyncio.run(run(args.rate, args.seconds, args.max_rate, args.workers, args.pg_seconds))
+    r = asyncio.run(run(args.rate, args.seconds, args.max_rate, args.workers, args.pg_seconds, args.stack))
     r["targets"] = {"validate_p99_ms": "< 15", "redeem_p99_ms": "< 40"}
     r["targets_met"] = (r["validate_at_rate"]["p99_ms"] < 15 and r["redeem_at_rate"]["p99_ms"] < 40
                         and r["validate_at_rate"]["success_ratio"] == 1 and r["redeem_at_rate"]["success_ratio"] == 1)
