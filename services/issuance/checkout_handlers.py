@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from services.issuance import codes, ratelimit, session_store, store
+from services.issuance import checkout_store, codes, ratelimit
 from services.issuance.campaigns import offer_summary
 from services.issuance.checkout import Accept, Refuse, VoucherView, evaluate
 from services.issuance.handlers import SOURCE, IssuanceHandlers
@@ -41,7 +41,7 @@ class Answer:
 
 @dataclass(frozen=True, slots=True)
 class Checked:
-    row: asyncpg.Record | None  # the checkout context (store.redemption_contexts), None: no such code
+    row: asyncpg.Record | None  # the checkout context (checkout_store.redemption_contexts), None: no such code
     outcome: Accept | Refuse
 
 
@@ -78,7 +78,7 @@ class CheckoutHandlers:
 
     async def _read(self, _: None, lookups: list[tuple[bytes, str, str, tuple[Subject, ...]]]) -> list[tuple]:
         attempts = [who for *_, who in lookups]
-        rows, waits = await store.redemption_contexts(
+        rows, waits = await checkout_store.redemption_contexts(
             self._pool(), [lookup[:3] for lookup in lookups], [s.id for who in attempts for s in who],
             self.limiter.rate, self.limiter.burst)
         refused, undo = ratelimit.judge(attempts, waits) if waits else ([None] * len(rows), [])
@@ -104,7 +104,7 @@ class CheckoutHandlers:
         if not self.handlers.previous_hash_keys:
             return current
         hashes = [current] + [codes.code_hash(k, code) for k in self.handlers.previous_hash_keys]
-        return await store.stored_code_hash(self._pool(), hashes) or current
+        return await checkout_store.stored_code_hash(self._pool(), hashes) or current
 
     async def check(self, code: str, customer_id: str, order: ev.Money, items: list[ev.LineItem],
                     who: tuple[Subject, ...] = (), session: str | None = None) -> Checked:
@@ -177,7 +177,7 @@ class CheckoutHandlers:
                     raise RuntimeError(f"ledger refused a reserved spend on {v.campaign_id}")
                 outcome = Refuse("budget_exhausted", "the campaign's budget is spent")  # a partner code
             answer = self._refused("redeem", outcome)
-            if await store.store_answer_once(self._pool(), api_key_id, idempotency_key, request_hash, answer.status,
+            if await checkout_store.store_answer_once(self._pool(), api_key_id, idempotency_key, request_hash, answer.status,
                                              answer.body):
                 return answer, False
             # else the key was used meanwhile: answer as it was answered
@@ -230,16 +230,16 @@ class CheckoutHandlers:
                              session: str | None = None) -> tuple[Answer, bool]:
         """The pessimistic path, inside a transaction: the key is claimed (a concurrent holder is
         waited for), the voucher row locked, then the ledger moved last."""
-        prior = await store.claim_idempotency_key(conn, api_key_id, idempotency_key, request_hash)
+        prior = await checkout_store.claim_idempotency_key(conn, api_key_id, idempotency_key, request_hash)
         if prior is not None:
             return self._replay(prior["request_hash"], prior["status_code"], prior["response"], request_hash), True
 
         async def answer(a: Answer) -> Answer:
-            await store.store_idempotent_answer(conn, api_key_id, idempotency_key, a.status, a.body)
+            await checkout_store.store_idempotent_answer(conn, api_key_id, idempotency_key, a.status, a.body)
             return a
 
         now = ev.now_utc()
-        row = await store.lock_for_redemption(conn, code_hash)
+        row = await checkout_store.lock_for_redemption(conn, code_hash)
         outcome = self.decide(row, customer_id, order, items, now, session)
         if isinstance(outcome, Refuse):
             return await answer(self._refused("redeem", outcome)), False
@@ -263,17 +263,17 @@ class CheckoutHandlers:
             "valid": True, "redemption_id": redemption_id, "voucher_id": v.id, "campaign_id": v.campaign_id,
             "discount": {"amount": discount, "currency": v.currency},
             "remaining_balance": {"amount": new_balance, "currency": v.currency} if v.kind == "gift_card" else None})
-        await store.record_redemption(
+        await checkout_store.record_redemption(
             conn, voucher_id=v.id, status=new_status, reserved=new_reserved, balance=new_balance,
             closed_at=now if new_status == "redeemed" else None,
             redemption=(redemption_id, v.campaign_id, customer_id, order_id, discount, reserved_used, order.amount,
                         order.currency, now),
             api_key_id=api_key_id, idempotency_key=idempotency_key, response=result.body)
         if session is not None and row["session"] == session:  # the session's hold ends with its redemption
-            await session_store.release(conn, v.id, new_reserved)
+            await checkout_store.release_hold(conn, v.id, new_reserved)
         data_key = (await self.handlers.keys.for_customers(conn, [customer_id]))[customer_id]
         template = self._redeemed_template(redemption_id, v, row, customer_id, discount, order, now, data_key)
-        moved = await store.move_budget_and_announce(conn, v.campaign_id, -reserved_used, discount, "redeemed", v.id,
+        moved = await checkout_store.move_budget_and_announce(conn, v.campaign_id, -reserved_used, discount, "redeemed", v.id,
                                                      "voucher-redeemed", customer_id, template)
         if moved is None:
             if not can_fail:  # cannot happen: spending what was reserved keeps reserved + spent equal
@@ -287,8 +287,8 @@ class CheckoutHandlers:
     async def rollback(self, conn: asyncpg.Connection, redemption_id: str, api_key_id: str) -> Answer:
         """Only the key that redeemed may roll back; to any other the redemption does not exist."""
         now = ev.now_utc()
-        red = await store.redemption(conn, redemption_id, for_update=True)
-        if red is None or await store.redeemed_with(conn, redemption_id) != api_key_id:
+        red = await checkout_store.redemption(conn, redemption_id, for_update=True)
+        if red is None or await checkout_store.redeemed_with(conn, redemption_id) != api_key_id:
             if red is not None:
                 log.warning("rollback refused: another API key redeemed it",
                             extra={"redemption_id": redemption_id, "api_key_id": api_key_id})
@@ -296,21 +296,21 @@ class CheckoutHandlers:
         if red["status"] == "rolled_back":
             return Answer(200, {"redemption_id": redemption_id, "rolled_back": True, "changed": False,
                                 "detail": "already rolled back; nothing changed"})
-        row = await store.voucher_by_id(conn, red["voucher_id"], for_update=True)
+        row = await checkout_store.voucher_by_id(conn, red["voucher_id"], for_update=True)
         v = view(row)
         still_valid = v.status != "revoked" and now < v.expires_at
         discount = red["discount"]
         # What was spent comes back. A voucher still valid gets its reservation back — in full if
         # the budget still has room, else at least what it had spent (always room for that).
         wanted = red["reserved_used"] if (still_valid and v.customer_id is not None) else 0
-        moved = await store.move_budget(conn, v.campaign_id, wanted, -discount, "rolled_back", v.id)
+        moved = await checkout_store.move_budget(conn, v.campaign_id, wanted, -discount, "rolled_back", v.id)
         if moved is None:
             wanted = min(wanted, discount)
-            moved = await store.move_budget(conn, v.campaign_id, wanted, -discount, "rolled_back", v.id)
+            moved = await checkout_store.move_budget(conn, v.campaign_id, wanted, -discount, "rolled_back", v.id)
         status = "active" if still_valid else ("revoked" if v.status == "revoked" else "expired")
         balance = (v.balance or 0) + discount if v.kind == "gift_card" else v.balance
-        await store.set_voucher(conn, v.id, status, v.reserved + wanted, balance, None if status == "active" else now)
-        await store.mark_rolled_back(conn, redemption_id, now)
+        await checkout_store.set_voucher(conn, v.id, status, v.reserved + wanted, balance, None if status == "active" else now)
+        await checkout_store.mark_rolled_back(conn, redemption_id, now)
         await enqueue(conn, [event_record("redemption-rolled-back", ev.RedemptionRolledBack(
             redemption_id=redemption_id, voucher_id=v.id, campaign_id=v.campaign_id, customer_id=red["customer_id"],
             returned=ev.Money(amount=discount, currency=v.currency), rolled_back_at=now, ledger=moved.snapshot()),
@@ -323,7 +323,7 @@ class CheckoutHandlers:
 
     async def offers(self, conn: asyncpg.Connection, customer_id: str, *, with_codes: bool) -> list[dict[str, Any]]:
         out = []
-        for r in await store.active_offers(conn, customer_id, ev.now_utc()):
+        for r in await checkout_store.active_offers(conn, customer_id, ev.now_utc()):
             spec = self.handlers.spec(r)
             offer = spec.offer_for(r["variant"])
             item = {"voucher_id": r["id"], "campaign_id": r["campaign_id"], "campaign_name": spec.name,

@@ -16,7 +16,7 @@ from datetime import timedelta
 
 import asyncpg
 
-from services.issuance import ratelimit, session_store, store
+from services.issuance import checkout_store, ratelimit
 from services.issuance.checkout import Accept, Refuse
 from services.issuance.checkout_handlers import CheckoutHandlers, Checked, view
 from services.issuance.ratelimit import Subject
@@ -46,18 +46,18 @@ class CheckoutSessions:
         code_hash = await self.checkout.code_hash(code)
         now = ev.now_utc()
         async with self._pool().acquire() as conn, conn.transaction():
-            row = await store.lock_for_redemption(conn, code_hash)
+            row = await checkout_store.lock_for_redemption(conn, code_hash)
             outcome = self.checkout.decide(row, customer_id, order, items, now, session)
             if isinstance(outcome, Accept):
                 v = view(row)
                 held = v.reserved
                 if v.customer_id is None and v.kind != "gift_card":  # a partner code reserves what it holds
                     held = outcome.discount
-                    if held != v.reserved and await store.move_budget(
+                    if held != v.reserved and await checkout_store.move_budget(
                             conn, v.campaign_id, held - v.reserved, 0, "held", v.id) is None:
                         outcome = Refuse("budget_exhausted", "the campaign's budget is spent")
                 if isinstance(outcome, Accept):
-                    await session_store.hold(conn, v.id, session, now + timedelta(seconds=ttl_s), held)
+                    await checkout_store.hold_voucher(conn, v.id, session, now + timedelta(seconds=ttl_s), held)
         self.checkout.metrics.checkout.labels(
             "hold", outcome.reason if isinstance(outcome, Refuse) else "held").inc()
         return Checked(row, outcome)
@@ -68,7 +68,7 @@ class CheckoutSessions:
         session = session_of(api_key_id, key)
         code_hash = await self.checkout.code_hash(code)
         async with self._pool().acquire() as conn, conn.transaction():
-            row = await store.lock_for_redemption(conn, code_hash)
+            row = await checkout_store.lock_for_redemption(conn, code_hash)
             if row is None or row["session"] != session or row["status"] != "active":
                 return False
             await self._give_back(conn, row["id"], row["campaign_id"], row["customer_id"], row["reserved"])
@@ -79,16 +79,16 @@ class CheckoutSessions:
         """Gives back what expired holds of partner codes reserved; returns how many."""
         now = ev.now_utc()
         async with pool.acquire() as conn, conn.transaction():
-            due = await session_store.expired_partner_holds(conn, now, limit)
+            due = await checkout_store.expired_partner_holds(conn, now, limit)
             for v in due:
                 await self._give_back(conn, v["id"], v["campaign_id"], None, v["reserved"])
-            await session_store.forget_expired(conn, now)
+            await checkout_store.forget_expired(conn, now)
         return len(due)
 
     async def _give_back(self, conn: asyncpg.Connection, voucher_id: str, campaign_id: str, customer_id: str | None,
                          reserved: int) -> None:
         if customer_id is None and reserved:
-            if await store.move_budget(conn, campaign_id, -reserved, 0, "released", voucher_id) is None:
+            if await checkout_store.move_budget(conn, campaign_id, -reserved, 0, "released", voucher_id) is None:
                 raise RuntimeError(f"ledger refused to release a hold on {campaign_id}")  # cannot happen
             reserved = 0
-        await session_store.release(conn, voucher_id, reserved)
+        await checkout_store.release_hold(conn, voucher_id, reserved)

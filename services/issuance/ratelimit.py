@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from services.issuance import store
+from services.issuance import checkout_store
 from shared.batching import Batcher
 from shared.kafka import sanitized
 
@@ -96,7 +96,7 @@ class FailureLimiter:
     async def take(self, who: Sequence[Subject]) -> Refused | None:
         """One attempt from every subject, or why not (then nothing is taken). The checkout's
         validations and redemptions take theirs in the statement that reads their voucher
-        (``store.redemption_contexts``); this is for requests that read nothing else."""
+        (``checkout_store.redemption_contexts``); this is for requests that read nothing else."""
         return await self._takes.submit(None, tuple(who))
 
     def give_back(self, subject_ids: Iterable[str]) -> None:
@@ -116,7 +116,7 @@ class FailureLimiter:
             while self._returns:
                 batch, self._returns = self._returns[:self.max_batch], self._returns[self.max_batch:]
                 try:
-                    await store.settle_attempts(self._pool(), [], batch, self.rate, self.burst)
+                    await checkout_store.settle_attempts(self._pool(), [], batch, self.rate, self.burst)
                 except Exception as exc:  # noqa: BLE001 - those subjects keep one attempt less, for a minute
                     log.warning("failure-limit tokens not given back", extra={"error": sanitized(exc),
                                                                               "subjects": len(batch)})
@@ -125,10 +125,10 @@ class FailureLimiter:
 
     async def forget_full(self) -> int:
         """Removes buckets that have refilled since they were last taken from."""
-        return await store.forget_full_buckets(self._pool(), self.purpose + "/", self.rate, self.burst)
+        return await checkout_store.forget_full_buckets(self._pool(), self.purpose + "/", self.rate, self.burst)
 
     async def _take(self, _: None, requests: list[tuple[Subject, ...]]) -> list[Refused | None]:
-        waits = await store.settle_attempts(self._pool(), [s.id for who in requests for s in who], [],
+        waits = await checkout_store.settle_attempts(self._pool(), [s.id for who in requests for s in who], [],
                                             self.rate, self.burst)
         answers, undo = judge(requests, waits)
         self.give_back(undo)

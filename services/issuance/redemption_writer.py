@@ -17,35 +17,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 
 import asyncpg
 
-from services.issuance import store
+from services.issuance import checkout_store
+from services.issuance.checkout_store import SingleUse
 from services.issuance.budget import Ledger
 from shared.batching import Batcher
-
-
-@dataclass(frozen=True, slots=True)
-class SingleUse:
-    """One redemption of a single-use code, decided and ready to write."""
-
-    campaign_id: str
-    voucher_id: str
-    reserved: int  # as read: the write applies only if the voucher still holds it
-    discount: int
-    redemption_id: str
-    customer_id: str
-    order_id: str | None
-    order_amount: int
-    currency: str
-    at: datetime
-    api_key_id: str
-    key: str
-    request_hash: bytes
-    response: dict
-    event_template: bytes  # voucher-redeemed with a placeholder ledger
-    session: str | None = None  # the checkout session of the request: a voucher another holds is stale
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +49,6 @@ class RedemptionWriter:
     async def _write(self, campaign_id: str, items: list[SingleUse]) -> list[Written]:
         started = time.perf_counter()
         async with self._pool().acquire() as conn:
-            written = await store.redeem_single_use_batch(conn, campaign_id, "voucher-redeemed", items)
+            written = await checkout_store.redeem_single_use_batch(conn, campaign_id, "voucher-redeemed", items)
         self._observe(len(items), time.perf_counter() - started)
         return [Written(outcome, ledger) for outcome, ledger in written]

@@ -8,7 +8,7 @@ import asyncio
 import json
 import uuid
 
-from services.issuance import store
+from services.issuance import checkout_store, store
 from services.issuance.redemption_writer import RedemptionWriter, SingleUse
 from shared import events as ev
 from tests.integration.issuance.conftest import USD, campaign
@@ -49,7 +49,7 @@ async def test_one_batch_decides_each_redemption_as_if_alone_in_order(issuance):
     ]
     async with issuance.writer_pool.acquire() as conn:
         before = await store.ledger(conn, "batch")
-        written = await store.redeem_single_use_batch(conn, "batch", "voucher-redeemed", batch)
+        written = await checkout_store.redeem_single_use_batch(conn, "batch", "voucher-redeemed", batch)
         after = await store.ledger(conn, "batch")
         history = await conn.fetch("SELECT seq, reserved, spent, voucher_id FROM budget_ledger_history"
                                    " WHERE campaign_id = 'batch' AND cause = 'redeemed' ORDER BY seq")
