@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import pathlib
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -21,6 +23,7 @@ from services.consent.ledger import idempotent_event_id
 from shared.auth import AUTH_RESPONSES, Principal
 from shared.service import NOT_FOUND
 
+REGISTER = pathlib.Path(__file__).with_name("register.json")  # python -m tools.processing_register writes it
 KEY_REUSED = {422: {"description": "An invalid body (HTTPValidationError), or an Idempotency-Key reused with "
                                    "another decision (ErrorOut)",
                     "content": {"application/json": {"schema": {"anyOf": [
@@ -180,10 +183,12 @@ def routes(app: FastAPI, service) -> None:
         async with service.pool.acquire() as conn:
             return await _request_out(conn, request_id, "erasure")
 
+    declared = json.loads(REGISTER.read_text())
+
     @app.get("/v1/privacy/register", dependencies=privacy_scope, response_model=RegisterOut, tags=["privacy"],
              summary="The register of processing, as each service declares it in code")
     async def processing_register() -> RegisterOut:
-        return RegisterOut(**register(service.settings.privacy_services))
+        return RegisterOut(**register(declared, service.settings.privacy_services))
 
     async def _request_out(conn, request_id: str, kind: str) -> PrivacyRequestOut:
         row = await store.request(conn, request_id, kind)

@@ -177,8 +177,8 @@ class CheckoutHandlers:
                     raise RuntimeError(f"ledger refused a reserved spend on {v.campaign_id}")
                 outcome = Refuse("budget_exhausted", "the campaign's budget is spent")  # a partner code
             answer = self._refused("redeem", outcome)
-            if await checkout_store.store_answer_once(self._pool(), api_key_id, idempotency_key, request_hash, answer.status,
-                                             answer.body):
+            if await checkout_store.store_answer_once(self._pool(), api_key_id, idempotency_key, request_hash,
+                                                      answer.status, answer.body):
                 return answer, False
             # else the key was used meanwhile: answer as it was answered
         async with self._pool().acquire() as conn, conn.transaction():
@@ -273,8 +273,8 @@ class CheckoutHandlers:
             await checkout_store.release_hold(conn, v.id, new_reserved)
         data_key = (await self.handlers.keys.for_customers(conn, [customer_id]))[customer_id]
         template = self._redeemed_template(redemption_id, v, row, customer_id, discount, order, now, data_key)
-        moved = await checkout_store.move_budget_and_announce(conn, v.campaign_id, -reserved_used, discount, "redeemed", v.id,
-                                                     "voucher-redeemed", customer_id, template)
+        moved = await checkout_store.move_budget_and_announce(conn, v.campaign_id, -reserved_used, discount, "redeemed",
+                                                              v.id, "voucher-redeemed", customer_id, template)
         if moved is None:
             if not can_fail:  # cannot happen: spending what was reserved keeps reserved + spent equal
                 raise RuntimeError(f"ledger refused a reserved spend on {v.campaign_id}")

@@ -129,7 +129,7 @@ class FailureLimiter:
 
     async def _take(self, _: None, requests: list[tuple[Subject, ...]]) -> list[Refused | None]:
         waits = await checkout_store.settle_attempts(self._pool(), [s.id for who in requests for s in who], [],
-                                            self.rate, self.burst)
+                                                     self.rate, self.burst)
         answers, undo = judge(requests, waits)
         self.give_back(undo)
         return answers

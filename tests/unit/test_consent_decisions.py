@@ -1,3 +1,4 @@
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -92,8 +93,18 @@ def test_the_expected_privacy_services_come_from_configuration(monkeypatch):
 
 
 def test_the_register_lists_undeclared_services_instead_of_hiding_them():
+    from services.consent.api import REGISTER
     from shared.processing import register
 
-    got = register(["consent", "issuance", "loyalty-app"])
+    got = register(json.loads(REGISTER.read_text()), ["consent", "issuance", "loyalty-app"])
     assert {a["service"] for a in got["activities"]} == {"consent", "issuance"}
     assert got["undeclared_services"] == ["loyalty-app"]
+
+
+def test_the_served_register_is_what_the_services_declare():
+    from services.consent.api import REGISTER
+    from tools import processing_register
+
+    assert REGISTER.read_text() == processing_register.render(), \
+        "services/consent/register.json is stale: run python -m tools.processing_register"
+    assert set(json.loads(REGISTER.read_text())) == {"consent", "segmentation", "issuance", "analytics"}
