@@ -5,6 +5,7 @@ WORKDIR /app
 COPY pyproject.toml requirements.lock README.md ./
 COPY shared ./shared
 COPY services ./services
+COPY voucherstream ./voucherstream
 RUN pip install -c requirements.lock . && useradd --system --uid 10001 voucherstream
 USER voucherstream
 ENV SERVICE=consent

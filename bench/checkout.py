@@ -138,7 +138,7 @@ async def start_demo(stack: contextlib.AsyncExitStack, env: dict[str, str], key:
         await auth.create_key(conn, "bench", list(auth.SCOPES), key)
         await conn.close()
     run_env = os.environ | env | {"VOUCHERSTREAM_API_KEY": key, "VOUCHERSTREAM_ISSUANCE_URL": urls["issuance"]}
-    subprocess.run([sys.executable, "-m", "shared.cli", "campaigns", "load", "deploy/campaigns/reference.yaml"],
+    subprocess.run([sys.executable, "-m", "voucherstream.cli", "campaigns", "load", "deploy/campaigns/reference.yaml"],
                    env=run_env, check=True, capture_output=True)
     log = open(workdir / "demo.log", "wb")
     demo = subprocess.Popen([sys.executable, "-m", "shared.demo", "--key", key, "--rate", str(demo_rate),

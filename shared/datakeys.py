@@ -28,7 +28,7 @@ import asyncpg
 from cryptography.exceptions import InvalidTag
 
 from shared import db, events, sealing
-from shared.kafka import TransientError
+from shared.errors import TransientError
 from shared.settings import DataKeySettings, PostgresSettings
 
 MIGRATIONS = Path(__file__).parent / "keystore_migrations"

@@ -37,6 +37,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from shared.events import ContractError, Envelope, Erased, Event, data_key_id, decode
+from shared.errors import TransientError
 from shared.metrics import Metrics
 from shared.settings import KafkaSettings
 from shared.topics import Topic, topic as registry_topic
@@ -74,10 +75,6 @@ StartPositions = Callable[[dict[tuple[str, int], int]], Awaitable[dict[tuple[str
 # Called when a poll found nothing waiting, with the position of every assigned (registry topic,
 # partition): everything below it has been handled (dead letters included) and committed.
 OnIdle = Callable[[dict[tuple[str, int], int]], Awaitable[None]]
-
-
-class TransientError(Exception):
-    """Raise from a handler to have the batch retried rather than dead-lettered."""
 
 
 _TRANSIENT_PG = (

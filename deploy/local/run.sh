@@ -19,11 +19,11 @@ echo "[run] topics ready"
 # Each service logs in as its own role, which can use only its own schema's rows (the schemas are
 # migrated here, by their owner; docs/operations.md, "Database roles").
 PRIVACY=$(IFS=,; echo "${SERVICES[*]}")
-"$PY" -m shared.cli db migrate --services "$PRIVACY" >"$LOGS/db.log" 2>&1 \
+"$PY" -m voucherstream.cli db migrate --services "$PRIVACY" >"$LOGS/db.log" 2>&1 \
   || { echo "[run] could not migrate the schemas; see $LOGS/db.log" >&2; exit 1; }
 for s in "${SERVICES[@]}"; do
   password="voucherstream-local-$s"  # the local stack only: real deployments keep theirs in a secret store
-  VOUCHERSTREAM_DB_ROLE_PASSWORD="$password" "$PY" -m shared.cli db grant "$s" >>"$LOGS/db.log" 2>&1 \
+  VOUCHERSTREAM_DB_ROLE_PASSWORD="$password" "$PY" -m voucherstream.cli db grant "$s" >>"$LOGS/db.log" 2>&1 \
     || { echo "[run] could not grant the $s role; see $LOGS/db.log" >&2; exit 1; }
   export "${s^^}_POSTGRES_DSN=postgresql://voucherstream_$s:$password@127.0.0.1:5432/voucherstream?sslmode=disable"
 done
@@ -57,10 +57,10 @@ for s in "${SERVICES[@]}"; do
     stop
   fi
 done
-KEY=$("$PY" -m shared.cli keys create --name "demo-$(date +%s)" --scopes checkout,onsite,marketing,consent:write,privacy:admin,profiles:read --quiet) \
+KEY=$("$PY" -m voucherstream.cli keys create --name "demo-$(date +%s)" --scopes checkout,onsite,marketing,consent:write,privacy:admin,profiles:read --quiet) \
   || { echo "[run] could not create the demo API key" >&2; stop; }
 echo "[run] demo API key (all scopes, shown once): $KEY"
-VOUCHERSTREAM_API_KEY="$KEY" "$PY" -m shared.cli campaigns load deploy/campaigns/reference.yaml 2>&1 | sed 's/^/[run] campaign /'
+VOUCHERSTREAM_API_KEY="$KEY" "$PY" -m voucherstream.cli campaigns load deploy/campaigns/reference.yaml 2>&1 | sed 's/^/[run] campaign /'
 echo "[run] all services healthy after $SECONDS s; starting the shop simulator and the live view"
 trap '' INT  # the simulator handles Ctrl-C itself; then the services are stopped below
 "$PY" -m shared.demo --key "$KEY" ${DEMO_ARGS:-}

@@ -3,9 +3,10 @@ no change can break ``reserved + spent <= limit`` (the database enforces it agai
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from shared.events import LedgerSnapshot
+from shared.outbox import OutboxRecord
 
 
 class BudgetExhausted(Exception):
@@ -58,3 +59,19 @@ class Ledger:
     def snapshot(self) -> LedgerSnapshot:
         return LedgerSnapshot(currency=self.currency, limit=self.limit, reserved=self.reserved, spent=self.spent,
                               seq=self.seq)
+
+
+@dataclass
+class Batch:
+    """What one transaction changes, gathered so it is written in a few statements."""
+
+    ledgers: dict[str, Ledger]
+    changed: set[str] = field(default_factory=set)
+    history: list[tuple] = field(default_factory=list)
+    outbox: list[OutboxRecord] = field(default_factory=list)
+
+    def step(self, campaign_id: str, new: Ledger, cause: str, voucher_id: str | None) -> Ledger:
+        self.ledgers[campaign_id] = new
+        self.changed.add(campaign_id)
+        self.history.append((campaign_id, new.seq, new.limit, new.reserved, new.spent, cause, voucher_id))
+        return new

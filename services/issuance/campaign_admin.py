@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from services.issuance import codes, store
 from services.issuance.campaigns import CampaignSpec, offer_summary
-from services.issuance.handlers import SOURCE, Batch, IssuanceHandlers
+from services.issuance.budget import Batch
+from services.issuance.handlers import SOURCE, IssuanceHandlers
 from shared import events as ev
 from shared.outbox import enqueue, event_record
 

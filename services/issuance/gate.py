@@ -23,7 +23,7 @@ from shared.outbox import event_record
 from shared.topics import CUSTOMER_PARTITIONS, partition_for
 
 if TYPE_CHECKING:
-    from services.issuance.handlers import Batch
+    from services.issuance.budget import Batch
 
 log = logging.getLogger(__name__)
 SOURCE = "voucherstream/issuance"

@@ -11,13 +11,12 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
 
 from services.issuance import codes, ordering, ordering_store, store
-from services.issuance.budget import Ledger
+from services.issuance.budget import Batch
 from services.issuance.campaigns import CampaignSpec, offer_summary, personal_brand
 from services.issuance.gate import ConsentChanges, ConsentGate, Entry, Offsets
 from services.issuance.metrics import IssuanceMetrics
@@ -27,26 +26,10 @@ from shared.datakeys import DataKeys
 from shared import events as ev
 from shared import exports
 from shared import sealing
-from shared.outbox import OutboxRecord, enqueue, event_record
+from shared.outbox import enqueue, event_record
 
 log = logging.getLogger(__name__)
 SOURCE = "voucherstream/issuance"
-
-
-@dataclass
-class Batch:
-    """What one transaction changes, gathered so it is written in a few statements."""
-
-    ledgers: dict[str, Ledger]
-    changed: set[str] = field(default_factory=set)
-    history: list[tuple] = field(default_factory=list)
-    outbox: list[OutboxRecord] = field(default_factory=list)
-
-    def step(self, campaign_id: str, new: Ledger, cause: str, voucher_id: str | None) -> Ledger:
-        self.ledgers[campaign_id] = new
-        self.changed.add(campaign_id)
-        self.history.append((campaign_id, new.seq, new.limit, new.reserved, new.spent, cause, voucher_id))
-        return new
 
 
 class IssuanceHandlers:

@@ -83,7 +83,7 @@ async def test_resetting_every_group_to_the_earliest_offsets_and_restarting_chan
 
     async with fleet:
         proc = await asyncio.create_subprocess_exec(
-            os.sys.executable, "-m", "shared.cli", "campaigns", "load", str(ROOT / "deploy/campaigns/reference.yaml"),
+            os.sys.executable, "-m", "voucherstream.cli", "campaigns", "load", str(ROOT / "deploy/campaigns/reference.yaml"),
             cwd=ROOT, env=os.environ | fleet.env | {"PYTHONPATH": str(ROOT), "VOUCHERSTREAM_API_KEY": fleet.key,
                                                       "VOUCHERSTREAM_ISSUANCE_URL": f"http://127.0.0.1:{fleet.ports['issuance']}"},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)

@@ -33,7 +33,7 @@ def shop_publish(kafka, topic: str, events: list[ev.Event]) -> None:
     """kcat with Kafka's default partitioner, one 'key|json' line per event, personal fields sealed
     by `voucherstream seal` on the way, as docs/privacy.md asks of the shop."""
     lines = b"".join(e.key().encode() + b"|" + ev.encode(e, source="shop-php") + b"\n" for e in events)
-    sealed = subprocess.run([sys.executable, "-m", "shared.cli", "seal", "-K", "|"], cwd=ROOT, input=lines,
+    sealed = subprocess.run([sys.executable, "-m", "voucherstream.cli", "seal", "-K", "|"], cwd=ROOT, input=lines,
                             capture_output=True, env=os.environ | {"PYTHONPATH": str(ROOT)}, timeout=60, check=True)
     kcat("-b", kafka.bootstrap, "-P", "-t", kafka.topic(topic), "-K", "|", "-X", "topic.partitioner=murmur2_random",
          input=sealed.stdout)
@@ -74,7 +74,7 @@ async def test_birthday_cart_and_loyalty_stories_with_consent_checkout_counters_
         headers = {"Authorization": f"Bearer {key}"}
         client = await stack.enter_async_context(httpx.AsyncClient(headers=headers, timeout=30))
         proc = await asyncio.create_subprocess_exec(
-            os.sys.executable, "-m", "shared.cli", "campaigns", "load", str(ROOT / "deploy/campaigns/reference.yaml"),
+            os.sys.executable, "-m", "voucherstream.cli", "campaigns", "load", str(ROOT / "deploy/campaigns/reference.yaml"),
             cwd=ROOT, env=os.environ | env | {"PYTHONPATH": str(ROOT), "VOUCHERSTREAM_API_KEY": key,
                                                 "VOUCHERSTREAM_ISSUANCE_URL": url["issuance"]},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 async def cli(*args: str, env: dict) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "shared.cli", *args, cwd=ROOT,
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "voucherstream.cli", *args, cwd=ROOT,
                                                 env=os.environ | {"PYTHONPATH": str(ROOT)} | env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
@@ -86,7 +86,7 @@ async def test_the_shop_seals_personal_fields_and_an_erasure_makes_them_unreadab
 
     # `seal` is the same for a pipe into kcat: key|envelope lines in, sealed out; bad input refused.
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli", "seal", "-K", "|", cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
+        sys.executable, "-m", "voucherstream.cli", "seal", "-K", "|", cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     from shared import events as ev
 
@@ -96,7 +96,7 @@ async def test_the_shop_seals_personal_fields_and_an_erasure_makes_them_unreadab
     assert proc.returncode == 0 and key == customer.encode() and b"k-sealed-1" not in value
     assert json.loads(value)["datakey"]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli", "seal", cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
+        sys.executable, "-m", "voucherstream.cli", "seal", cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await proc.communicate(b'{"specversion": "1.0"}\n')
     assert proc.returncode == 1 and out == b"" and b"nothing was written" in err

@@ -22,10 +22,14 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     src, env = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("venv")
-    for name in ("pyproject.toml", "requirements.lock", "README.md"):
-        shutil.copy(ROOT / name, src / name)
-    for name in ("shared", "services"):
-        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    # Exactly what the Dockerfile copies before it installs.
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY "):
+            for name in line.split()[1:-1]:
+                if (ROOT / name).is_dir():
+                    shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    shutil.copy(ROOT / name, src / name)
     venv.create(env, with_pip=True)
     done = subprocess.run([env / "bin" / "pip", "install", "-q", "-c", "requirements.lock", "."], cwd=src,
                           capture_output=True, text=True, timeout=540)

@@ -18,7 +18,7 @@ from services.issuance.settings import IssuanceSettings
 
 
 async def cli(*args: str, env: dict) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "shared.cli", *args, cwd=ROOT,
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "voucherstream.cli", *args, cwd=ROOT,
                                                 env=os.environ | {"PYTHONPATH": str(ROOT)} | env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
