@@ -22,9 +22,8 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 
 from bench.common import free_port, percentile, service_process
-from shared import auth
+from shared import auth, topics
 from shared import events as ev
-from shared import topics
 from shared.kafka import start_producer
 from shared.settings import KafkaSettings, PostgresSettings
 
@@ -163,7 +162,8 @@ def main() -> int:
     args = parser.parse_args()
     r = asyncio.run(run(args.saturation, args.rate, args.seconds, args.bootstrap))
     r["targets"] = {"vouchers_per_s": ">= 2000", "p99_ms_at_1000_per_s": "< 250"}
-    r["targets_met"] = r["vouchers_per_s"] >= 2000 and r["p99_ms"] < 250 and r["vouchers_in_db"] == args.saturation + int(args.rate * args.seconds)
+    r["targets_met"] = (r["vouchers_per_s"] >= 2000 and r["p99_ms"] < 250
+                        and r["vouchers_in_db"] == args.saturation + int(args.rate * args.seconds))
     print(json.dumps(r, indent=2))
     return 0 if r["targets_met"] else 1
 

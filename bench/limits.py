@@ -12,16 +12,14 @@ import argparse
 import asyncio
 import json
 import re
-import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.common import ROOT, kafka_tool
+from bench.common import kafka_tool
 from bench.issuance import raw_postgres_insert_rate
 from shared.settings import KafkaSettings
 

@@ -27,8 +27,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.segmentation.app import SegmentationService
 from services.segmentation.settings import SegmentationSettings
-from shared import db, events as ev
-from shared import topics
+from shared import db, topics
+from shared import events as ev
 from shared.kafka import start_producer
 from shared.settings import KafkaSettings, PostgresSettings
 

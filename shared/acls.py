@@ -141,7 +141,7 @@ def markdown_table() -> str:
     for p in PRINCIPALS:
         mine = [a for a in acls if a.principal == p]
 
-        def names(op: str) -> str:
+        def names(op: str, mine=mine) -> str:
             return ", ".join(f"`{a.name}`" for a in mine if a.resource == "TOPIC" and a.operation == op) or "—"
         reads = {a.name for a in mine if a.operation in ("READ", "WRITE")}
         describes = ", ".join(f"`{a.name}`" for a in mine if a.operation == "DESCRIBE" and a.name not in reads) or "—"
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         outcome = apply(kafka, prefix, prune=args.prune)
-    except Exception as exc:  # noqa: BLE001 - a CLI reports, it does not trace back
+    except Exception as exc:
         print(f"error: could not apply the ACLs on {kafka.bootstrap} as {kafka.sasl_username or 'anonymous'}: {exc}",
               file=sys.stderr)
         return 1

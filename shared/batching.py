@@ -40,7 +40,7 @@ class Batcher(Generic[K, T, R]):
                     results = await self._flush(key, [item for item, _ in batch])
                     if len(results) != len(batch):
                         raise RuntimeError(f"flush gave {len(results)} results for {len(batch)} items")
-                except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch
+                except Exception as exc:
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
@@ -50,7 +50,7 @@ class Batcher(Generic[K, T, R]):
                         if not future.done():
                             future.set_exception(RuntimeError(f"batch abandoned: {exc!r}"))
                     raise
-                for (_, future), result in zip(batch, results):
+                for (_, future), result in zip(batch, results, strict=True):
                     if not future.done():
                         future.set_result(result)
         finally:

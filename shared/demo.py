@@ -63,7 +63,7 @@ class Shop:
             registered_at=now)))
         favourite = rng.choice(BRANDS)
         big = rng.random() < 0.1
-        for i in range(rng.randint(1, 4)):
+        for _ in range(rng.randint(1, 4)):
             if rng.random() < 0.7:
                 item = ev.LineItem(sku=f"p-{rng.randint(1, 40)}", brand=favourite if rng.random() < 0.8 else rng.choice(BRANDS),
                                    category="perfume", quantity=1, unit_price=ev.Money(amount=rng.randint(40, 150) * 100, currency="USD"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-from shared import events as ev
 from shared.topics import DAY_MS, TOPICS
 
 HEADER = """# The event contract

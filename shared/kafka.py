@@ -36,11 +36,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from shared.events import ContractError, Envelope, Erased, Event, data_key_id, decode
 from shared.errors import TransientError
+from shared.events import ContractError, Envelope, Erased, Event, data_key_id, decode
 from shared.metrics import Metrics
 from shared.settings import KafkaSettings
-from shared.topics import Topic, topic as registry_topic
+from shared.topics import Topic
+from shared.topics import topic as registry_topic
 
 if TYPE_CHECKING:
     from shared.datakeys import DataKeys
@@ -141,7 +142,7 @@ class Producer:
                 except asyncio.CancelledError:  # stop() while replacing: nothing left open
                     await fresh.stop()
                     raise
-                except Exception as exc:  # noqa: BLE001 - the broker may still be away: try again
+                except Exception as exc:
                     log.warning("could not start a fresh producer yet", extra={"error": repr(exc), "retry_in_s": delay})
                     await fresh.stop()
                     await asyncio.sleep(delay)
@@ -154,7 +155,7 @@ class Producer:
             self._replacing = None
         try:
             await asyncio.wait_for(old.stop(), 10)
-        except Exception:  # noqa: BLE001 - the old one is abandoned either way
+        except Exception:
             pass
 
     async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
@@ -450,7 +451,7 @@ class BatchConsumer:
         if self.on_idle is not None and positions:
             try:
                 await self.on_idle(positions)
-            except Exception as exc:  # noqa: BLE001 - an idle hook retries at the next idle poll
+            except Exception as exc:
                 log.warning("idle hook failed; trying again when next idle",
                             extra={"group": self.group_id, "error": repr(exc)})
         if not ahead:
@@ -472,7 +473,7 @@ class BatchConsumer:
         try:
             ends = await consumer.end_offsets(list(tps.values()))
             starts = await self.start_positions({key: ends[tp] for key, tp in tps.items()})
-        except Exception as exc:  # noqa: BLE001 - then the committed offsets: the handler still skips what it applied
+        except Exception as exc:
             log.warning("start positions unavailable; reading from the committed offsets",
                         extra={"group": self.group_id, "error": repr(exc)})
             return
@@ -518,7 +519,7 @@ class BatchConsumer:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - classified just below
+            except Exception as exc:
                 if not is_transient(exc):
                     raise _NotTransient() from exc
                 if self._stopping.is_set():

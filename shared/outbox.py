@@ -186,7 +186,7 @@ class OutboxRelay:
                 try:
                     n = await self.publish_once()
                     delay = 0.1
-                except Exception as exc:  # noqa: BLE001 - the relay must outlive the database and the broker
+                except Exception as exc:
                     self._needs_recovery = True
                     await self._resign()
                     level = logging.WARNING if is_transient(exc) else logging.ERROR
@@ -237,7 +237,7 @@ class OutboxRelay:
             return
         try:
             await asyncio.wait_for(conn.execute("SELECT pg_advisory_unlock_all()"), 5)
-        except Exception:  # noqa: BLE001 - a broken connection lost its lock with its session
+        except Exception:
             conn.terminate()
         await self.pool.release(conn)
 
@@ -293,7 +293,7 @@ class OutboxRelay:
             pending = (await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
                        if len(rows) >= self.batch_size else 0)
         now = time.time()
-        for row, topic, _ in placed:
+        for row, _topic, _ in placed:
             self.metrics.outbox_published.labels(self.metrics.service, row["topic"]).inc()
             self.metrics.outbox_delay.labels(self.metrics.service).observe(max(now - row["created_at"].timestamp(), 0))
             if self.on_published is not None and row["headers"]:

@@ -10,13 +10,12 @@ import contextlib
 import gc
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import orjson
 import uvicorn
-
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
@@ -140,7 +139,7 @@ class Service:
             while not self._stopping.is_set():
                 try:
                     await job()
-                except Exception:  # noqa: BLE001 - a failed round is logged and retried next time
+                except Exception:
                     log.exception("periodic job failed", extra={"job": name})
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
@@ -158,7 +157,7 @@ class Service:
                     return
                 except asyncio.CancelledError:
                     raise
-                except Exception:  # noqa: BLE001 - restart rather than run on silently without it
+                except Exception:
                     log.exception("background task crashed; restarting", extra={"task": name, "retry_in_s": delay})
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 10.0)
@@ -176,7 +175,7 @@ class Service:
         try:
             async with self.pool.acquire(timeout=2) as conn:
                 await conn.fetchval("SELECT 1")
-        except Exception:  # noqa: BLE001 - not ready is the answer
+        except Exception:
             return False
         return True
 

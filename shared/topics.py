@@ -317,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     from shared.settings import KafkaSettings
 
     parser = argparse.ArgumentParser(prog="python -m shared.topics", description=__doc__.splitlines()[0])
-    parser.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: VOUCHERSTREAM_KAFKA_BOOTSTRAP or 127.0.0.1:9092)")
+    parser.add_argument("--bootstrap", default=None,
+                        help="Kafka bootstrap servers (default: VOUCHERSTREAM_KAFKA_BOOTSTRAP or 127.0.0.1:9092)")
     parser.add_argument("--prefix", default=None, help="create every topic under this name prefix")
     parser.add_argument("--markdown", action="store_true", help="print the registry as the README's table and exit")
     args = parser.parse_args(argv)
@@ -331,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     prefix = kafka.topic_prefix if args.prefix is None else args.prefix
     try:
         outcome = asyncio.run(ensure_topics(kafka, prefix))
-    except Exception as exc:  # noqa: BLE001 - a CLI reports, it does not trace back
+    except Exception as exc:
         print(f"error: could not create the topics on {bootstrap}: {exc}", file=sys.stderr)
         return 1
     for name, t in all_topics(prefix):

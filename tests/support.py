@@ -11,8 +11,8 @@ import uuid
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from shared import events as ev
 from shared import datakeys
+from shared import events as ev
 from shared.settings import KafkaSettings
 
 
@@ -62,7 +62,7 @@ async def open_records(records: list) -> list:
         return records
     async with datakeys.reader() as keys:
         values = await keys.opened([r.value for r in records])
-    return [dataclasses.replace(r, value=v) for r, v in zip(records, values)]
+    return [dataclasses.replace(r, value=v) for r, v in zip(records, values, strict=True)]
 
 
 async def _read_topic(bootstrap: str | KafkaSettings, topic: str, *, expect: int | None, timeout: float, where):

@@ -294,7 +294,7 @@ def publish(topic: str = typer.Argument(..., help="a registry topic, e.g. cart-a
                 values = await keys.sealed(values)
         producer = await start_producer(kafka, "voucherstream-cli")
         try:
-            await send_all(producer, [(kafka.topic(topic), e.key().encode(), v, None) for e, v in zip(events, values)])
+            await send_all(producer, [(kafka.topic(topic), e.key().encode(), v, None) for e, v in zip(events, values, strict=True)])
         finally:
             await producer.stop()
 
@@ -331,7 +331,7 @@ def seal(separator: str = typer.Option(None, "--key-separator", "-K",
         fail(f"not an event of the contract ({exc}); nothing was written")
     except OSError as exc:
         fail(f"cannot reach the key store's PostgreSQL: {exc}")
-    for key, value in zip(keys, sealed):
+    for key, value in zip(keys, sealed, strict=True):
         sys.stdout.buffer.write((key + separator.encode() if separator else b"") + value + b"\n")
     sys.stdout.flush()
     console.print(f"sealed {len(sealed)} event(s)")
@@ -368,7 +368,7 @@ def tail(topic: str = typer.Argument(..., help="a registry topic (or its .dlq)")
             while not count or seen < count:
                 for records in (await consumer.getmany(timeout_ms=500)).values():
                     values = await keys.opened([r.value for r in records]) if keys else [r.value for r in records]
-                    for r, value in zip(records, values):
+                    for r, value in zip(records, values, strict=True):
                         line = {"partition": r.partition, "offset": r.offset,
                                 "key": r.key.decode("utf-8", "replace") if r.key else None}
                         headers = {k: v.decode("utf-8", "replace") for k, v in (r.headers or ())}

@@ -83,7 +83,7 @@ def build(uid: str) -> dict:
     for i, (panel_title, kind, targets) in enumerate(panels):
         panel = (timeseries.Panel() if kind == "timeseries" else stat.Panel()).title(panel_title).datasource(PROM)
         panel = panel.grid_pos(GridPos(h=8, w=12, x=(i % 2) * 12, y=(i // 2) * 8))
-        for ref, (expr, legend) in zip("ABCDEFGH", targets):
+        for ref, (expr, legend) in zip("ABCDEFGH", targets, strict=False):
             panel = panel.with_target(prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref))
         board = board.with_panel(panel)
     return board.build()

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from fastapi import Depends, FastAPI, HTTPException, Path as PathParam
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Path as PathParam
 from prometheus_client import Gauge
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict

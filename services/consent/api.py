@@ -9,18 +9,18 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Response, status
-from fastapi.responses import JSONResponse
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from services.consent import ledger, privacy, store
 from services.consent.handlers import Change, ConsentHandlers
+from services.consent.ledger import idempotent_event_id
 from shared import events as ev
+from shared.auth import AUTH_RESPONSES, Principal
 from shared.kafka import is_transient
 from shared.outbox import wait_published
 from shared.processing import register
-from services.consent.ledger import idempotent_event_id
-from shared.auth import AUTH_RESPONSES, Principal
 from shared.service import NOT_FOUND
 
 REGISTER = pathlib.Path(__file__).with_name("register.json")  # python -m tools.processing_register writes it
@@ -156,7 +156,8 @@ def routes(app: FastAPI, service) -> None:
                 request_id = await handlers.request_export(conn, body.customer_id)
             return await _request_out(conn, request_id, "export")
 
-    @app.get("/v1/privacy/exports/{request_id}", dependencies=privacy_scope, response_model=PrivacyRequestOut, tags=["privacy"], responses=NOT_FOUND | AUTH_RESPONSES,
+    @app.get("/v1/privacy/exports/{request_id}", dependencies=privacy_scope, response_model=PrivacyRequestOut,
+             tags=["privacy"], responses=NOT_FOUND | AUTH_RESPONSES,
              summary="An export's progress per service and, once complete, the bundle (handed out once)")
     async def get_export(request_id: RequestPath) -> PrivacyRequestOut:
         async with service.pool.acquire() as conn, conn.transaction():
@@ -167,7 +168,7 @@ def routes(app: FastAPI, service) -> None:
     async def start_erasure(body: PrivacyRequestIn) -> PrivacyRequestOut:
         try:
             changed_end = await service.changed_end(body.customer_id)
-        except Exception as exc:  # noqa: BLE001 - the broker is away: nothing was done, ask again
+        except Exception as exc:
             if not is_transient(exc):
                 raise
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "Kafka is unreachable; nothing was erased yet, "
@@ -177,7 +178,8 @@ def routes(app: FastAPI, service) -> None:
                 request_id = await handlers.request_erasure(conn, body.customer_id, changed_end)
             return await _request_out(conn, request_id, "erasure")
 
-    @app.get("/v1/privacy/erasures/{request_id}", dependencies=privacy_scope, response_model=PrivacyRequestOut, tags=["privacy"], responses=NOT_FOUND | AUTH_RESPONSES,
+    @app.get("/v1/privacy/erasures/{request_id}", dependencies=privacy_scope, response_model=PrivacyRequestOut,
+             tags=["privacy"], responses=NOT_FOUND | AUTH_RESPONSES,
              summary="An erasure's status per service, with times")
     async def get_erasure(request_id: RequestPath) -> PrivacyRequestOut:
         async with service.pool.acquire() as conn:

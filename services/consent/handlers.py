@@ -16,12 +16,12 @@ import orjson
 from services.consent import ledger, privacy, store
 from services.consent.privacy import Part
 from services.consent.settings import ConsentSettings
-from shared.datakeys import DataKeys
 from shared import events as ev
 from shared import exports, sealing
-from shared.topics import check_partition
+from shared.datakeys import DataKeys
 from shared.kafka import Message
 from shared.outbox import OutboxRecord, enqueue, event_record, partition_record, tombstone
+from shared.topics import check_partition
 
 log = logging.getLogger(__name__)
 SOURCE = "voucherstream/consent"

@@ -6,20 +6,19 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
-
-import time
 
 from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path, status
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
+from services.issuance import ratelimit, store
+from services.issuance.campaign_admin import CampaignError
+from services.issuance.campaigns import CampaignSpec
 from shared import events as ev
 from shared.auth import AUTH_RESPONSES, Principal
-from services.issuance import ratelimit, store
-from services.issuance.campaigns import CampaignSpec
-from services.issuance.campaign_admin import CampaignError
 from shared.service import NOT_FOUND, ErrorOut, JSONBody
 
 CampaignPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")]

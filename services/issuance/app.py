@@ -10,12 +10,12 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from fastapi import FastAPI
 
 from services.issuance import api, store, voucherify_api
+from services.issuance.campaign_admin import CampaignAdmin
 from services.issuance.checkout_handlers import CheckoutHandlers
 from services.issuance.checkout_sessions import CheckoutSessions
-from services.issuance.ratelimit import FailureLimiter
-from services.issuance.campaign_admin import CampaignAdmin
 from services.issuance.handlers import IssuanceHandlers
 from services.issuance.metrics import IssuanceMetrics
+from services.issuance.ratelimit import FailureLimiter
 from services.issuance.redemption_writer import RedemptionWriter
 from services.issuance.settings import IssuanceSettings
 from shared import db

@@ -12,8 +12,8 @@ import asyncpg
 from pydantic import ValidationError
 
 from services.issuance import codes, store
-from services.issuance.campaigns import CampaignSpec, offer_summary
 from services.issuance.budget import Batch
+from services.issuance.campaigns import CampaignSpec, offer_summary
 from services.issuance.handlers import SOURCE, IssuanceHandlers
 from shared import events as ev
 from shared.outbox import enqueue, event_record

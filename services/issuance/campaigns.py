@@ -10,7 +10,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.issuance import codes
-from shared.events import Channel, Identifier, Money, OfferSummary, UtcDatetime, Variant as VariantEvent
+from shared.events import Channel, Identifier, Money, OfferSummary, UtcDatetime
+from shared.events import Variant as VariantEvent
 
 Slug = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")]
 Label = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]

@@ -27,9 +27,9 @@ from services.issuance.checkout import Accept, Refuse, VoucherView, evaluate
 from services.issuance.handlers import SOURCE, IssuanceHandlers
 from services.issuance.ratelimit import FailureLimiter, Subject
 from services.issuance.redemption_writer import RedemptionWriter, SingleUse
-from shared.datakeys import DataKey
 from shared import events as ev
 from shared.batching import Batcher
+from shared.datakeys import DataKey
 from shared.outbox import enqueue, event_record
 
 
@@ -83,7 +83,7 @@ class CheckoutHandlers:
             self.limiter.rate, self.limiter.burst)
         refused, undo = ratelimit.judge(attempts, waits) if waits else ([None] * len(rows), [])
         self.limiter.give_back(undo)
-        return [(row, prior, r) for (row, prior), r in zip(rows, refused)]
+        return [(row, prior, r) for (row, prior), r in zip(rows, refused, strict=True)]
 
     async def _context(self, code_hash: bytes, api_key_id: str = "", key: str = "", who: tuple[Subject, ...] = ()):
         """The voucher with its campaign and ledger, and the answer already given to this

@@ -18,7 +18,7 @@ import asyncpg
 
 from services.issuance import checkout_store, ratelimit
 from services.issuance.checkout import Accept, Refuse
-from services.issuance.checkout_handlers import CheckoutHandlers, Checked, view
+from services.issuance.checkout_handlers import Checked, CheckoutHandlers, view
 from services.issuance.ratelimit import Subject
 from shared import events as ev
 

@@ -15,10 +15,10 @@ from services.issuance import ordering, store
 from services.issuance import ordering_store as held
 from services.issuance.metrics import IssuanceMetrics
 from services.issuance.rules import NO_CONSENT
-from shared import events as ev
-from shared.kafka import Message
 from shared import erasure
+from shared import events as ev
 from shared.erasure import stale_for_erased, subject_hash
+from shared.kafka import Message
 from shared.outbox import event_record
 from shared.topics import CUSTOMER_PARTITIONS, partition_for
 

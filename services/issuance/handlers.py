@@ -22,10 +22,9 @@ from services.issuance.gate import ConsentChanges, ConsentGate, Entry, Offsets
 from services.issuance.metrics import IssuanceMetrics
 from services.issuance.rules import NO_CONSENT, Deny, Issue, decide
 from services.issuance.settings import IssuanceSettings
-from shared.datakeys import DataKeys
 from shared import events as ev
-from shared import exports
-from shared import sealing
+from shared import exports, sealing
+from shared.datakeys import DataKeys
 from shared.outbox import enqueue, event_record
 
 log = logging.getLogger(__name__)

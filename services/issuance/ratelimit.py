@@ -64,7 +64,7 @@ def judge(requests: Sequence[Sequence[Subject]], waits: Sequence[int]) -> tuple[
         if any(mine):
             worst = max(range(len(who)), key=lambda j: mine[j])
             answers.append(Refused(mine[worst], who[worst].kind))
-            undo += [s.id for s, w in zip(who, mine) if w == 0]
+            undo += [s.id for s, w in zip(who, mine, strict=True) if w == 0]
         else:
             answers.append(None)
     return answers, undo
@@ -117,7 +117,7 @@ class FailureLimiter:
                 batch, self._returns = self._returns[:self.max_batch], self._returns[self.max_batch:]
                 try:
                     await checkout_store.settle_attempts(self._pool(), [], batch, self.rate, self.burst)
-                except Exception as exc:  # noqa: BLE001 - those subjects keep one attempt less, for a minute
+                except Exception as exc:
                     log.warning("failure-limit tokens not given back", extra={"error": sanitized(exc),
                                                                               "subjects": len(batch)})
         finally:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import asyncpg
 
 from services.issuance import checkout_store
-from services.issuance.checkout_store import SingleUse
 from services.issuance.budget import Ledger
+from services.issuance.checkout_store import SingleUse
 from shared.batching import Batcher
 
 

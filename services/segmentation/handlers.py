@@ -17,8 +17,8 @@ import asyncpg
 
 from services.segmentation import engine, rules, store
 from services.segmentation.metrics import SegmentationMetrics
-from shared import events as ev
 from shared import erasure
+from shared import events as ev
 from shared.datakeys import DataKeys
 from shared.erasure import subject_hash
 from shared.kafka import Message

@@ -456,13 +456,13 @@ class Observer:
                     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                         log(f"observer: data keys unavailable ({type(exc).__name__}); retrying")
                         await asyncio.sleep(0.5)
-                for r, value in zip(records, values):
+                for r, value in zip(records, values, strict=True):
                     if name == "consent-state":
                         self.consent_keys.add(r.key.decode())
                         continue
                     try:
                         e = ev.decode(value)[1]
-                    except Exception as exc:  # noqa: BLE001 - reported, never fatal to the observer
+                    except Exception as exc:
                         log(f"observer: cannot decode {name}@{r.partition}:{r.offset}: {exc}")
                         continue
                     if name == "voucher-issued":
@@ -588,7 +588,8 @@ class Run:
         self.kafka = cluster.settings("admin", self.prefix) if cluster else KafkaSettings(topic_prefix=self.prefix)
         self.shop_kafka = cluster.settings("shop", self.prefix) if cluster else self.kafka
         self.schemas = {s: f"chaos_{s}_{uuid.uuid4().hex[:6]}" for s in SERVICES}
-        env = (cluster.service_env() if cluster else {}) | {"VOUCHERSTREAM_KAFKA_TOPIC_PREFIX": self.prefix, "CONSENT_PRIVACY_SERVICES": ",".join(SERVICES),
+        env = (cluster.service_env() if cluster else {}) | {
+               "VOUCHERSTREAM_KAFKA_TOPIC_PREFIX": self.prefix, "CONSENT_PRIVACY_SERVICES": ",".join(SERVICES),
                "VOUCHERSTREAM_KAFKA_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_S * 1000)}
         for s in SERVICES:
             env[f"{s.upper()}_LOG_LEVEL"] = "WARNING"
@@ -688,7 +689,7 @@ class Run:
                     await kill_broker(int(target.split()[-1]), down_s=self.rng.uniform(*self.plan.broker_down_s))
                 else:
                     await restart_component("kafka" if kind == "broker" else "postgres")
-            except Exception as exc:  # noqa: BLE001 - a fault that could not be applied is reported
+            except Exception as exc:
                 fault.note = f"{type(exc).__name__}: {exc}"
                 log(f"fault {kind} {target} failed to apply: {fault.note}")
             fault.healed_at = time.time()

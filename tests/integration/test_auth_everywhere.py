@@ -47,7 +47,7 @@ async def walk(service: str, schema: str, port: int, env: dict, tmp_path) -> Non
             for method, path in routes:
                 assert spec["paths"][path][method].get("security"), f"{method} {path} declares no security"
 
-                async def call(key: str | None) -> int:
+                async def call(key: str | None, method: str = method, path: str = path) -> int:
                     headers = {"Authorization": f"Bearer {key}"} if key else {}
                     if method in ("post", "put"):
                         headers["Idempotency-Key"] = "k-1"

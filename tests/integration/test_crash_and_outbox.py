@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from shared import events as ev
-from shared.kafka import BatchConsumer, send_all, start_producer
+from shared.kafka import send_all, start_producer
 from shared.metrics import Metrics
 from shared.outbox import OutboxRecord, OutboxRelay, enqueue
 from tests.support import read_topic, wait_for

@@ -3,7 +3,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.consent.ledger import ErasureMark, Decision, check_occurred_at, current_state, superseded_by_erasure
+from services.consent.ledger import Decision, ErasureMark, check_occurred_at, current_state, superseded_by_erasure
 from services.consent.privacy import Part, export_bundle, is_complete, progress, subject_hash
 from services.consent.settings import ConsentSettings
 from shared.events import ContractError, Purpose

@@ -64,7 +64,8 @@ def test_error_messages_never_echo_the_offending_value():
     [
         (b"not json at all", "undecodable"),
         (b"[1, 2]", "invalid_envelope"),
-        (orjson.dumps({"specversion": "0.3", "id": "x", "type": "t", "source": "s", "time": "2026-01-01T00:00:00Z", "data": {}}), "invalid_envelope"),
+        (orjson.dumps({"specversion": "0.3", "id": "x", "type": "t", "source": "s", "time": "2026-01-01T00:00:00Z",
+                       "data": {}}), "invalid_envelope"),
         (envelope(CART, type_="shop.cart.abandoned.v9"), "unknown_type"),
         (None, "unexpected_tombstone"),
     ],

@@ -4,9 +4,9 @@ erasure forget, triggers fire once, ticks reach only their partition's customers
 from datetime import UTC, datetime
 
 from services.segmentation import engine
-from services.segmentation.engine import Customer, Input, partition_of
-from tests.unit.test_segmentation_rules import NOW, RULES, order
+from services.segmentation.engine import Input, partition_of
 from shared import events as ev
+from tests.unit.test_segmentation_rules import NOW, RULES, order
 
 
 def consent(cid, granted=True, at=NOW):

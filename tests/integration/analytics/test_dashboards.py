@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import httpx
 
-from bench.common import ROOT, free_port, service_process
+from bench.common import free_port, service_process
 from deploy.grafana import dashboards
 from shared import auth
 from shared import events as ev

@@ -4,9 +4,6 @@ the ledger invariant held at every step of its history. Replaying the topic issu
 
 from __future__ import annotations
 
-import asyncio
-import os
-
 import httpx
 
 from bench.common import free_port, service_process

@@ -24,7 +24,7 @@ from bench.common import free_port, service_process
 from shared import events as ev
 from shared.settings import PostgresSettings
 from tests.integration.issuance.conftest import USD, campaign, consent_state, entered, publish
-from tests.support import create_api_key, read_topic, wait_for
+from tests.support import create_api_key, read_topic
 
 
 def order(amount):

@@ -8,7 +8,6 @@ import csv
 import os
 import sys
 import time
-from pathlib import Path
 
 import asyncpg
 

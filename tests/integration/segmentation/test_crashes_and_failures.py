@@ -15,6 +15,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 
 import asyncpg
+
 from bench.common import ROOT, free_port
 from services.segmentation import profile as prof
 from shared import events as ev

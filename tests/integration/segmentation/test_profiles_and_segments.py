@@ -3,13 +3,12 @@ once each with their explanation, replay, withdrawal and erasure."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 
 from services.segmentation import profile as prof
+from services.segmentation.engine import partition_of
 from shared import events as ev
 from tests.integration.segmentation.conftest import consent, kept, profile, publish, running, settings_for
-from services.segmentation.engine import partition_of
 from tests.support import describe_lags, read_topic, reset_group, wait_for
 
 NOW = datetime.now(UTC)
@@ -174,8 +173,8 @@ async def test_a_malformed_event_is_dead_lettered_and_the_agent_keeps_going(segm
 
 
 async def test_an_event_on_the_wrong_partition_is_dead_lettered_with_its_reason(segmentation, kafka):
-    from shared.kafka import send_all, start_producer
     from services.segmentation.engine import partition_of
+    from shared.kafka import start_producer
 
     await publish(kafka, "consent-state", [consent("wp-1")])
     wrong = (partition_of(b"wp-1") + 1) % 6
