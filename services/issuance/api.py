@@ -14,7 +14,7 @@ from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path, status
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from services.issuance import ratelimit, store
+from services.issuance import codes, ratelimit, store
 from services.issuance.campaign_admin import CampaignError
 from services.issuance.campaigns import CampaignSpec
 from shared import events as ev
@@ -64,7 +64,7 @@ ShopperId = Annotated[str | None, Header(
     alias="X-Shopper-Id", max_length=200,
     description="the shopper behind this request as the shop knows them (session, account, client address): "
                 "failures are limited per shopper and per customer, never per API key alone")]
-Code = Field(min_length=4, max_length=64, pattern=r"^[A-Za-z0-9 _-]+$")
+Code = Field(pattern=codes.SUBMITTED)
 
 
 class ValidationIn(BaseModel):
@@ -207,9 +207,6 @@ def routes(app: FastAPI, service) -> None:
     async def attempt(principal: Principal, customer_id: str, shopper: str | None, run):
         return await within_limits(service, principal.key_id, customer_id, shopper, run)
 
-    def failed(body: dict) -> bool:
-        return not body.get("valid", True) and body.get("reason") != "idempotency_key_reused"
-
     @app.post("/v1/validations", response_model=CheckoutOut, tags=["checkout"], responses=REFUSED | AUTH_RESPONSES,
               summary="Is this code good for this order, and how much off?")
     async def validate(body: ValidationIn, shopper: ShopperId = None,
@@ -219,7 +216,7 @@ def routes(app: FastAPI, service) -> None:
         async def run(who):
             answer = await service.checkout.validate(body.code, body.customer_id, body.order.amount, body.order.items,
                                                      who)
-            return answer, failed(answer.body)
+            return answer, counts_as_failure(answer.body)
 
         answer = await attempt(principal, body.customer_id, shopper, run)
         service.metrics.checkout_latency.labels("validate").observe(time.perf_counter() - started)
@@ -238,7 +235,7 @@ def routes(app: FastAPI, service) -> None:
                 api_key_id=principal.key_id, idempotency_key=idempotency_key,
                 body=body.model_dump(mode="json"), code=body.code, customer_id=body.customer_id,
                 order=body.order.amount, items=body.order.items, order_id=body.order_id, who=who)
-            return (answer, replay), not replay and failed(answer.body)
+            return (answer, replay), not replay and counts_as_failure(answer.body)
 
         answer, replay = await attempt(principal, body.customer_id, shopper, run)
         service.metrics.checkout_latency.labels("redeem").observe(time.perf_counter() - started)
@@ -269,6 +266,11 @@ def routes(app: FastAPI, service) -> None:
         async with service.pool.acquire() as conn:
             items = await service.checkout.offers(conn, customer_id, with_codes=with_codes)
         return OffersOut(customer_id=customer_id, offers=[OfferOut(**i) for i in items])
+
+
+def counts_as_failure(body: dict) -> bool:
+    """A refusal spends a failed attempt; a reused Idempotency-Key is the caller's bug, not a guess."""
+    return not body.get("valid", True) and body.get("reason") != "idempotency_key_reused"
 
 
 async def within_limits(service, key_id: str, customer_id: str, shopper: str | None, run):

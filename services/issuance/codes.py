@@ -15,6 +15,8 @@ import secrets
 
 from shared import sealing
 
+# What a checkout request may send as a code (4-64 letters, digits, spaces, _ or -).
+SUBMITTED = r"^[A-Za-z0-9 _-]{4,64}$"
 UNAMBIGUOUS = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"  # 31 symbols: no 0 O 1 I L
 MIN_ENTROPY_BITS = 60
 

@@ -14,8 +14,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
+from services.issuance import codes
 from services.issuance.campaigns import CampaignSpec, FixedAmountOffer, GiftCardOffer, PercentageOffer
 from shared import events as ev
 
@@ -62,7 +63,7 @@ STACKING_RULES: dict[str, Any] = {
 
 TTL_UNITS = {"DAYS": 86400.0, "HOURS": 3600.0, "MINUTES": 60.0, "SECONDS": 1.0, "MILLISECONDS": 1e-3,
              "MICROSECONDS": 1e-6, "NANOSECONDS": 1e-9}
-CODE = re.compile(r"^[A-Za-z0-9 _-]{4,64}$")
+CODE = re.compile(codes.SUBMITTED)
 SESSION_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
@@ -165,12 +166,16 @@ def _bad(key: str, details: str) -> VoucherifyError:
     return VoucherifyError(400, key, key.replace("_", " "), details)
 
 
-def _identifier(value: str | None, what: str, key: str) -> str | None:
+_IDENTIFIER, _CUSTOMER = TypeAdapter(ev.Identifier), TypeAdapter(ev.CustomerId)  # the native API's own types
+
+
+def _identifier(value: str | None, what: str, key: str, kind: TypeAdapter = _IDENTIFIER) -> str | None:
     if value is None or value == "":
         return None
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}", value):
-        raise _bad(key, f"{what} must be 1-128 letters, digits or ._:- (starting with a letter or digit)")
-    return value
+    try:
+        return kind.validate_python(value)
+    except ValidationError:
+        raise _bad(key, f"{what} must be 1-128 letters, digits or ._:- (starting with a letter or digit)") from None
 
 
 def _line_item(i: int, item: _Item, currency: str) -> ev.LineItem:
@@ -218,7 +223,7 @@ def checkout_request(body: Any, currency: str, *, default_ttl_s: float) -> Check
     customer = req.customer and (req.customer.source_id or req.customer.id)
     if not customer:
         raise VoucherifyError(400, "missing_customer", "missing customer", "customer.source_id is required")
-    customer = _identifier(customer, "customer.source_id", "invalid_customer")
+    customer = _identifier(customer, "customer.source_id", "invalid_customer", _CUSTOMER)
     if req.order is None:
         raise VoucherifyError(400, "missing_order", "missing order", "order is required")
     items = [_line_item(i, item, currency) for i, item in enumerate(req.order.items or [])]

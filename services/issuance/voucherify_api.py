@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException  # FastAPI's own is a subclass; both are answered
 
 from services.issuance import voucherify as vf
-from services.issuance.api import ShopperId, within_limits
+from services.issuance.api import ShopperId, counts_as_failure, within_limits
 from services.issuance.checkout import Refuse
 from services.issuance.checkout_sessions import session_of
 from shared.auth import Authenticator, Principal
@@ -153,8 +153,7 @@ def routes(app: FastAPI, service) -> None:
                 api_key_id=principal.key_id, idempotency_key=req.idempotency_key(), body=req.native_body(),
                 code=req.code, customer_id=req.customer_id, order=req.order, items=req.items, order_id=req.order_id,
                 who=who, session=session_of(principal.key_id, req.session_key))
-            refused = not answer.body.get("valid", True) and answer.body.get("reason") != "idempotency_key_reused"
-            return answer, not replay and refused
+            return answer, not replay and counts_as_failure(answer.body)
 
         answer = await within_limits(service, principal.key_id, req.customer_id, shopper, run)
         out = vf.redemption_answer(req, answer.body)
