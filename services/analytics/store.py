@@ -1,12 +1,28 @@
-"""Analytics' SQL (asyncpg) for the consumed stream, one function per statement, each taking a
-whole batch (arrays, unnested): a batch costs a handful of statements, not two per event. Each
-returns the campaigns whose counts it changed (a duplicate changes nothing)."""
+"""Analytics' SQL (asyncpg). The consumed stream's statements take a whole batch (arrays,
+unnested): a batch costs a handful of statements, not two per event; each returns the campaigns
+whose counts it changed (a duplicate changes nothing). Then the reads behind the counters, and
+the burn-rate samples and thresholds the publisher keeps."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import asyncpg
 
+from services.analytics.counters import Counters, DenialCount, RedemptionCount, StreamRows, VoucherCount
 from shared import events as ev
+
+SAMPLE_WINDOW = timedelta(minutes=15)  # the burn rate is the growth over this window
+
+
+async def apply(conn: asyncpg.Connection, rows: StreamRows) -> None:
+    """Writes a batch's rows and bumps the version of every campaign whose counts moved."""
+    for c in rows.campaigns:
+        await upsert_campaign(conn, c)
+    changed = (await add_denials(conn, rows.denials) | await add_vouchers(conn, rows.vouchers)
+               | await add_voucher_endings(conn, rows.endings) | await add_redemptions(conn, rows.redemptions)
+               | await add_rollbacks(conn, rows.rollbacks) | await advance_ledgers(conn, rows.ledgers))
+    await bump_versions(conn, changed)
 
 
 async def upsert_campaign(conn: asyncpg.Connection, e: ev.CampaignChanged) -> None:
@@ -74,3 +90,67 @@ async def bump_versions(conn: asyncpg.Connection, campaigns: set[str]) -> None:
     if campaigns:
         await conn.execute("UPDATE ledgers SET version = version + 1 WHERE campaign_id = ANY($1::text[])",
                            sorted(campaigns))
+
+
+# ---------------------------------------------------------------------- the counters
+
+
+async def versions(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """(campaign_id, version, published_version) of every campaign with a ledger."""
+    return await conn.fetch("SELECT campaign_id, version, published_version FROM ledgers ORDER BY 1")
+
+
+async def counters(conn: asyncpg.Connection, campaign_id: str, *, lock: bool = False) -> Counters | None:
+    """A campaign's counters; ``lock`` holds its ledger row until the transaction ends (publishers
+    of one campaign serialise on it, so its outbox rows follow commit order)."""
+    lg = await conn.fetchrow("SELECT * FROM ledgers WHERE campaign_id = $1" + (" FOR UPDATE" if lock else ""),
+                             campaign_id)
+    if lg is None:
+        return None
+    vouchers = await conn.fetch(
+        "SELECT v.variant, v.channel, coalesce(e.state, 'issued') AS state, count(*) AS n FROM voucher_states v"
+        " LEFT JOIN voucher_endings e USING (voucher_id) WHERE v.campaign_id = $1 GROUP BY 1, 2, 3", campaign_id)
+    reds = await conn.fetch(
+        "SELECT variant, channel, count(*) AS n, coalesce(sum(discount), 0) AS d, coalesce(sum(order_amount), 0) AS o"
+        " FROM redemption_states r WHERE campaign_id = $1 AND NOT EXISTS (SELECT 1 FROM redemption_rollbacks b"
+        " WHERE b.redemption_id = r.redemption_id) GROUP BY 1, 2", campaign_id)
+    denials = await conn.fetch("SELECT reason, variant, count(*) AS n FROM denials WHERE campaign_id = $1"
+                               " GROUP BY 1, 2", campaign_id)
+    return Counters(
+        campaign_id=campaign_id,
+        ledger=ev.LedgerSnapshot(currency=lg["currency"], limit=lg["limit_minor"], reserved=lg["reserved"],
+                                 spent=lg["spent"], seq=lg["seq"]),
+        version=lg["version"], published_version=lg["published_version"], changed_at=lg["changed_at"],
+        vouchers=tuple(VoucherCount(r["variant"], r["channel"], r["state"], r["n"]) for r in vouchers),
+        redemptions=tuple(RedemptionCount(r["variant"], r["channel"], r["n"], int(r["d"]), int(r["o"])) for r in reds),
+        denials=tuple(DenialCount(r["reason"], r["variant"], r["n"]) for r in denials))
+
+
+async def campaign_name(conn: asyncpg.Connection, campaign_id: str) -> str | None:
+    return await conn.fetchval("SELECT name FROM campaigns WHERE campaign_id = $1", campaign_id)
+
+
+async def sample(conn: asyncpg.Connection, campaign_id: str, at: datetime, used: int) -> list[tuple[float, int]]:
+    """Records the budget used at ``at`` and returns the window's samples (epoch seconds, used)."""
+    await conn.execute("INSERT INTO ledger_samples VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", campaign_id, at, used)
+    await conn.execute("DELETE FROM ledger_samples WHERE campaign_id = $1 AND at < $2", campaign_id, at - SAMPLE_WINDOW)
+    return [(r["at"].timestamp(), r["used"]) for r in await conn.fetch(
+        "SELECT at, used FROM ledger_samples WHERE campaign_id = $1 ORDER BY at", campaign_id)]
+
+
+async def thresholds_crossed(conn: asyncpg.Connection, campaign_id: str) -> set[int]:
+    return {r["percent"] for r in await conn.fetch("SELECT percent FROM thresholds_crossed WHERE campaign_id = $1",
+                                                   campaign_id)}
+
+
+async def record_thresholds(conn: asyncpg.Connection, campaign_id: str, percents: list[int], at: datetime) -> list[int]:
+    """Records thresholds as crossed; returns those not recorded before (each is announced once)."""
+    if not percents:
+        return []
+    rows = await conn.fetch("INSERT INTO thresholds_crossed SELECT $1, p, $3 FROM unnest($2::int[]) AS p"
+                            " ON CONFLICT DO NOTHING RETURNING percent", campaign_id, percents, at)
+    return sorted(r["percent"] for r in rows)
+
+
+async def mark_published(conn: asyncpg.Connection, campaign_id: str, version: int) -> None:
+    await conn.execute("UPDATE ledgers SET published_version = $2 WHERE campaign_id = $1", campaign_id, version)

@@ -1,7 +1,8 @@
 import httpx
 import pytest
 
-from services.analytics.app import AnalyticsService, AnalyticsSettings
+from services.analytics.app import AnalyticsService
+from services.analytics.settings import AnalyticsSettings
 from shared import auth, db
 from shared.settings import PostgresSettings
 from tests.integration.issuance.conftest import issuance, issuance_schema  # noqa: F401 - shared fixtures
