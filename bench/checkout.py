@@ -141,7 +141,7 @@ async def start_demo(stack: contextlib.AsyncExitStack, env: dict[str, str], key:
     subprocess.run([sys.executable, "-m", "voucherstream.cli", "campaigns", "load", "deploy/campaigns/reference.yaml"],
                    env=run_env, check=True, capture_output=True)
     log = open(workdir / "demo.log", "wb")
-    demo = subprocess.Popen([sys.executable, "-m", "shared.demo", "--key", key, "--rate", str(demo_rate),
+    demo = subprocess.Popen([sys.executable, "-m", "tools.demo", "--key", key, "--rate", str(demo_rate),
                              "--issuance-url", urls["issuance"], "--analytics-url", urls["analytics"]],
                             env=run_env, stdout=log, stderr=log)
 

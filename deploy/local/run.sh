@@ -63,6 +63,6 @@ echo "[run] demo API key (all scopes, shown once): $KEY"
 VOUCHERSTREAM_API_KEY="$KEY" "$PY" -m voucherstream.cli campaigns load deploy/campaigns/reference.yaml 2>&1 | sed 's/^/[run] campaign /'
 echo "[run] all services healthy after $SECONDS s; starting the shop simulator and the live view"
 trap '' INT  # the simulator handles Ctrl-C itself; then the services are stopped below
-"$PY" -m shared.demo --key "$KEY" ${DEMO_ARGS:-}
+"$PY" -m tools.demo --key "$KEY" ${DEMO_ARGS:-}
 trap stop INT TERM
 stop

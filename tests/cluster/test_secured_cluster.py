@@ -14,12 +14,12 @@ from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 
 from shared import events as ev
 from shared import topics
-from shared.demo import dead_letters
 from shared.kafka import send_all, start_producer
 from shared.topics import all_topics
 from tests.e2e.fleet import Fleet
 from tests.e2e.test_consent_wins import campaign, record  # the reference cart campaign, roomy; a shop record
 from tests.support import read_topic, wait_for
+from tools.demo import dead_letters
 
 pytestmark = pytest.mark.cluster
 

@@ -17,10 +17,10 @@ import yaml
 
 from bench.common import ROOT
 from shared import events as ev
-from shared.demo import Shop
 from shared.kafka import send_all, start_producer
 from tests.e2e.fleet import Fleet, metric
 from tests.support import read_topic, wait_for
+from tools.demo import Shop
 
 pytestmark = pytest.mark.e2e
 RACERS = 200

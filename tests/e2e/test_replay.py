@@ -16,11 +16,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.common import ROOT
 from shared import events as ev
-from shared.demo import Shop
 from shared.settings import PostgresSettings
 from shared.topics import topic as registry_topic
 from tests.e2e.fleet import SERVICES, Fleet
 from tests.support import describe_lags, reset_group, wait_for
+from tools.demo import Shop
 
 pytestmark = pytest.mark.e2e
 SNAPSHOT = {

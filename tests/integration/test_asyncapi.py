@@ -8,8 +8,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from shared.docs import asyncapi
 from shared.topics import TOPICS
+from tools.docs import asyncapi
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "asyncapi"
@@ -17,7 +17,7 @@ TOOL = ROOT / "tools" / "asyncapi"
 
 def test_the_asyncapi_document_is_current_and_the_asyncapi_parser_accepts_it():
     doc = ROOT / "docs" / "asyncapi.json"
-    assert json.loads(doc.read_text()) == asyncapi(), "docs/asyncapi.json is stale: python -m shared.docs --write"
+    assert json.loads(doc.read_text()) == asyncapi(), "docs/asyncapi.json is stale: python -m tools.docs --write"
     npm, node = shutil.which("npm"), shutil.which("node")
     assert npm and node, "Node.js and npm are part of this machine kind"
     if not (TOOL / "node_modules" / "@asyncapi" / "parser").exists():

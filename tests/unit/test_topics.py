@@ -53,7 +53,7 @@ def test_the_readme_topic_table_equals_the_registry():
 
 
 def test_docs_events_md_is_generated_from_the_models():
-    from shared.docs import render
+    from tools.docs import render
 
     doc = README.parent / "docs" / "events.md"
-    assert doc.read_text() == render(), "docs/events.md is stale: python -m shared.docs > docs/events.md"
+    assert doc.read_text() == render(), "docs/events.md is stale: python -m tools.docs > docs/events.md"

@@ -7,7 +7,7 @@ shop's e-mail/SMS/push sender too, it reads ``delivery-requested`` and redeems a
 vouchers through the checkout API. Meanwhile a live table shows, per campaign: issued, denied by
 reason, redeemed, reserved, spent, remaining budget, and the dead-letter count. Ctrl-C stops it.
 
-    python -m shared.demo --key vs_... [--rate 50]
+    python -m tools.demo --key vs_... [--rate 50]
 """
 
 from __future__ import annotations
