@@ -1,5 +1,8 @@
-"""The budget ledger as a value: every change returns a new ledger with ``seq`` one higher, and
-no change can break ``reserved + spent <= limit`` (the database enforces it again with a CHECK)."""
+"""The budget ledger as a value: the model of the SQL functions that move a ledger (migration 008:
+``budget_allows`` is the rule, ``budget_move`` and ``budget_apply`` the only writers). A use case
+plans its steps on the model — a decision needs to know whether an amount fits — and the database
+applies them with the rule; ``tests/integration/issuance/test_budget_rule.py`` drives random
+sequences through both and holds them to the same balances."""
 
 from __future__ import annotations
 
@@ -56,22 +59,42 @@ class Ledger:
         is active again)."""
         return replace(self, spent=self.spent - amount, reserved=self.reserved + re_reserve, seq=self.seq + 1)
 
+    def with_limit(self, limit: int) -> Ledger:
+        """A limit change; never below what is already reserved and spent."""
+        return replace(self, limit=limit, seq=self.seq + 1)
+
     def snapshot(self) -> LedgerSnapshot:
         return LedgerSnapshot(currency=self.currency, limit=self.limit, reserved=self.reserved, spent=self.spent,
                               seq=self.seq)
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One ledger change as the database applies it: what moves, why, and the ledger expected after."""
+
+    campaign_id: str
+    d_limit: int
+    d_reserved: int
+    d_spent: int
+    d_vouchers: int
+    cause: str  # issued, redeemed, rolled_back, expired, revoked, limit_changed, held, released
+    voucher_id: str | None
+    expected: Ledger
+
+
 @dataclass
 class Batch:
-    """What one transaction changes, gathered so it is written in a few statements."""
+    """What one transaction changes, gathered so it is written in one call of ``budget_apply``."""
 
     ledgers: dict[str, Ledger]
     changed: set[str] = field(default_factory=set)
-    history: list[tuple] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
     outbox: list[OutboxRecord] = field(default_factory=list)
 
     def step(self, campaign_id: str, new: Ledger, cause: str, voucher_id: str | None) -> Ledger:
+        old = self.ledgers[campaign_id]
+        self.steps.append(Step(campaign_id, new.limit - old.limit, new.reserved - old.reserved, new.spent - old.spent,
+                               new.vouchers - old.vouchers, cause, voucher_id, new))
         self.ledgers[campaign_id] = new
         self.changed.add(campaign_id)
-        self.history.append((campaign_id, new.seq, new.limit, new.reserved, new.spent, cause, voucher_id))
         return new

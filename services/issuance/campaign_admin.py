@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import replace
 from datetime import datetime
 
 import asyncpg
@@ -71,8 +70,8 @@ class CampaignAdmin:
             if spec.budget.limit.amount < lg.reserved + lg.spent:
                 raise CampaignError(409, f"budget.limit {spec.budget.limit.amount} is below what is already reserved "
                                          f"and spent ({lg.reserved + lg.spent})")
-            batch.step(spec.id, replace(lg, limit=spec.budget.limit.amount, seq=lg.seq + 1), "limit_changed", None)
-            await store.save_ledgers(conn, [batch.ledgers[spec.id]], batch.history)
+            batch.step(spec.id, lg.with_limit(spec.budget.limit.amount), "limit_changed", None)
+            await store.save_planned(conn, batch.steps)
         await store.update_campaign(conn, spec.id, spec.segment, spec.model_dump(mode="json"))
         await enqueue(conn, [event_record("campaign-changed", campaign_event(spec, row["status"]), source=SOURCE)])
         return row["status"]

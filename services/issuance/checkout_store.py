@@ -122,22 +122,16 @@ async def store_answer_once(conn: asyncpg.Connection | asyncpg.Pool, api_key_id:
         api_key_id, key, request_hash, status_code, response))
 
 
-# The conditional ledger change and its history step ($1 campaign, $2/$3 the changes to reserved
-# and spent, $4 cause, $5 voucher): no row comes back when it would break the invariant.
-_MOVE = (
-    "WITH l AS (UPDATE budget_ledger SET reserved = reserved + $2, spent = spent + $3, seq = seq + 1"
-    " WHERE campaign_id = $1 AND reserved + $2 >= 0 AND spent + $3 >= 0"
-    " AND reserved + $2 + spent + $3 <= limit_minor"
-    " RETURNING campaign_id, currency, limit_minor, reserved, spent, seq, vouchers),"
-    " h AS (INSERT INTO budget_ledger_history (campaign_id, seq, limit_minor, reserved, spent, cause, voucher_id)"
-    " SELECT campaign_id, seq, limit_minor, reserved, spent, $4, $5 FROM l)"
-)
+# The conditional ledger change and its history step (migration 008's budget_move: $1 campaign,
+# $2/$3 the changes to reserved and spent, $4 cause, $5 voucher): no row comes back when the
+# budget rule refuses it.
+_MOVE = "WITH l AS (SELECT * FROM budget_move($1, $2, $3, $4, $5))"
 
 
 async def redeem_single_use_batch(conn: asyncpg.Connection, campaign_id: str, topic: str,
                                   items: Sequence[SingleUse]) -> list[tuple[str, Ledger | None]]:
     """Writes single-use redemptions of one campaign in one call of ``redeem_single_use_batch``
-    (migrations 003 and 007), run outside any explicit transaction: each item is decided as if alone, in
+    (migrations 003, 007 and 008), run outside any explicit transaction: each item is decided as if alone, in
     order. Returns each item's outcome, with the ledger right after it when it was redeemed."""
     cols = list(zip(*[(i.voucher_id, i.reserved, i.discount, i.redemption_id, i.customer_id, i.order_id,
                        i.order_amount, i.currency, i.at, i.api_key_id, i.key, i.request_hash, i.response,

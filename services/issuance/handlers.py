@@ -111,7 +111,7 @@ class IssuanceHandlers:
         return batch
 
     async def save(self, conn: asyncpg.Connection, batch: Batch) -> None:
-        await store.save_ledgers(conn, [batch.ledgers[c] for c in sorted(batch.changed)], batch.history)
+        await store.save_planned(conn, batch.steps)
         await enqueue(conn, batch.outbox, keys=self.keys)
 
     def observe(self, batch: Batch, entries: list[Entry]) -> None:
@@ -233,7 +233,7 @@ class IssuanceHandlers:
                         ledger=lg.snapshot()), source=SOURCE))
                 self.metrics.closed.labels(v["campaign_id"], "expired").inc()
             await store.close_vouchers(conn, [v["id"] for v in due], "expired", now)
-            await store.save_ledgers(conn, [batch.ledgers[c] for c in sorted(batch.changed)], batch.history)
+            await store.save_planned(conn, batch.steps)
             await enqueue(conn, batch.outbox, keys=self.keys)
         return len(due)
 

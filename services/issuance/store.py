@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from services.issuance.budget import Ledger
+from services.issuance.budget import Ledger, Step
 from services.issuance.rules import CustomerConsent
 from shared.events import Channel
 
@@ -78,20 +78,28 @@ async def ledger(conn: asyncpg.Connection, campaign_id: str) -> Ledger | None:
     return ledger_of(r) if r else None
 
 
-async def save_ledgers(conn: asyncpg.Connection, ledgers: Iterable[Ledger], history: Sequence[tuple]) -> None:
-    """Writes the final state of each changed ledger and every intermediate step of its history
-    ``(campaign_id, seq, limit, reserved, spent, cause, voucher_id)``."""
-    rows = [(lg.campaign_id, lg.limit, lg.reserved, lg.spent, lg.seq, lg.vouchers) for lg in ledgers]
-    if rows:
-        await conn.executemany(
-            "UPDATE budget_ledger SET limit_minor = $2, reserved = $3, spent = $4, seq = $5, vouchers = $6"
-            " WHERE campaign_id = $1", rows)
-    if history:
-        cols = list(zip(*history, strict=True))
-        await conn.execute(
-            "INSERT INTO budget_ledger_history (campaign_id, seq, limit_minor, reserved, spent, cause, voucher_id)"
-            " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[],"
-            " $7::text[])", *[list(c) for c in cols])
+class LedgerDisagrees(RuntimeError):
+    """The database refused, or applied differently, a step the model planned: a bug, never input."""
+
+
+async def apply_budget(conn: asyncpg.Connection, steps: Sequence[Step]) -> list[Ledger | None]:
+    """Applies steps in order with ``budget_apply`` (the rule, the history rows, one write per
+    ledger); returns the ledger after each step, ``None`` where the rule refused it."""
+    if not steps:
+        return []
+    rows = await conn.fetch(
+        "SELECT * FROM budget_apply($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[],"
+        " $7::text[])", [s.campaign_id for s in steps], [s.d_limit for s in steps], [s.d_reserved for s in steps],
+        [s.d_spent for s in steps], [s.d_vouchers for s in steps], [s.cause for s in steps],
+        [s.voucher_id for s in steps])
+    return [ledger_of(r) if r["applied"] else None for r in rows]
+
+
+async def save_planned(conn: asyncpg.Connection, steps: Sequence[Step]) -> None:
+    """Applies steps planned on ledgers this transaction locked: each must come out as planned."""
+    for step, got in zip(steps, await apply_budget(conn, steps), strict=True):
+        if got != step.expected:
+            raise LedgerDisagrees(f"{step.cause} step on {step.campaign_id}: planned {step.expected}, got {got}")
 
 
 # ------------------------------------------------------------------ consent
