@@ -88,8 +88,8 @@ def num(x, unit: str = "") -> str:
 def verdict(value, target: str | None) -> str:
     if not target or value is None:
         return ""
-    op, bound = target.split()
-    bound = float(bound.replace(",", ""))
+    op, text = target.split()
+    bound = float(text.replace(",", ""))
     ok = value < bound if op == "<" else value >= bound
     if ok:
         return f"met ({target})"

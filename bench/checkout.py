@@ -21,7 +21,6 @@ import csv
 import io
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import asyncpg
 import httpx
 import orjson
 
-from bench.common import free_port, service_process
+from bench.common import found, free_port, service_process
 from bench.pipeline import fleet_env
 from shared import auth, topics
 from shared.settings import KafkaSettings, PostgresSettings
@@ -92,8 +91,8 @@ def pgbench_update(seconds: int = 10, clients: int = 10, rate: int | None = None
         if rate:
             args[1:1] = ["-R", str(rate)]
         out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-        tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
-        avg = float(re.search(r"latency average = ([\d.]+) ms", out).group(1))
+        tps = float(found(r"tps = ([\d.]+)", out, "pgbench's tps"))
+        avg = float(found(r"latency average = ([\d.]+) ms", out, "pgbench's average latency"))
         return {"tps": round(tps, 1), "latency_avg_ms": avg}
     finally:
         subprocess.run(["psql", dsn, "-qc", f"DROP TABLE {table}"], check=False)

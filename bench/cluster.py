@@ -48,7 +48,8 @@ def authorized_everywhere(settings: KafkaSettings, topic: str) -> bool:
     from confluent_kafka.admin import AdminClient
 
     for broker in settings.bootstrap.split(","):
-        conf = settings.model_copy(update={"bootstrap": broker}).librdkafka_config() | {"log_level": 0}
+        conf: dict[str, str | int | float | bool] = {
+            **settings.model_copy(update={"bootstrap": broker}).librdkafka_config(), "log_level": 0}
         meta = AdminClient(conf).list_topics(topic=settings.topic(topic), timeout=10)
         if meta.topics[settings.topic(topic)].error is not None:
             return False

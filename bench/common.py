@@ -21,6 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 _handed_out: set[int] = set()
 
 
+
+def found(pattern: str, text: str, what: str) -> str:
+    """The first group of ``pattern`` in a tool's output; a clear error when the tool printed otherwise."""
+    match = re.search(pattern, text)
+    if match is None:
+        raise RuntimeError(f"{what} not found in:\n{text[-2000:]}")
+    return match.group(1)
+
 def free_port() -> int:
     """A free port for a service to listen on, below Linux's ephemeral range (32768–60999): a port
     the kernel picked for us there can be taken by any outgoing connection (a Kafka or PostgreSQL
@@ -43,7 +51,7 @@ def free_port() -> int:
 def kafka_libs() -> Path:
     """The Kafka jars the local stack runs (fetched into the cache by ``stack.sh fetch``)."""
     pom = (ROOT / "deploy/local/kafka/pom.xml").read_text()
-    version = re.search(r"<kafka.version>(.*?)</kafka.version>", pom).group(1)
+    version = found(r"<kafka.version>(.*?)</kafka.version>", pom, "deploy/local/kafka/pom.xml's kafka.version")
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "voucherstream"
     libs = cache / f"kafka-{version}" / "libs"
     if not (libs / ".complete").exists():

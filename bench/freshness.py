@@ -101,9 +101,9 @@ async def run(n: int, gap: float) -> dict:
                     t0 = time.perf_counter()
                     while True:
                         text = (await c.get(metrics_url)).text
-                        value = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                                    if line.startswith("voucherstream_campaign_redemptions{"))
-                        if value >= i:
+                        counted = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                                      if line.startswith("voucherstream_campaign_redemptions{"))
+                        if counted >= i:
                             to_metrics.append(time.perf_counter() - t0)
                             break
                         await asyncio.sleep(0.01)

@@ -19,7 +19,7 @@ import uuid
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.common import kafka_tool
+from bench.common import found, kafka_tool
 from bench.issuance import raw_postgres_insert_rate
 from shared.settings import KafkaSettings
 
@@ -50,7 +50,7 @@ def kafka_perf(bootstrap: str, topic: str, records: int) -> dict:
                      f"bootstrap.servers={bootstrap}", "acks=all", "linger.ms=5", "batch.size=262144",
                      "enable.idempotence=true")
     last = [line for line in out.splitlines() if "records sent" in line][-1]
-    produce = float(re.search(r"([\d.]+) records/sec", last).group(1))
+    produce = float(found(r"([\d.]+) records/sec", last, "kafka-producer-perf-test's rate"))
     p99 = re.search(r"([\d.]+) ms 99th", last)
     out = kafka_tool("org.apache.kafka.tools.ConsumerPerformance", "--bootstrap-server", bootstrap, "--topic", topic,
                      "--messages", str(records), "--group", f"perf-{uuid.uuid4().hex[:6]}", "--timeout", "60000")

@@ -82,6 +82,7 @@ async def run(events: int, customers: int) -> dict:
                                    unit_price=ev.Money(amount=6000, currency="USD"))
                 for i in range(events):
                     cid = ids[i % customers]
+                    e: ev.Event
                     if i % 5 == 4:
                         e = ev.CartAbandoned(cart_id=f"k-{i}", customer_id=cid, abandoned_at=datetime.now(UTC),
                                              value=ev.Money(amount=31_000, currency="USD"))

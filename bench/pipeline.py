@@ -25,6 +25,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -37,10 +38,11 @@ from shared.kafka import start_producer
 from shared.settings import KafkaSettings, PostgresSettings
 
 SERVICES = ("consent", "segmentation", "issuance", "analytics")
-CAMPAIGN = {"id": "cart-20", "name": "cart", "segment": "cart-abandoned-300", "currency": "USD",
-            "offer": {"kind": "fixed_amount", "amount": {"amount": 2000, "currency": "USD"}},
-            "validity": {"days_after_issue": 3}, "budget": {"limit": {"amount": 10**12, "currency": "USD"},
-                                                            "per_customer": None}, "channels": ["email"]}
+CAMPAIGN: dict[str, Any] = {"id": "cart-20", "name": "cart", "segment": "cart-abandoned-300", "currency": "USD",
+                            "offer": {"kind": "fixed_amount", "amount": {"amount": 2000, "currency": "USD"}},
+                            "validity": {"days_after_issue": 3},
+                            "budget": {"limit": {"amount": 10**12, "currency": "USD"}, "per_customer": None},
+                            "channels": ["email"]}
 
 
 def fleet_env(prefix: str, tag: str) -> tuple[dict[str, int], dict[str, str]]:

@@ -24,6 +24,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -41,7 +42,7 @@ from shared.settings import DataKeySettings, KafkaSettings, PostgresSettings
 def codec(n: int) -> dict:
     key = DataKey("k" * 24, os.urandom(32))
     now = datetime.now(UTC)
-    events = [ev.SegmentEntered(customer_id=f"c-{i}", segment="cart-abandoned-300", rule_version="1",
+    events: list[ev.Event] = [ev.SegmentEntered(customer_id=f"c-{i}", segment="cart-abandoned-300", rule_version="1",
                                 trigger_key=f"cart:k-{i}", facts={"cart_value": 31000, "brand": "Maison Lune"},
                                 caused_by=[str(uuid.uuid4())], preferred_channel="email", evaluated_at=now)
               for i in range(n // 2)]
@@ -49,7 +50,7 @@ def codec(n: int) -> dict:
                                     code=f"SAVE-{i:08d}", offer={"kind": "fixed_amount",
                                                                  "amount": {"amount": 2000, "currency": "USD"}},
                                     expires_at=now) for i in range(n // 2)]
-    out = {}
+    out: dict[str, Any] = {}
     for label, data_key in (("clear", None), ("sealed", key)):
         t0 = time.perf_counter()
         values = [ev.encode(e, source="bench", data_key=data_key) for e in events]
@@ -73,7 +74,9 @@ async def keystore(batch: int, rounds: int) -> dict:
         keys = DataKeys(DataKeySettings(), lambda: pool)
         await datakeys.migrate(pool, DataKeySettings())
         tag = uuid.uuid4().hex[:8]
-        created, read, loaded, ids = [], [], [], []
+        created: list[float] = []
+        read: list[float] = []
+        loaded, ids = [], []
         for r in range(rounds):
             customers = [f"ks-{tag}-{r}-{i}" for i in range(batch)]
             for timings in (created, read):  # first creates, then finds

@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import uvloop
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -69,7 +70,7 @@ async def run(events: int, customers: int, bootstrap: str, profile: bool) -> dic
             ev.Purpose.PROFILING: ev.PurposeState(granted=True, since=at, policy_version="v1")})
         await producer.send(kafka.topic("consent-state"), key=c.encode(), value=ev.encode(state, source="bench"))
     await producer.flush()
-    result = {"benchmark": "segmentation", "path": "cart-abandoned, each a trigger", "events": events,
+    result: dict[str, Any] = {"benchmark": "segmentation", "path": "cart-abandoned, each a trigger", "events": events,
               "customers": customers}
     settings = SegmentationSettings(kafka=kafka, schema_name=f"bench_seg_{uuid.uuid4().hex[:6]}", log_level="WARNING")
     entered = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
@@ -124,8 +125,8 @@ async def run(events: int, customers: int, bootstrap: str, profile: bool) -> dic
         await entered.stop()
         await producer.stop()
         await service.stop()
-        pool = await db.create_pool(PostgresSettings(), settings.schema, min_size=1, max_size=1)
-        await db.drop_schema(pool, settings.schema)
+        pool = await db.create_pool(PostgresSettings(), settings.db_schema, min_size=1, max_size=1)
+        await db.drop_schema(pool, settings.db_schema)
         await pool.close()
         await topics.delete_topics(bootstrap, prefix)
     return result

@@ -65,8 +65,9 @@ def derive(prefix: str = "") -> list[Acl]:
     return sorted(acls)
 
 
-def admin_config(kafka: KafkaSettings) -> dict[str, str]:
-    return kafka.librdkafka_config() | {"client.id": "voucherstream-acls"}
+def admin_config(kafka: KafkaSettings) -> dict[str, str | int | float | bool]:
+    config: dict[str, str | int | float | bool] = {**kafka.librdkafka_config(), "client.id": "voucherstream-acls"}
+    return config
 
 
 def apply(kafka: KafkaSettings, prefix: str = "", *, prune: bool = False, timeout_s: float = 30.0,
@@ -78,10 +79,10 @@ def apply(kafka: KafkaSettings, prefix: str = "", *, prune: bool = False, timeou
 
     admin = AdminClient(admin_config(kafka))
     wanted = derive(prefix)
-    have = {_from_binding(b) for b in _describe(admin, AclBindingFilter, timeout_s)}
+    found = {_from_binding(b) for b in _describe(admin, AclBindingFilter, timeout_s)}
     # Only this deployment's names: another prefix's ACLs on a shared cluster are not extra here.
     ours = {name for name, _ in all_topics(prefix)} | {prefix + p for p in PRINCIPALS}
-    have = {a for a in have if a is not None and a.principal in PRINCIPALS and a.name in ours}
+    have = {a for a in found if a is not None and a.principal in PRINCIPALS and a.name in ours}
     missing = [a for a in wanted if a not in have]
     if missing:
         for future in admin.create_acls([_binding(AclBinding, a) for a in missing],

@@ -143,7 +143,7 @@ class DataKeys:
         if not ids:
             return values
         await self.load(ids)
-        return [events.opened(v, self.opener) if events.data_key_id(v) else v for v in values]
+        return [events.opened(v, self.opener) if v is not None and events.data_key_id(v) else v for v in values]
 
     async def sealed(self, values: list[bytes]) -> list[bytes]:
         """Events (envelopes, validated: :class:`events.ContractError` names the first that is

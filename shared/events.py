@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -42,7 +42,7 @@ from pydantic import (
 from shared import sealing
 
 SPECVERSION = "1.0"
-CONTENT_TYPE = "application/json"
+CONTENT_TYPE: Final = "application/json"
 
 
 def _to_utc(value: datetime) -> datetime:
@@ -688,7 +688,7 @@ def decode(value: bytes | None, accepted: tuple[type[Event], ...] | None = None,
 def _opened(envelope: Envelope, model: type[Event], keys: Callable[[str], bytes | None] | None) -> dict[str, Any]:
     """``data`` with the sealed fields back. They open only under the key field ``data`` names
     (the customer the consumer checks against the message key), never on another's record."""
-    if envelope.datakey is None:
+    if envelope.datakey is None or envelope.sealeddata is None:
         raise ContractError("invalid_envelope", "sealeddata without a datakey")
     if keys is None:
         raise ContractError("sealed", "the personal fields are sealed and no data keys were given to open them")
@@ -712,7 +712,7 @@ def opened(value: bytes, keys: Callable[[str], bytes | None]) -> bytes:
     raw = orjson.loads(value)
     if not isinstance(raw, dict) or "sealeddata" not in raw:
         return value
-    model = EVENT_TYPES.get(raw.get("type"))
+    model = EVENT_TYPES.get(str(raw.get("type")))
     if model is None:
         raise ContractError("unknown_type", f"type {raw.get('type')!r} is not part of the contract")
     try:

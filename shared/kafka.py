@@ -20,6 +20,7 @@ commit redelivers the batch (exactly-once lives in PostgreSQL, see ``shared.outb
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -29,7 +30,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from shared.datakeys import DataKeys
 
 log = logging.getLogger(__name__)
+E = TypeVar("E", bound=Event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,20 @@ class Message:
     @property
     def is_tombstone(self) -> bool:
         return self.event is None
+
+    def of(self, kind: type[E]) -> E:
+        """The event as the type its topic carries (the consumer decoded it against the topic's
+        contract, so anything else is a bug here, not bad input)."""
+        if not isinstance(self.event, kind):
+            raise TypeError(f"{self.topic} carried {type(self.event).__name__}, expected {kind.__name__}")
+        return self.event
+
+    @property
+    def event_id(self) -> str:
+        """The envelope's id (a tombstone has none)."""
+        if self.envelope is None:
+            raise TypeError(f"a tombstone on {self.topic} has no event id")
+        return self.envelope.id
 
 
 Handler = Callable[[list[Message]], Awaitable[None]]
@@ -397,10 +413,11 @@ class BatchConsumer:
         messages: list[Message] = []
         dead: list[DeadLetter] = []
         erased: dict[TopicPartition, int] = defaultdict(int)
-        if self.keys is not None:  # the data keys of sealed records, in one query
+        keys = self.keys
+        if keys is not None:  # the data keys of sealed records, in one query
             key_ids = {k for records in batch.values() for r in records if (k := data_key_id(r.value))}
             if key_ids:
-                await self._retrying(lambda: self.keys.load(key_ids))
+                await self._retrying(lambda: keys.load(key_ids))
         for tp, records in batch.items():
             spec = self.topics[tp.topic]
             for record in records:
@@ -505,7 +522,7 @@ class BatchConsumer:
                         extra={"group": self.group_id, "error": repr(failure.__cause__), "size": len(messages)})
         for message in messages:
             try:
-                await self._retrying(lambda m=message: self.handler([m]))
+                await self._retrying(functools.partial(self.handler, [message]))
             except _NotTransient as failure:
                 await self._dead_letter_handled(message, failure.__cause__)
 

@@ -92,9 +92,11 @@ async def enqueue(conn: asyncpg.Connection, records: Sequence[OutboxRecord],
     if not records:
         return []
     personal = [r.key for r in records if r.personal]
-    if personal and keys is None:
-        raise ValueError("events with personal fields need the data keys to be sealed")
-    data_keys = await keys.for_customers(conn, personal) if personal else {}
+    data_keys = {}
+    if personal:
+        if keys is None:
+            raise ValueError("events with personal fields need the data keys to be sealed")
+        data_keys = await keys.for_customers(conn, personal)
     rows = []
     for r in records:
         value = r.value
@@ -207,11 +209,12 @@ class OutboxRelay:
         finally:
             await self._resign()
 
-    async def _lead(self) -> bool:
-        """Whether this relay holds the schema's relay lock (taking it if it is free)."""
+    async def _lead(self) -> asyncpg.pool.PoolConnectionProxy | None:
+        """The connection holding the schema's relay lock if this relay holds it (taking it if it
+        is free); None while another instance relays."""
         if self._leader is not None:
             if not self._leader.is_closed():
-                return True
+                return self._leader
             await self._resign()
         conn = await self.pool.acquire()
         try:
@@ -221,11 +224,11 @@ class OutboxRelay:
             raise
         if not mine:
             await self.pool.release(conn)
-            return False
+            return None
         self._leader = conn
         self._needs_recovery = True  # whoever relayed before may have died mid-round
         log.info("this instance relays the outbox now", extra={"schema": self.schema})
-        return True
+        return conn
 
     async def close(self) -> None:
         """Gives the relay lock up (``run`` does it when it ends; for callers of ``publish_once``)."""
@@ -251,9 +254,9 @@ class OutboxRelay:
 
     async def publish_once(self) -> int:
         """Publishes up to ``batch_size`` unsent rows; returns how many it handled."""
-        if not await self._lead():
+        conn = await self._lead()
+        if conn is None:
             return 0  # another instance of the service relays
-        conn = self._leader
         async with conn.transaction():
             rows = await conn.fetch("SELECT id, topic, key, value, headers, sealed, partition, created_at FROM outbox"
                                     " WHERE sent_at IS NULL ORDER BY id LIMIT $1", self.batch_size)

@@ -47,7 +47,11 @@ class ErrorOut(BaseModel):
     detail: str
 
 
-NOT_FOUND = {404: {"model": ErrorOut, "description": "No such resource"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "No such resource"}}
+
+
+class NotStarted(RuntimeError):
+    """What needs the service started (its pool, producer, relay) was asked for before."""
 
 
 class Service:
@@ -60,12 +64,12 @@ class Service:
 
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
-        self.metrics = Metrics(settings.service)
-        self.pool: asyncpg.Pool | None = None
+        self.metrics: Metrics = Metrics(settings.service)
+        self._pool: asyncpg.Pool | None = None
         self.auth = Authenticator(lambda: self.pool)
         self.keys = DataKeys(settings.data, lambda: self.pool)
-        self.producer: Producer | None = None
-        self.relay: OutboxRelay | None = None
+        self._producer: Producer | None = None
+        self._relay: OutboxRelay | None = None
         self.consumers: list[BatchConsumer] = []
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
@@ -73,20 +77,45 @@ class Service:
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise NotStarted("the service's database pool exists once it has started")
+        return self._pool
+
+    @property
+    def producer(self) -> Producer:
+        if self._producer is None:
+            raise NotStarted("the service's producer exists once it has started")
+        return self._producer
+
+    @property
+    def consumer(self) -> BatchConsumer:
+        """The service's first consumer (each service has one)."""
+        if not self.consumers:
+            raise NotStarted("the service's consumer exists once it has started")
+        return self.consumers[0]
+
+    @property
+    def relay(self) -> OutboxRelay:
+        if self._relay is None:
+            raise NotStarted("the service's outbox relay exists once it has started")
+        return self._relay
+
     async def start(self) -> None:
         s = self.settings
         require_safe_settings(s)
-        self.pool = await db.create_pool(s.postgres, s.schema, application_name=s.service)
+        self._pool = pool = await db.create_pool(s.postgres, s.db_schema, application_name=s.service)
         folders = [("shared", db.SHARED_MIGRATIONS)]
         if self.migrations is not None:
             folders.append((s.service, self.migrations))
-        await db.migrate(self.pool, s.schema, db.discover(*folders))
-        await datakeys.migrate(self.pool, s.data)
-        self.producer = await start_producer(s.kafka, s.service)
-        self.relay = OutboxRelay(pool=self.pool, producer=self.producer,
-                                 kafka=s.kafka, schema=s.schema, metrics=self.metrics, seal_key=self.outbox_seal_key,
+        await db.migrate(pool, s.db_schema, db.discover(*folders))
+        await datakeys.migrate(pool, s.data)
+        self._producer = producer = await start_producer(s.kafka, s.service)
+        self._relay = OutboxRelay(pool=pool, producer=producer,
+                                 kafka=s.kafka, schema=s.db_schema, metrics=self.metrics, seal_key=self.outbox_seal_key,
                                  previous_seal_keys=self.outbox_previous_seal_keys)
-        self.spawn("outbox-relay", self.relay.run)
+        self.spawn("outbox-relay", self._relay.run)
         await self.on_start()
         # Request latency: objects that live as long as the service (settings, pools, compiled
         # schemas) leave the collector's generations, and young collections run less often, so a
@@ -104,31 +133,30 @@ class Service:
         self._stopping.set()
         for consumer in self.consumers:
             consumer.stop()
-        if self.relay is not None:
-            self.relay.stop()
+        if self._relay is not None:
+            self._relay.stop()
         if self._tasks:
             done, pending = await asyncio.wait(self._tasks, timeout=30)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        if self.producer is not None:
-            await self.producer.stop()
-        if self.pool is not None:
-            await self.pool.close()
+        if self._producer is not None:
+            await self._producer.stop()
+        if self._pool is not None:
+            await self._pool.close()
         self.started = False
         log.info("service stopped", extra={"service": self.settings.service})
 
     def consume(self, topics: list[str], handler: Handler, *, group_suffix: str = "", **options) -> BatchConsumer:
         """Adds a batch consumer; ``options`` go to :class:`BatchConsumer` (``validate``, ``assignors``)."""
-        assert self.producer is not None, "consume() belongs in on_start()"
+        producer = self.producer  # consume() belongs in on_start()
 
         async def handle(batch):
             await handler(batch)
-            if self.relay is not None:
-                self.relay.wake()  # what the batch enqueued goes out now, not at the relay's next poll
+            self.relay.wake()  # what the batch enqueued goes out now, not at the relay's next poll
 
         consumer = BatchConsumer(settings=self.settings.kafka, group_id=self.settings.group_id + group_suffix,
-                                 topics=topics, handler=handle, producer=self.producer, metrics=self.metrics,
+                                 topics=topics, handler=handle, producer=producer, metrics=self.metrics,
                                  keys=self.keys, **options)
         self.consumers.append(consumer)
         self.spawn(f"consumer:{','.join(topics)}", consumer.run)
@@ -170,7 +198,7 @@ class Service:
         """Add the service's own routes."""
 
     async def ready(self) -> bool:
-        if not (self.started and self.pool is not None):
+        if not (self.started and self._pool is not None):
             return False
         try:
             async with self.pool.acquire(timeout=2) as conn:
@@ -248,7 +276,7 @@ def run(service: Service, *, factory: str | None = None, **fastapi_kwargs) -> No
         require_safe_settings(s)
     except InsecureSettings as exc:
         raise SystemExit(str(exc)) from None
-    common = dict(host=s.http_host, port=s.http_port, log_config=None, access_log=False, lifespan="on",
+    common: dict[str, Any] = dict(host=s.http_host, port=s.http_port, log_config=None, access_log=False, lifespan="on",
                   timeout_graceful_shutdown=30, timeout_keep_alive=30)
     if s.http_workers > 1 and factory:
         uvicorn.run(factory, factory=True, workers=s.http_workers, **common)

@@ -168,7 +168,7 @@ class ServiceSettings(BaseSettings):
         return secret_problems(self)
 
     @property
-    def schema(self) -> str:
+    def db_schema(self) -> str:
         return self.schema_name or self.service
 
     @property

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import uuid
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared import datakeys
@@ -80,7 +80,7 @@ async def _read_topic(bootstrap: str | KafkaSettings, topic: str, *, expect: int
         await consumer.seek_to_beginning(*tps)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        out = []
+        out: list[ConsumerRecord] = []
         while True:
             ends = await consumer.end_offsets(tps)
             positions = {tp: await consumer.position(tp) for tp in tps}
@@ -153,7 +153,7 @@ async def schemathesis(base_url: str, api_key: str, *, max_time: int = 30, env: 
         "--generation-deterministic", "--request-timeout", "20", "-H", f"Authorization: Bearer {api_key}",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=os.environ | (env or {}))
     out, _ = await asyncio.wait_for(proc.communicate(), max_time * 6 + 60)
-    return proc.returncode, out.decode()
+    return proc.returncode or 0, out.decode()
 
 
 async def columns_containing(pool, needle: str) -> list[str]:
@@ -226,4 +226,4 @@ async def fault_run(tmp_path, *args: str, timeout: float = 840) -> tuple[dict, s
         raise
     report = text.decode(errors="replace")
     assert out.exists(), report[-4000:]
-    return json.loads(out.read_text()), report[-3000:], proc.returncode
+    return json.loads(out.read_text()), report[-3000:], proc.returncode or 0

@@ -97,7 +97,7 @@ class Shop:
         try:
             while not stop.is_set():
                 batch = self.customer()
-                now_events = [(t, e) for t, e in batch if t == "consent-changed" and e.granted]
+                now_events = [(t, e) for t, e in batch if isinstance(e, ev.ConsentChanged) and e.granted]
                 later.append((loop.time() + 3.0, [(t, e) for t, e in batch if (t, e) not in now_events]))
                 due = [item for item in later if item[0] <= loop.time()]
                 later = [item for item in later if item[0] > loop.time()]
@@ -173,11 +173,11 @@ async def view(issuance_url: str, analytics_url: str, key: str, shop: Shop, kafk
                 try:
                     campaigns = (await client.get(f"{issuance_url}/v1/campaigns")).json()
                     for c in campaigns:
-                        s = await client.get(f"{analytics_url}/v1/campaigns/{c['id']}/stats")
-                        if s.status_code != 200:
+                        got = await client.get(f"{analytics_url}/v1/campaigns/{c['id']}/stats")
+                        if got.status_code != 200:
                             table.add_row(c["id"], "0", "", "0", "0.00", "0.00", fmt(c["definition"]["budget"]["limit"]["amount"]))
                             continue
-                        body = s.json()
+                        body = got.json()
                         lg = body["ledger"]
                         issued = sum(v["issued"] for v in body["variants"].values())
                         redeemed = sum(v["redeemed"] for v in body["variants"].values())

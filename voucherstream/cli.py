@@ -7,6 +7,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import typer
@@ -24,7 +25,7 @@ ISSUANCE = typer.Option("http://127.0.0.1:8003", "--issuance-url", envvar="VOUCH
                         help="base URL of the issuance service")
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(1)
 
@@ -313,9 +314,10 @@ def seal(separator: str = typer.Option(None, "--key-separator", "-K",
     from shared import events as ev
 
     lines = [line.rstrip(b"\n") for line in sys.stdin.buffer if line.strip()]
-    keys, values = [], []
+    keys: list[bytes] = []
+    values: list[bytes] = []
     for line in lines:
-        key, found, value = line.partition(separator.encode()) if separator else (None, True, line)
+        key, found, value = line.partition(separator.encode()) if separator else (b"", True, line)
         if not found:
             fail(f"line {len(values) + 1} has no key separator {separator!r}")
         keys.append(key)

@@ -28,7 +28,7 @@ class AnalyticsService(Service):
     def __init__(self, settings: AnalyticsSettings) -> None:
         super().__init__(settings)
         self.settings: AnalyticsSettings = settings
-        self.metrics = AnalyticsMetrics(settings.service)
+        self.metrics: AnalyticsMetrics = AnalyticsMetrics(settings.service)
         self.handlers = AnalyticsHandlers(settings, self.metrics, self.keys)
 
     async def on_start(self) -> None:
@@ -36,7 +36,7 @@ class AnalyticsService(Service):
         self.every("publish-counters", self.settings.check_interval_s, self.publish)
 
     async def publish(self) -> None:
-        if await self.handlers.publish(self.pool) and self.relay is not None:
+        if await self.handlers.publish(self.pool):
             self.relay.wake()  # the counters go out now, not at the relay's next poll
 
     def routes(self, app: FastAPI) -> None:

@@ -108,7 +108,7 @@ def routes(app: FastAPI, service) -> None:
               tags=["consent"], summary="Record a consent decision", responses=AUTH_RESPONSES | KEY_REUSED)
     async def record_consent(body: ConsentChangeIn, response: Response,
                              idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
-                             principal: Principal = consent_scope) -> ConsentStateOut:
+                             principal: Principal = consent_scope) -> ConsentStateOut | JSONResponse:
         change = ev.ConsentChanged(**body.model_dump(exclude={"event_id"}))
         event_id = body.event_id or (idempotent_event_id(principal.key_id, change.customer_id, idempotency_key)
                                      if idempotency_key else f"http:{uuid.uuid4()}")

@@ -22,15 +22,15 @@ class ConsentService(Service):
     def __init__(self, settings: ConsentSettings) -> None:
         super().__init__(settings)
         self.settings: ConsentSettings = settings
-        self.metrics = ConsentMetrics(settings.service)
+        self.metrics: ConsentMetrics = ConsentMetrics(settings.service)
         self.handlers = ConsentHandlers(settings, self.metrics, self.keys)
 
     async def on_start(self) -> None:
         self.relay.on_published = self.handlers.observe_published
-        self.consumer = self.consume(["consent-changed", "erasure-completed", "export-completed"],
-                                     lambda batch: self.handlers.on_batch(self.pool, batch),
-                                     validate=self.handlers.validate,
-                                     on_idle=lambda positions: self.handlers.on_idle(self.pool, positions))
+        self.consume(["consent-changed", "erasure-completed", "export-completed"],
+                     lambda batch: self.handlers.on_batch(self.pool, batch),
+                     validate=self.handlers.validate,
+                     on_idle=lambda positions: self.handlers.on_idle(self.pool, positions))
         self.every("privacy-gauges", 5.0, self.update_gauges)
         self.every("export-purge", 3600.0, self.purge_exports)
 

@@ -40,7 +40,7 @@ class Outcome:
     appended: int = 0
     duplicates: int = 0
     ignored_erased: int = 0
-    states: dict[str, dict[ev.Purpose, ev.PurposeState]] | None = None
+    states: dict[str, dict[ev.Purpose, ev.PurposeState]] = field(default_factory=dict)
     outbox_ids: list[int] = field(default_factory=list)
 
 
@@ -68,7 +68,7 @@ class ConsentHandlers:
                              received_at: datetime) -> Outcome:
         """Appends the changes to the ledger (idempotent by event id) and publishes the new
         ``consent-state`` of every customer whose state changed."""
-        outcome = Outcome(states={})
+        outcome = Outcome()
         if not changes:
             return outcome
         customers = sorted({c.change.customer_id for c in changes})
@@ -205,12 +205,15 @@ class ConsentHandlers:
         watermarks count offsets per partition) and not dated into the future."""
         if message.topic == "consent-changed":
             check_partition(message.partition, message.key, message.event)
-            ledger.check_occurred_at(message.event.occurred_at, ev.now_utc(), self.settings.max_future_skew_s)
+            ledger.check_occurred_at(message.of(ev.ConsentChanged).occurred_at, ev.now_utc(),
+                                     self.settings.max_future_skew_s)
 
     async def on_batch(self, pool: asyncpg.Pool, messages: list[Message]) -> None:
         received_at = ev.now_utc()
-        changes = [Change(m.envelope.id, m.event, m.offset) for m in messages if m.topic == "consent-changed"]
-        answers = [m.event for m in messages if m.topic in ("erasure-completed", "export-completed")]
+        changes = [Change(m.event_id, m.of(ev.ConsentChanged), m.offset) for m in messages
+                   if m.topic == "consent-changed"]
+        answers = [m.of(ev.ErasureCompleted) if m.topic == "erasure-completed" else m.of(ev.ExportCompleted)
+                   for m in messages if m.topic in ("erasure-completed", "export-completed")]
         applied: dict[int, int] = {}
         for m in messages:
             if m.topic == "consent-changed":

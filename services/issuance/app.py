@@ -28,8 +28,7 @@ class IssuanceService(Service):
     def __init__(self, settings: IssuanceSettings) -> None:
         super().__init__(settings)
         self.settings: IssuanceSettings = settings
-        self.metrics = IssuanceMetrics(settings.service)
-        self.consumer = None
+        self.metrics: IssuanceMetrics = IssuanceMetrics(settings.service)
         self.handlers = IssuanceHandlers(settings, self.metrics,
                                          positions=lambda partitions: self.consumer.positions(partitions),
                                          end_offsets=lambda partitions: self.consumer.end_offsets(partitions),
@@ -51,13 +50,13 @@ class IssuanceService(Service):
 
     async def on_start(self) -> None:
         s = self.settings
-        self.writer_pool = await db.create_pool(s.postgres, s.schema, application_name=f"{s.service}-redemptions",
+        self.writer_pool = await db.create_pool(s.postgres, s.db_schema, application_name=f"{s.service}-redemptions",
                                                 min_size=1, max_size=s.redemption_write_connections)
         # Range assignment gives one instance the same partition of every input, so the consent-state
         # position it reads for a segment entry's partition is its own (see ordering.py).
-        self.consumer = self.consume(["consent-state", "segment-entered", "erasure-requested", "export-requested"],
-                                     lambda batch: self.handlers.on_batch(self.pool, batch),
-                                     assignors=(RangePartitionAssignor,))
+        self.consume(["consent-state", "segment-entered", "erasure-requested", "export-requested"],
+                     lambda batch: self.handlers.on_batch(self.pool, batch),
+                     assignors=(RangePartitionAssignor,))
         self.every("expiry", self.settings.expiry_interval_s, self.expire)
         self.every("consent-holds", self.settings.consent_hold_check_s, self.release_held)
         self.every("failure-buckets", 60.0, self.forget_full_buckets)

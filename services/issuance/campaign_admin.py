@@ -105,10 +105,12 @@ class CampaignAdmin:
         while len(out) < count:
             n = min(chunk, count - len(out))
             fresh = [spec.code.generate() for _ in range(n)]
-            rows = [(str(uuid.uuid4()), spec.id, None, partner, codes.code_hash(self.handlers.hash_key, c), None,
-                     spec.variants[0].name, "partner", offer.kind, None, spec.currency, 0,
-                     offer.balance.amount if offer.kind == "gift_card" else None, "active", None, now, expires)
-                    for c in fresh]
+            rows = [store.NewVoucher(
+                id=str(uuid.uuid4()), campaign_id=spec.id, customer_id=None, partner=partner,
+                code_hash=codes.code_hash(self.handlers.hash_key, c), code_sealed=None, variant=spec.variants[0].name,
+                channel="partner", kind=offer.kind, brand=None, currency=spec.currency, reserved=0,
+                balance=offer.balance.amount if offer.kind == "gift_card" else None, status="active", trigger_key=None,
+                issued_at=now, expires_at=expires) for c in fresh]
             try:
                 async with pool.acquire() as conn, conn.transaction():
                     await store.copy_vouchers(conn, rows)

@@ -27,6 +27,7 @@ from services.issuance.checkout import Accept, Refuse, VoucherView, evaluate
 from services.issuance.handlers import SOURCE, IssuanceHandlers
 from services.issuance.ratelimit import FailureLimiter, Subject
 from services.issuance.redemption_writer import RedemptionWriter, SingleUse
+from services.issuance.store import LedgerDisagrees
 from shared import events as ev
 from shared.batching import Batcher
 from shared.datakeys import DataKey
@@ -125,8 +126,10 @@ class CheckoutHandlers:
         checked = await self.check(code, customer_id, order, items, who)
         if isinstance(checked.outcome, Refuse):
             return Answer(200, refusal(checked.outcome))
+        row = checked.row
+        assert row is not None  # an accepted code exists
         return Answer(200, {"valid": True, "discount": {"amount": checked.outcome.discount, "currency": order.currency},
-                            "voucher_id": checked.row["id"], "campaign_id": checked.row["campaign_id"]})
+                            "voucher_id": row["id"], "campaign_id": row["campaign_id"]})
 
     async def redeem(self, *, api_key_id: str, idempotency_key: str, body: dict,
                      code: str, customer_id: str, order: ev.Money, items: list[ev.LineItem],
@@ -243,6 +246,7 @@ class CheckoutHandlers:
         outcome = self.decide(row, customer_id, order, items, now, session)
         if isinstance(outcome, Refuse):
             return await answer(self._refused("redeem", outcome)), False
+        assert row is not None  # decide() refuses a code that does not exist
         v, discount = view(row), outcome.discount
         if v.customer_id is None:  # a partner code: spends what its hold reserved (if any), the rest from what remains
             reserved_used, new_status, new_reserved, new_balance = v.reserved, "redeemed", 0, v.balance
@@ -307,6 +311,8 @@ class CheckoutHandlers:
         if moved is None:
             wanted = min(wanted, discount)
             moved = await checkout_store.move_budget(conn, v.campaign_id, wanted, -discount, "rolled_back", v.id)
+        if moved is None:  # giving back at most what it spent only lowers reserved + spent
+            raise LedgerDisagrees(f"rollback of {redemption_id}: the ledger refused to return {discount}")
         status = "active" if still_valid else ("revoked" if v.status == "revoked" else "expired")
         balance = (v.balance or 0) + discount if v.kind == "gift_card" else v.balance
         await checkout_store.set_voucher(conn, v.id, status, v.reserved + wanted, balance, None if status == "active" else now)

@@ -25,8 +25,9 @@ from shared import events as ev
 log = logging.getLogger(__name__)
 
 
-def session_of(api_key_id: str, key: str | None) -> str | None:
-    return f"{api_key_id}/{key}" if key else None
+def session_of(api_key_id: str, key: str) -> str:
+    """A checkout session as stored: the shop's session key under its API key."""
+    return f"{api_key_id}/{key}"
 
 
 class CheckoutSessions:

@@ -54,7 +54,7 @@ class Consumed:
     @property
     def partitions(self) -> set[int]:
         return ({p for p, _, _ in self.states.values()} | set(self.watermarks) | set(self.state_offsets)
-                | {e.event.consent_marks.partition for e in self.entries})
+                | {ordering.marks_of(e.event).partition for e in self.entries})
 
 
 @dataclass(slots=True)
@@ -96,20 +96,19 @@ class ConsentGate:
                 if isinstance(m.event, ev.ConsentWatermark):
                     out.watermarks[m.event.partition] = max(out.watermarks.get(m.event.partition, 0), m.event.next_offset)
                 else:
-                    out.states[m.key] = (m.partition, m.offset, m.event)  # the latest per customer wins
+                    state = None if m.is_tombstone else m.of(ev.ConsentState)
+                    out.states[m.key or ""] = (m.partition, m.offset, state)  # the latest per customer wins
                 out.state_offsets[m.partition] = max(out.state_offsets.get(m.partition, 0), m.offset + 1)
             elif m.topic == "erasure-requested":
-                out.erasures.append(m.event)
-        unmarked = sorted({_partition(m.event.customer_id) for m in messages
-                           if m.topic == "segment-entered" and m.event.consent_marks is None})
+                out.erasures.append(m.of(ev.ErasureRequested))
+        entered = [(m, m.of(ev.SegmentEntered)) for m in messages if m.topic == "segment-entered"]
+        unmarked = sorted({_partition(e.customer_id) for _, e in entered if e.consent_marks is None})
         fallback = await self._marks_now(unmarked) if unmarked else {}
-        for m in messages:
-            if m.topic == "segment-entered":
-                e: ev.SegmentEntered = m.event
-                if e.consent_marks is None:
-                    e = e.model_copy(update={"consent_marks": fallback[_partition(e.customer_id)]})
-                out.entries.append(Entry(e, m.timestamp_ms))
-        entry_parts = {e.event.consent_marks.partition for e in out.entries}
+        for m, e in entered:
+            if e.consent_marks is None:
+                e = e.model_copy(update={"consent_marks": fallback[_partition(e.customer_id)]})
+            out.entries.append(Entry(e, m.timestamp_ms))
+        entry_parts = {ordering.marks_of(e.event).partition for e in out.entries}
         positions = await self.positions([("consent-state", p) for p in sorted(entry_parts | set(out.state_offsets))])
         for (_, p), position in positions.items():
             out.state_offsets[p] = max(out.state_offsets.get(p, 0), position)
@@ -171,9 +170,11 @@ class ConsentGate:
         kept = [e for e in entries if e.event.customer_id not in gone]
         if len(kept) < len(entries):
             self.metrics.holds.labels("dropped_erased").inc(len(entries) - len(kept))
-        ready, waiting = [], []
+        ready: list[Entry] = []
+        waiting: list[Entry] = []
         for e in kept:
-            (ready if ordering.ready(e.event.consent_marks, known[e.event.consent_marks.partition]) else waiting).append(e)
+            marks = ordering.marks_of(e.event)
+            (ready if ordering.ready(marks, known[marks.partition]) else waiting).append(e)
         if waiting:
             now = ev.now_utc()
             newly = await held.hold(conn, [(e.event, e.entered_ms, now) for e in waiting])
@@ -205,7 +206,7 @@ class ConsentGate:
         for r in rows:
             event = ev.SegmentEntered.model_validate(r["event"])
             entry = Entry(event, r["entered_ms"], (now - r["held_at"]).total_seconds())
-            if ordering.ready(event.consent_marks, known.get(r["partition"], ordering.Known())):
+            if ordering.ready(ordering.marks_of(event), known.get(r["partition"], ordering.Known())):
                 ready.append(entry)
             elif ordering.expired(r["held_at"], now, self.max_hold_s):
                 unconfirmed.append(entry)

@@ -11,6 +11,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
@@ -127,7 +128,7 @@ class IssuanceHandlers:
     # ------------------------------------------------------------------ issuing
 
     async def issue(self, conn: asyncpg.Connection, batch: Batch, entries: list[Entry], campaign_rows,
-                    unconfirmed: list[Entry] = ()) -> None:
+                    unconfirmed: Sequence[Entry] = ()) -> None:
         """Decides each (campaign, entry) once; ``unconfirmed`` entries are refused
         (``consent_unconfirmed``: consent did not catch up with them in time)."""
         now = ev.now_utc()
@@ -153,7 +154,8 @@ class IssuanceHandlers:
         customers = [e.customer_id for _, e, _ in pairs]
         consent = await store.consents(conn, customers)
         counts = await store.voucher_counts(conn, [s.id for _, _, s in pairs], customers)
-        attempts, vouchers = [], []
+        attempts: list[store.Attempt] = []
+        vouchers = []
         for (campaign_id, customer_id, trigger), e, spec in pairs:
             outcome = Deny(ordering.UNCONFIRMED) if (campaign_id, customer_id, trigger) in refused else decide(
                 spec, customer_id=customer_id, preferred=e.preferred_channel,
@@ -163,7 +165,8 @@ class IssuanceHandlers:
             if isinstance(outcome, Issue) and not batch.ledgers[campaign_id].fits(outcome.max_discount):
                 outcome = Deny("budget_exhausted", outcome.variant)
             if isinstance(outcome, Deny):
-                attempts.append((campaign_id, customer_id, trigger, "denied", outcome.reason, outcome.variant, None, now))
+                attempts.append(store.Attempt(campaign_id, customer_id, trigger, "denied", outcome.reason, outcome.variant,
+                                              None, now))
                 batch.outbox.append(event_record("issuance-denied", ev.IssuanceDenied(
                     campaign_id=campaign_id, customer_id=customer_id, reason=outcome.reason, trigger_key=trigger,
                     variant=outcome.variant, denied_at=now), source=SOURCE))
@@ -172,7 +175,8 @@ class IssuanceHandlers:
             voucher_id = str(uuid.uuid4())
             lg = batch.step(campaign_id, batch.ledgers[campaign_id].reserve(outcome.max_discount), "issued", voucher_id)
             counts[(campaign_id, customer_id)] = counts.get((campaign_id, customer_id), 0) + 1
-            attempts.append((campaign_id, customer_id, trigger, "issued", None, outcome.variant, voucher_id, now))
+            attempts.append(store.Attempt(campaign_id, customer_id, trigger, "issued", None, outcome.variant, voucher_id,
+                                          now))
             vouchers.append((voucher_id, spec, customer_id, trigger, outcome, lg, e.facts))
         await store.insert_attempts(conn, attempts)
         await self._store_vouchers(conn, vouchers, now)
@@ -189,18 +193,21 @@ class IssuanceHandlers:
         the delivery request; a hash collision (never seen, but possible) draws again."""
         pending = {v[0]: v for v in vouchers}
         while pending:
-            rows, deliveries = [], {}
+            rows: list[store.NewVoucher] = []
+            deliveries = {}
             for voucher_id, spec, customer_id, trigger, outcome, _, facts in pending.values():
                 code = spec.code.generate()
                 offer = spec.offer_for(outcome.variant)
                 brand = personal_brand(offer, facts)
                 onsite = outcome.channel == ev.Channel.ONSITE
-                rows.append((voucher_id, spec.id, customer_id, None, codes.code_hash(self.hash_key, code),
-                             codes.seal(self.seal_key, code, voucher_id) if onsite else None,
-                             outcome.variant, outcome.channel.value, offer.kind, brand, spec.currency,
-                             outcome.max_discount,
-                             offer.balance.amount if offer.kind == "gift_card" else None, "active", trigger, now,
-                             spec.validity.expires_at(now)))
+                rows.append(store.NewVoucher(
+                    id=voucher_id, campaign_id=spec.id, customer_id=customer_id, partner=None,
+                    code_hash=codes.code_hash(self.hash_key, code),
+                    code_sealed=codes.seal(self.seal_key, code, voucher_id) if onsite else None,
+                    variant=outcome.variant, channel=outcome.channel.value, kind=offer.kind, brand=brand,
+                    currency=spec.currency, reserved=outcome.max_discount,
+                    balance=offer.balance.amount if offer.kind == "gift_card" else None, status="active",
+                    trigger_key=trigger, issued_at=now, expires_at=spec.validity.expires_at(now)))
                 if not onsite:
                     deliveries[voucher_id] = event_record("delivery-requested", ev.DeliveryRequested(
                         voucher_id=voucher_id, campaign_id=spec.id, customer_id=customer_id,

@@ -32,6 +32,14 @@ class Known:
         return replace(self, changed=max(self.changed, changed), state=max(self.state, state))
 
 
+def marks_of(entry: ev.SegmentEntered) -> ev.ConsentMarks:
+    """An entry's consent marks: every entry decided or held has them (the gate reads Kafka's
+    for one that came without)."""
+    if entry.consent_marks is None:
+        raise ValueError(f"segment entry {entry.trigger_key!r} has no consent marks yet")
+    return entry.consent_marks
+
+
 def ready(marks: ev.ConsentMarks, known: Known) -> bool:
     """Whether every consent decision published before the trigger has been applied."""
     return known.changed >= marks.changed and known.state >= marks.state

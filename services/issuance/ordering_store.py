@@ -8,6 +8,7 @@ from datetime import datetime
 
 import asyncpg
 
+from services.issuance import ordering
 from services.issuance.ordering import Known
 from shared import events as ev
 
@@ -38,13 +39,13 @@ async def hold(conn: asyncpg.Connection, rows: Sequence[tuple[ev.SegmentEntered,
     trigger): a redelivered entry is already held. Returns how many were newly held."""
     if not rows:
         return 0
+    marks = [ordering.marks_of(e) for e, _, _ in rows]
     status = await conn.execute(
         "INSERT INTO held_triggers (customer_id, segment, trigger_key, partition, changed_offset, state_offset, event,"
         " entered_ms, held_at) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[],"
         " $6::bigint[], $7::jsonb[], $8::bigint[], $9::timestamptz[]) ON CONFLICT DO NOTHING",
         [e.customer_id for e, _, _ in rows], [e.segment for e, _, _ in rows], [e.trigger_key for e, _, _ in rows],
-        [e.consent_marks.partition for e, _, _ in rows], [e.consent_marks.changed for e, _, _ in rows],
-        [e.consent_marks.state for e, _, _ in rows],
+        [m.partition for m in marks], [m.changed for m in marks], [m.state for m in marks],
         [e.model_dump(mode="json") for e, _, _ in rows],
         [ms for _, ms, _ in rows], [at for _, _, at in rows])
     return int(status.split()[-1])

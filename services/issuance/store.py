@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -140,8 +140,20 @@ async def known_attempts(conn: asyncpg.Connection, keys: Sequence[tuple[str, str
     return {(r[0], r[1], r[2]) for r in rows}
 
 
-async def insert_attempts(conn: asyncpg.Connection, rows: Sequence[tuple]) -> None:
-    """``(campaign_id, customer_id, trigger_key, outcome, reason, variant, voucher_id, decided_at)``"""
+class Attempt(NamedTuple):
+    """One issuance decision as stored: a redelivered or replayed entry finds it and decides nothing again."""
+
+    campaign_id: str
+    customer_id: str
+    trigger_key: str
+    outcome: str  # issued, denied
+    reason: str | None
+    variant: str | None
+    voucher_id: str | None
+    decided_at: datetime
+
+
+async def insert_attempts(conn: asyncpg.Connection, rows: Sequence[Attempt]) -> None:
     if rows:
         cols = list(zip(*rows, strict=True))
         await conn.execute(
@@ -159,13 +171,34 @@ async def voucher_counts(conn: asyncpg.Connection, campaign_ids: Sequence[str],
     return {(r["campaign_id"], r["customer_id"]): r["n"] for r in rows}
 
 
-VOUCHER_COLUMNS = ("id", "campaign_id", "customer_id", "partner", "code_hash", "code_sealed", "variant", "channel",
-                   "kind", "brand", "currency", "reserved", "balance", "status", "trigger_key", "issued_at", "expires_at")
+class NewVoucher(NamedTuple):
+    """A voucher as it is inserted: personal (issued to a customer) or a partner code."""
+
+    id: str
+    campaign_id: str
+    customer_id: str | None  # None: a partner code
+    partner: str | None
+    code_hash: bytes
+    code_sealed: bytes | None  # on-site vouchers only: the code, sealed for the customer's own listing
+    variant: str
+    channel: str
+    kind: str
+    brand: str | None
+    currency: str
+    reserved: int
+    balance: int | None  # gift cards
+    status: str
+    trigger_key: str | None
+    issued_at: datetime
+    expires_at: datetime
 
 
-async def insert_vouchers(conn: asyncpg.Connection, rows: Sequence[tuple]) -> set[str]:
-    """Inserts vouchers (columns in ``VOUCHER_COLUMNS`` order); returns the ids of those whose code
-    hash was already taken (the caller draws new codes for them)."""
+VOUCHER_COLUMNS = NewVoucher._fields
+
+
+async def insert_vouchers(conn: asyncpg.Connection, rows: Sequence[NewVoucher]) -> set[str]:
+    """Inserts vouchers; returns the ids of those whose code hash was already taken (the caller
+    draws new codes for them)."""
     if not rows:
         return set()
     cols = list(zip(*rows, strict=True))
@@ -174,10 +207,10 @@ async def insert_vouchers(conn: asyncpg.Connection, rows: Sequence[tuple]) -> se
         " $4::text[], $5::bytea[], $6::bytea[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],"
         " $12::bigint[], $13::bigint[], $14::text[], $15::text[], $16::timestamptz[], $17::timestamptz[])"
         " ON CONFLICT (code_hash) DO NOTHING RETURNING id", *[list(c) for c in cols])
-    return {r[0] for r in rows} - {r["id"] for r in inserted}
+    return {r.id for r in rows} - {r["id"] for r in inserted}
 
 
-async def copy_vouchers(conn: asyncpg.Connection, rows: Sequence[tuple]) -> None:
+async def copy_vouchers(conn: asyncpg.Connection, rows: Sequence[NewVoucher]) -> None:
     """Bulk path for partner codes (COPY); a duplicate hash fails the whole batch, which the
     caller retries with fresh codes."""
     await conn.copy_records_to_table("vouchers", records=rows, columns=list(VOUCHER_COLUMNS))

@@ -220,10 +220,10 @@ def checkout_request(body: Any, currency: str, *, default_ttl_s: float) -> Check
         raise _bad("invalid_payload", f"redeemables[0].object {redeemable.object!r} is not supported, only voucher")
     if not CODE.fullmatch(redeemable.id):
         raise _bad("invalid_payload", "redeemables[0].id: a code is 4-64 letters, digits, spaces, _ or -")
-    customer = req.customer and (req.customer.source_id or req.customer.id)
-    if not customer:
+    customer = _identifier((req.customer.source_id or req.customer.id) if req.customer else None, "customer.source_id",
+                           "invalid_customer", _CUSTOMER)
+    if customer is None:
         raise VoucherifyError(400, "missing_customer", "missing customer", "customer.source_id is required")
-    customer = _identifier(customer, "customer.source_id", "invalid_customer", _CUSTOMER)
     if req.order is None:
         raise VoucherifyError(400, "missing_order", "missing order", "order is required")
     items = [_line_item(i, item, currency) for i, item in enumerate(req.order.items or [])]

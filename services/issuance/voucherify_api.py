@@ -76,7 +76,7 @@ class VoucherifyRoute(APIRoute):
             except HTTPException as exc:
                 key = KEYS_BY_STATUS.get(exc.status_code, "error")
                 return _error(vf.VoucherifyError(exc.status_code, key, key.replace("_", " "), str(exc.detail)),
-                              headers=exc.headers)
+                              headers=dict(exc.headers) if exc.headers else None)
 
         return route
 
@@ -130,7 +130,7 @@ def routes(app: FastAPI, service) -> None:
                                               items=req.items, who=who)
             else:
                 checked = await checkout.check(req.code, req.customer_id, req.order, req.items, who,
-                                               session_of(principal.key_id, req.session_key))
+                                               session_of(principal.key_id, req.session_key) if req.session_key else None)
             return checked, isinstance(checked.outcome, Refuse)
 
         checked = await within_limits(service, principal.key_id, req.customer_id, shopper, run)
@@ -152,7 +152,7 @@ def routes(app: FastAPI, service) -> None:
             answer, replay = await checkout.redeem(
                 api_key_id=principal.key_id, idempotency_key=req.idempotency_key(), body=req.native_body(),
                 code=req.code, customer_id=req.customer_id, order=req.order, items=req.items, order_id=req.order_id,
-                who=who, session=session_of(principal.key_id, req.session_key))
+                who=who, session=session_of(principal.key_id, req.session_key) if req.session_key else None)
             return answer, not replay and counts_as_failure(answer.body)
 
         answer = await within_limits(service, principal.key_id, req.customer_id, shopper, run)

@@ -30,12 +30,11 @@ class SegmentationService(Service):
     def __init__(self, settings: SegmentationSettings) -> None:
         super().__init__(settings)
         self.settings: SegmentationSettings = settings
-        self.metrics = SegmentationMetrics(settings.service)
+        self.metrics: SegmentationMetrics = SegmentationMetrics(settings.service)
         self.ruleset = rules.load(settings.rules_file)
         self._rules_mtime = settings.rules_file.stat().st_mtime
         self.metrics.rules_version.labels(self.ruleset.version).set(1)
-        self.consumer = None
-        self.handlers = SegmentationHandlers(settings.schema, self.metrics, lambda: self.ruleset,
+        self.handlers = SegmentationHandlers(settings.db_schema, self.metrics, lambda: self.ruleset,
                                              lambda partitions: self.consumer.end_offsets(partitions),
                                              settings.pseudonym_key.get_secret_value().encode(), self.keys)
 
@@ -46,9 +45,9 @@ class SegmentationService(Service):
     async def on_start(self) -> None:
         # Range assignment gives one worker the same partition of every input: a customer's
         # consent, profile and events stay together (the topics share their partition count).
-        self.consumer = self.consume(INPUTS, lambda batch: self.handlers.on_batch(self.pool, batch),
-                                     validate=self._validate, assignors=(RangePartitionAssignor,),
-                                     start_positions=lambda ends: self.handlers.start_positions(self.pool, ends))
+        self.consume(INPUTS, lambda batch: self.handlers.on_batch(self.pool, batch),
+                     validate=self._validate, assignors=(RangePartitionAssignor,),
+                     start_positions=lambda ends: self.handlers.start_positions(self.pool, ends))
         self.every("daily-tick", self.settings.daily_tick_interval_s, self.daily)
         self.every("rules-reload", self.settings.rules_check_interval_s, self.reload_rules)
         self.every("gauges", 15.0, self.gauges)

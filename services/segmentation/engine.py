@@ -123,13 +123,15 @@ def _apply(out: Outcome, item: Input, ruleset: rules.RuleSet, now: datetime, par
             c = out.customers[cid]
             if c.profile is not None and partition_of(cid.encode(), partitions) == e.partition:
                 _evaluate(out, cid, c.profile, c.profile, None, ruleset, now)
-    else:
-        c = out.customers.get(e.customer_id)
-        if c is None or not c.kept:
+    elif isinstance(e, (ev.CustomerRegistered, ev.CustomerUpdated, ev.OrderPlaced, ev.CartAbandoned)):
+        known = out.customers.get(e.customer_id)
+        if known is None or not known.kept:
             out.counts[(item.topic, "dropped_no_profiling_consent")] += 1
             return
-        before = c.profile or prof.empty()
+        before = known.profile or prof.empty()
         _evaluate(out, e.customer_id, before, prof.apply(before, e, now), e, ruleset, now)
+    else:
+        raise TypeError(f"segmentation does not consume {type(e).__name__}")
     out.counts[(item.topic, "handled")] += 1
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -70,7 +70,13 @@ def _check(node: ast.AST, rule: str) -> None:
         raise RuleError(f"rule {rule}: {type(node).__name__} is not allowed in a rule expression")
 
 
-Compiled = Callable[[dict[str, Any]], Any]
+class FactSource(Protocol):
+    """What a compiled rule reads facts from: :class:`Facts`, or a plain dict in tests and tools."""
+
+    def get(self, name: str) -> Any: ...
+
+
+Compiled = Callable[[FactSource], Any]
 
 
 def _compile(node: ast.AST) -> Compiled:
@@ -208,7 +214,7 @@ def load(path: Path) -> RuleSet:
     return parse(path.read_text())
 
 
-_EVENT_KIND = {ev.CustomerRegistered: "customer_registered", ev.CustomerUpdated: "customer_updated",
+_EVENT_KIND: dict[type[ev.Event], str] = {ev.CustomerRegistered: "customer_registered", ev.CustomerUpdated: "customer_updated",
                ev.OrderPlaced: "order_placed", ev.CartAbandoned: "cart_abandoned"}
 
 
@@ -220,7 +226,7 @@ class Facts:
 
     def __init__(self, before: prof.Profile, after: prof.Profile, event: ev.Event | None, now: datetime) -> None:
         self._before, self._after, self._event, self._now = before, after, event, now
-        self._known: dict[str, Any] = {"event": _EVENT_KIND.get(type(event), "daily")}
+        self._known: dict[str, Any] = {"event": "daily" if event is None else _EVENT_KIND.get(type(event), "daily")}
 
     def get(self, name: str) -> Any:
         try:
@@ -249,10 +255,10 @@ class Facts:
             self._known["birthday_year"] = upcoming.year if upcoming else None
             return self._known[name]
         if name in ("cart_id", "cart_value", "cart_currency"):
-            cart = isinstance(event, ev.CartAbandoned)
-            self._known["cart_id"] = event.cart_id if cart else None
-            self._known["cart_value"] = event.value.amount if cart else None
-            self._known["cart_currency"] = event.value.currency if cart else None
+            cart = event if isinstance(event, ev.CartAbandoned) else None
+            self._known["cart_id"] = cart.cart_id if cart else None
+            self._known["cart_value"] = cart.value.amount if cart else None
+            self._known["cart_currency"] = cart.value.currency if cart else None
             return self._known[name]
         return None  # not a fact (rules are checked against FACTS when loaded)
 

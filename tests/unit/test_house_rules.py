@@ -86,6 +86,13 @@ def test_ruff_finds_nothing():
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
 
 
+def test_mypy_finds_nothing():
+    """The type checker, configured in pyproject.toml ([tool.mypy], with pydantic's plugin), over
+    the services, shared/, the CLI, tools/ and the benchmarks."""
+    done = subprocess.run([sys.executable, "-m", "mypy"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
 def test_the_checks_bite():
     """The readers above find what they look for (so a green run means something)."""
     known = modules()

@@ -135,7 +135,7 @@ async def test_a_channel_withdrawn_before_the_delivery_left_revokes_the_voucher_
     await wait_for(lambda: _ge(count(issuance, "SELECT count(*) FROM customer_consent"), 1), what="consent")
     # The relay stops (as when the broker is slow): the delivery request will wait in the outbox.
     issuance.relay.stop()
-    lock = f"outbox:{issuance.settings.schema}"
+    lock = f"outbox:{issuance.settings.db_schema}"
     async with issuance.pool.acquire() as conn:
         await wait_for(lambda: conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", lock), what="relay stopped")
         await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", lock)
@@ -149,7 +149,7 @@ async def test_a_channel_withdrawn_before_the_delivery_left_revokes_the_voucher_
     assert await count(issuance, "SELECT count(*) FROM outbox WHERE topic = 'delivery-requested'"
                                  " AND value IS NOT NULL AND sealed") == 0  # the request itself is gone
     relay = OutboxRelay(pool=issuance.pool, producer=issuance.producer, kafka=issuance.settings.kafka,
-                        schema=issuance.settings.schema, metrics=issuance.metrics, seal_key=issuance.outbox_seal_key)
+                        schema=issuance.settings.db_schema, metrics=issuance.metrics, seal_key=issuance.outbox_seal_key)
     while await relay.publish_once():
         pass
     await relay.close()

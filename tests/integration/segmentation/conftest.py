@@ -31,8 +31,8 @@ async def running(settings: SegmentationSettings, *, drop: bool = True):
     finally:
         await service.stop()
         if drop:
-            pool = await db.create_pool(PostgresSettings(), settings.schema, min_size=1, max_size=1)
-            await db.drop_schema(pool, settings.schema)
+            pool = await db.create_pool(PostgresSettings(), settings.db_schema, min_size=1, max_size=1)
+            await db.drop_schema(pool, settings.db_schema)
             await pool.close()
 
 

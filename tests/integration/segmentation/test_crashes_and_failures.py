@@ -138,7 +138,7 @@ async def test_a_database_failure_under_the_handler_is_retried_not_dead_lettered
         try:
             tx = blocker.transaction()
             await tx.start()
-            await blocker.execute(f"LOCK TABLE {service.settings.schema}.customers IN ACCESS EXCLUSIVE MODE")
+            await blocker.execute(f"LOCK TABLE {service.settings.db_schema}.customers IN ACCESS EXCLUSIVE MODE")
             await publish(kafka, "consent-state", [consent("tf-1")])
 
             async def waiting_backend():  # the handler's load, not the gauges' count, waits on the lock
