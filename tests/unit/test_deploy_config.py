@@ -2,6 +2,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import yaml
+
 from services.analytics.stats import burn_rate, crossed, time_to_exhaustion, wilson
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,11 +19,23 @@ def test_promtool_accepts_the_alert_rules_and_the_scrape_configs():
     done = subprocess.run([promtool(), "check", "rules", str(ROOT / "deploy/prometheus/alerts.yml")],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 5 rules found" in done.stdout
+    assert "SUCCESS: 8 rules found" in done.stdout
     for name in ("prometheus.yml", "prometheus.local.yml"):
         done = subprocess.run([promtool(), "check", "config", str(ROOT / "deploy/prometheus" / name)],
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_alert_fires_when_it_should_and_only_then():
+    """promtool's unit tests of the rules (deploy/prometheus/alerts.test.yml): service down, outbox
+    backlog, checkout p99, consumer lag, dead letters, budget, erasure and consent holds; every
+    alert of alerts.yml has a test."""
+    done = subprocess.run([promtool(), "test", "rules", str(ROOT / "deploy/prometheus/alerts.test.yml")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    tests = (ROOT / "deploy/prometheus/alerts.test.yml").read_text()
+    for rule in yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())["groups"][0]["rules"]:
+        assert f"alertname: {rule['alert']}" in tests, f"alert {rule['alert']} has no promtool test"
 
 
 def test_wilson_intervals_contain_the_rate_and_narrow_with_more_trials():
