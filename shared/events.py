@@ -564,6 +564,9 @@ class Envelope(BaseModel):
     subject: str | None = Field(default=None, max_length=200)
     datacontenttype: Literal["application/json"] = CONTENT_TYPE
     data: dict[str, Any]
+    # The Distributed Tracing extension: the W3C trace context of what caused the event. Never a
+    # reason to refuse an event: one that cannot be parsed is ignored (a new trace starts).
+    traceparent: str | None = Field(default=None, max_length=512)
     # Extension attributes of crypto-shredding: the event's personal fields, sealed under the
     # customer's data key ``datakey`` (see :func:`encode`).
     datakey: str | None = Field(default=None, min_length=1, max_length=64)
@@ -615,7 +618,7 @@ def new_event_id() -> str:
 
 
 def encode(event: Event, *, source: str, event_id: str | None = None, time: datetime | None = None,
-           data_key=None) -> bytes:
+           data_key=None, traceparent: str | None = None) -> bytes:
     """Wraps ``event`` in an envelope and serialises it to JSON bytes. With ``data_key`` (a
     ``shared.datakeys.DataKey``: ``.id``, ``.key``) the event's ``PERSONAL`` fields leave ``data``
     and travel sealed in ``sealeddata`` (AES-GCM, bound to the event type and key)."""
@@ -630,6 +633,8 @@ def encode(event: Event, *, source: str, event_id: str | None = None, time: date
         "datacontenttype": CONTENT_TYPE,
         "data": data,
     }
+    if traceparent:
+        envelope["traceparent"] = traceparent
     if data_key is not None and event.PERSONAL:
         personal = {f: data.pop(f) for f in event.PERSONAL if f in data}
         envelope["datakey"] = data_key.id

@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
+from shared import tracing
 from shared.errors import TransientError
 from shared.events import ContractError, Envelope, Erased, Event, data_key_id, decode
 from shared.metrics import Metrics
@@ -63,6 +64,7 @@ class Message:
     event: Event | None
     timestamp_ms: int
     raw: bytes | None = field(default=None, repr=False, compare=False)
+    traceparent: str | None = None  # the trace context its consequences carry (shared.tracing)
 
     @property
     def is_tombstone(self) -> bool:
@@ -418,11 +420,20 @@ class BatchConsumer:
             key_ids = {k for records in batch.values() for r in records if (k := data_key_id(r.value))}
             if key_ids:
                 await self._retrying(lambda: keys.load(key_ids))
+        received = tracing.Received(self.metrics.service)
+        try:
+            await self._process_decoded(consumer, batch, messages, dead, erased, received, started)
+        finally:
+            received.end()
+
+    async def _process_decoded(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]],
+                               messages: list[Message], dead: list[DeadLetter], erased: dict[TopicPartition, int],
+                               received: tracing.Received, started: float) -> None:
         for tp, records in batch.items():
             spec = self.topics[tp.topic]
             for record in records:
                 try:
-                    messages.append(self._decode(spec, record))
+                    messages.append(self._decode(spec, record, received))
                 except ContractError as exc:
                     dead.append(DeadLetter(record.topic, record.partition, record.offset, record.key, record.value,
                                            exc.reason, exc.detail))
@@ -431,7 +442,8 @@ class BatchConsumer:
         if dead:
             await self._retrying(lambda: self._dead_letter(dead))
         if messages:
-            await self._handle(messages)
+            with received.handling():
+                await self._handle(messages)
         offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in batch.items()}
         try:
             await consumer.commit(offsets)
@@ -497,15 +509,18 @@ class BatchConsumer:
         for key, offset in starts.items():
             consumer.seek(tps[key], offset)
 
-    def _decode(self, spec: Topic, record: ConsumerRecord) -> Message:
+    def _decode(self, spec: Topic, record: ConsumerRecord, received: tracing.Received | None = None) -> Message:
         key = record.key.decode("utf-8", "replace") if record.key is not None else None
         if record.value is None and spec.compacted:
             return Message(spec.name, record.partition, record.offset, key, None, None, record.timestamp, None)
         envelope, event = decode(record.value, spec.events, self.keys.opener if self.keys is not None else None)
         if key is not None and event.key() != key:
             raise ContractError("key_mismatch", f"message key does not match data.{event.KEY_FIELD}")
+        traceparent = envelope.traceparent
+        if received is not None:
+            traceparent = received.start(spec.name, record.partition, record.offset, traceparent)
         message = Message(spec.name, record.partition, record.offset, key, envelope, event, record.timestamp,
-                          record.value)
+                          record.value, traceparent)
         if self.validate is not None:
             self.validate(message)
         return message

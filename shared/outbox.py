@@ -40,7 +40,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from shared import sealing
+from shared import sealing, tracing
 from shared.datakeys import DataKeys
 from shared.events import Event, encode
 from shared.kafka import Producer, is_transient
@@ -62,6 +62,7 @@ class OutboxRecord:
     event: Event | None = None
     source: str = ""
     event_id: str | None = None
+    traceparent: str | None = None  # the trace context of what caused it (shared.tracing)
 
     @property
     def personal(self) -> bool:
@@ -70,8 +71,12 @@ class OutboxRecord:
 
 
 def event_record(topic: str, event: Event, *, source: str, event_id: str | None = None,
-                 headers: tuple[tuple[str, str], ...] = (), sealed: bool = False) -> OutboxRecord:
-    return OutboxRecord(topic, event.key(), None, headers, sealed, event=event, source=source, event_id=event_id)
+                 headers: tuple[tuple[str, str], ...] = (), sealed: bool = False,
+                 traceparent: str | None = None) -> OutboxRecord:
+    """An event to publish; ``traceparent``: the message that caused it (default: the current
+    span, such as the HTTP request's)."""
+    return OutboxRecord(topic, event.key(), None, headers, sealed, event=event, source=source, event_id=event_id,
+                        traceparent=traceparent or tracing.current())
 
 
 def partition_record(topic: str, event: Event, partition: int, *, source: str) -> OutboxRecord:
@@ -101,22 +106,25 @@ async def enqueue(conn: asyncpg.Connection, records: Sequence[OutboxRecord],
     for r in records:
         value = r.value
         if r.event is not None:
-            value = encode(r.event, source=r.source, event_id=r.event_id, data_key=data_keys.get(r.key))
+            value = encode(r.event, source=r.source, event_id=r.event_id, data_key=data_keys.get(r.key),
+                           traceparent=r.traceparent)
         if r.sealed:
             if seal_key is None:
                 raise ValueError("a sealed outbox record needs a seal key")
             value = sealing.seal(seal_key, value or b"", r.key.encode())
-        rows.append((r.topic, r.key.encode(), value, [list(h) for h in r.headers], r.sealed, r.partition))
+        rows.append((r.topic, r.key.encode(), value, [list(h) for h in r.headers], r.sealed, r.partition,
+                     r.traceparent))
     if len(rows) == 1:
-        return [await conn.fetchval("INSERT INTO outbox (topic, key, value, headers, sealed, partition)"
-                                    " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id", *rows[0])]
+        return [await conn.fetchval("INSERT INTO outbox (topic, key, value, headers, sealed, partition, traceparent)"
+                                    " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id", *rows[0])]
     # One statement for the batch (arrays, unnested in order, so ids follow the records' order).
     return [r["id"] for r in await conn.fetch(
-        "INSERT INTO outbox (topic, key, value, headers, sealed, partition)"
-        " SELECT t, k, v, h::jsonb, s, p FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[], $5::bool[],"
-        " $6::int[]) WITH ORDINALITY AS r(t, k, v, h, s, p, n) ORDER BY n RETURNING id",
+        "INSERT INTO outbox (topic, key, value, headers, sealed, partition, traceparent)"
+        " SELECT t, k, v, h::jsonb, s, p, tp FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[], $5::bool[],"
+        " $6::int[], $7::text[]) WITH ORDINALITY AS r(t, k, v, h, s, p, tp, n) ORDER BY n RETURNING id",
         [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-        [orjson.dumps(r[3]).decode() for r in rows], [r[4] for r in rows], [r[5] for r in rows])]
+        [orjson.dumps(r[3]).decode() for r in rows], [r[4] for r in rows], [r[5] for r in rows],
+        [r[6] for r in rows])]
 
 
 async def wait_published(pool: asyncpg.Pool, ids: Sequence[int], timeout_s: float, poll_s: float = 0.005) -> bool:
@@ -258,7 +266,8 @@ class OutboxRelay:
         if conn is None:
             return 0  # another instance of the service relays
         async with conn.transaction():
-            rows = await conn.fetch("SELECT id, topic, key, value, headers, sealed, partition, created_at FROM outbox"
+            rows = await conn.fetch("SELECT id, topic, key, value, headers, sealed, partition, created_at, traceparent"
+                                    " FROM outbox"
                                     " WHERE sent_at IS NULL ORDER BY id LIMIT $1", self.batch_size)
             if not rows:
                 self.metrics.outbox_pending.labels(self.metrics.service).set(0)
@@ -283,8 +292,9 @@ class OutboxRelay:
                 value = row["value"]
                 if row["sealed"]:
                     value = sealing.unseal_any(self.open_keys, value, row["key"])
-                futures.append(await self.producer.send(topic, key=row["key"], value=value,
-                                                        partition=partition, headers=headers))
+                with tracing.within(row["traceparent"]):
+                    futures.append(await self.producer.send(topic, key=row["key"], value=value,
+                                                            partition=partition, headers=headers))
             if futures:
                 await asyncio.gather(*futures)
             ids = [row["id"] for row, _, _ in placed]

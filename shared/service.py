@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from shared import datakeys, db, logs
+from shared import datakeys, db, logs, tracing
 from shared.auth import Authenticator
 from shared.datakeys import DataKeys
 from shared.http_limits import DEFAULT_LIMIT, BodyLimit
@@ -64,6 +64,7 @@ class Service:
 
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
+        tracing.setup(settings.tracing)
         self.metrics: Metrics = Metrics(settings.service)
         self._pool: asyncpg.Pool | None = None
         self.auth = Authenticator(lambda: self.pool)
@@ -211,6 +212,7 @@ class Service:
         app = http_app(self.start, self.stop, self.metrics, self.ready, manage_lifecycle=manage_lifecycle,
                        max_body_bytes=self.settings.http_max_body_bytes, **fastapi_kwargs)
         self.routes(app)
+        tracing.instrument_app(app)
         return app
 
 

@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.tracing import TracingSettings
+
 
 class KafkaSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VOUCHERSTREAM_KAFKA_", extra="ignore", env_ignore_empty=True)
@@ -149,6 +151,7 @@ class ServiceSettings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     data: DataKeySettings = Field(default_factory=DataKeySettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     postgres_dsn: SecretStr | None = Field(None, description="this service's own database login (a role from "
                                            "`voucherstream db grant`); default: VOUCHERSTREAM_POSTGRES_DSN")
     kafka_username: str = Field("", description="this service's own Kafka principal (its ACLs: `voucherstream "

@@ -24,6 +24,7 @@ class StreamRows:
     redemptions: list[tuple] = field(default_factory=list)
     rollbacks: list[tuple] = field(default_factory=list)
     ledgers: dict[str, ev.LedgerSnapshot] = field(default_factory=dict)  # the highest seq per campaign
+    traces: dict[str, str | None] = field(default_factory=dict)  # the trace context of each of those
     requests: list[ev.ErasureRequested | ev.ExportRequested] = field(default_factory=list)
 
 
@@ -56,6 +57,7 @@ def rows_of(messages) -> StreamRows:
         seen = out.ledgers.get(e.campaign_id)
         if seen is None or seen.seq < e.ledger.seq:
             out.ledgers[e.campaign_id] = e.ledger
+            out.traces[e.campaign_id] = m.traceparent
     return out
 
 
@@ -97,6 +99,7 @@ class Counters:
     vouchers: tuple[VoucherCount, ...] = ()
     redemptions: tuple[RedemptionCount, ...] = ()
     denials: tuple[DenialCount, ...] = ()
+    traceparent: str | None = None  # of the event that brought the newest ledger: what it leads to continues it
 
     @property
     def limit(self) -> int:

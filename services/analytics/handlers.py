@@ -82,12 +82,13 @@ class AnalyticsHandlers:
         rate = stats.burn_rate(await store.sample(conn, c.campaign_id, now, c.used))
         self.metrics.show(c, rate, stats.time_to_exhaustion(c.remaining, rate))
         records = [event_record("budget-threshold-crossed", ev.BudgetThresholdCrossed(
-            campaign_id=c.campaign_id, threshold_percent=pct, ledger=c.ledger, crossed_at=now), source=SOURCE)
+            campaign_id=c.campaign_id, threshold_percent=pct, ledger=c.ledger, crossed_at=now), source=SOURCE,
+            traceparent=c.traceparent)
             for pct in await store.record_thresholds(
                 conn, c.campaign_id, stats.crossed(c.limit, c.used, await store.thresholds_crossed(conn, c.campaign_id)),
                 now)]
         if publish and c.version != c.published_version:
-            records.append(event_record("budget-counters", c.event(now), source=SOURCE))
+            records.append(event_record("budget-counters", c.event(now), source=SOURCE, traceparent=c.traceparent))
             await store.mark_published(conn, c.campaign_id, c.version)
             self.metrics.freshness.set(max(0.0, (now - c.changed_at).total_seconds()))
         await enqueue(conn, records)

@@ -21,7 +21,7 @@ async def apply(conn: asyncpg.Connection, rows: StreamRows) -> None:
         await upsert_campaign(conn, c)
     changed = (await add_denials(conn, rows.denials) | await add_vouchers(conn, rows.vouchers)
                | await add_voucher_endings(conn, rows.endings) | await add_redemptions(conn, rows.redemptions)
-               | await add_rollbacks(conn, rows.rollbacks) | await advance_ledgers(conn, rows.ledgers))
+               | await add_rollbacks(conn, rows.rollbacks) | await advance_ledgers(conn, rows.ledgers, rows.traces))
     await bump_versions(conn, changed)
 
 
@@ -69,20 +69,23 @@ async def add_rollbacks(conn: asyncpg.Connection, rows: list[tuple]) -> set[str]
     return await _insert_new(conn, "redemption_rollbacks", ("text",) * 2, rows)
 
 
-async def advance_ledgers(conn: asyncpg.Connection, snapshots: dict[str, ev.LedgerSnapshot]) -> set[str]:
-    """Keeps, per campaign, the ledger snapshot with the highest sequence number."""
+async def advance_ledgers(conn: asyncpg.Connection, snapshots: dict[str, ev.LedgerSnapshot],
+                          traces: dict[str, str | None] | None = None) -> set[str]:
+    """Keeps, per campaign, the ledger snapshot with the highest sequence number (and the trace
+    context of the event that brought it)."""
     if not snapshots:
         return set()
     ids = sorted(snapshots)
     s = [snapshots[c] for c in ids]
     rows = await conn.fetch(
-        "INSERT INTO ledgers (campaign_id, currency, limit_minor, reserved, spent, seq)"
-        " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])"
+        "INSERT INTO ledgers (campaign_id, currency, limit_minor, reserved, spent, seq, traceparent)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],"
+        " $7::text[])"
         " ON CONFLICT (campaign_id) DO UPDATE SET limit_minor = excluded.limit_minor, reserved = excluded.reserved,"
-        " spent = excluded.spent, seq = excluded.seq, changed_at = now() WHERE ledgers.seq < excluded.seq"
-        " RETURNING campaign_id",
+        " spent = excluded.spent, seq = excluded.seq, traceparent = excluded.traceparent, changed_at = now()"
+        " WHERE ledgers.seq < excluded.seq RETURNING campaign_id",
         ids, [x.currency for x in s], [x.limit for x in s], [x.reserved for x in s], [x.spent for x in s],
-        [x.seq for x in s])
+        [x.seq for x in s], [(traces or {}).get(c) for c in ids])
     return {r[0] for r in rows}
 
 
@@ -123,7 +126,7 @@ async def counters(conn: asyncpg.Connection, campaign_id: str, *, lock: bool = F
         version=lg["version"], published_version=lg["published_version"], changed_at=lg["changed_at"],
         vouchers=tuple(VoucherCount(r["variant"], r["channel"], r["state"], r["n"]) for r in vouchers),
         redemptions=tuple(RedemptionCount(r["variant"], r["channel"], r["n"], int(r["d"]), int(r["o"])) for r in reds),
-        denials=tuple(DenialCount(r["reason"], r["variant"], r["n"]) for r in denials))
+        denials=tuple(DenialCount(r["reason"], r["variant"], r["n"]) for r in denials), traceparent=lg["traceparent"])
 
 
 async def campaign_name(conn: asyncpg.Connection, campaign_id: str) -> str | None:

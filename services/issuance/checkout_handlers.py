@@ -29,6 +29,7 @@ from services.issuance.ratelimit import FailureLimiter, Subject
 from services.issuance.redemption_writer import RedemptionWriter, SingleUse
 from services.issuance.store import LedgerDisagrees
 from shared import events as ev
+from shared import tracing
 from shared.batching import Batcher
 from shared.datakeys import DataKey
 from shared.outbox import enqueue, event_record
@@ -225,7 +226,7 @@ class CheckoutHandlers:
             redemption_id=redemption_id, voucher_id=v.id, campaign_id=v.campaign_id, customer_id=customer_id,
             variant=v.variant, channel=row_channel(row), discount=ev.Money(amount=discount, currency=v.currency),
             order_amount=order, redeemed_at=now, ledger=placeholder), source=SOURCE, event_id=redemption_id,
-            data_key=data_key)
+            data_key=data_key, traceparent=tracing.current())
 
     async def _redeem_locked(self, conn: asyncpg.Connection, *, api_key_id: str, idempotency_key: str,
                              request_hash: bytes, code_hash: bytes, customer_id: str, order: ev.Money,

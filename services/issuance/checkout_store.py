@@ -160,9 +160,10 @@ async def move_budget_and_announce(conn: asyncpg.Connection, campaign_id: str, d
     ``data.ledger`` is filled in from the row just updated. The campaign's hot row lock is thus
     held for one round trip and the commit."""
     row = await conn.fetchrow(
-        _MOVE + ", o AS (INSERT INTO outbox (topic, key, value) SELECT $6, $7, convert_to(jsonb_set($8::text::jsonb,"
-        " '{data,ledger}', jsonb_build_object('currency', currency, 'limit', limit_minor, 'reserved', reserved,"
-        " 'spent', spent, 'seq', seq))::text, 'UTF8') FROM l)"
+        _MOVE + ", o AS (INSERT INTO outbox (topic, key, value, traceparent) SELECT $6, $7,"
+        " convert_to(jsonb_set($8::text::jsonb, '{data,ledger}', jsonb_build_object('currency', currency, 'limit',"
+        " limit_minor, 'reserved', reserved, 'spent', spent, 'seq', seq))::text, 'UTF8'),"
+        " $8::text::jsonb ->> 'traceparent' FROM l)"
         " SELECT * FROM l", campaign_id, d_reserved, d_spent, cause, voucher_id, topic, key.encode(),
         event_template.decode())
     return ledger_of(row) if row else None

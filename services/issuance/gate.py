@@ -39,6 +39,7 @@ class Entry:
     event: ev.SegmentEntered
     entered_ms: int
     held_s: float = 0.0
+    trace: str | None = None  # the entry's trace context (shared.tracing); not kept while it is held
 
 
 @dataclass(slots=True)
@@ -107,7 +108,7 @@ class ConsentGate:
         for m, e in entered:
             if e.consent_marks is None:
                 e = e.model_copy(update={"consent_marks": fallback[_partition(e.customer_id)]})
-            out.entries.append(Entry(e, m.timestamp_ms))
+            out.entries.append(Entry(e, m.timestamp_ms, trace=m.traceparent))
         entry_parts = {ordering.marks_of(e.event).partition for e in out.entries}
         positions = await self.positions([("consent-state", p) for p in sorted(entry_parts | set(out.state_offsets))])
         for (_, p), position in positions.items():

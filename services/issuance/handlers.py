@@ -13,11 +13,12 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any, NamedTuple
 
 import asyncpg
 
 from services.issuance import codes, ordering, ordering_store, store
-from services.issuance.budget import Batch
+from services.issuance.budget import Batch, Ledger
 from services.issuance.campaigns import CampaignSpec, offer_summary, personal_brand
 from services.issuance.gate import ConsentChanges, ConsentGate, Entry, Offsets
 from services.issuance.metrics import IssuanceMetrics
@@ -30,6 +31,19 @@ from shared.outbox import enqueue, event_record
 
 log = logging.getLogger(__name__)
 SOURCE = "voucherstream/issuance"
+
+
+class Issued(NamedTuple):
+    """A voucher decided in this batch, until it is stored and announced."""
+
+    voucher_id: str
+    spec: CampaignSpec
+    customer_id: str
+    trigger: str
+    outcome: Issue
+    ledger: Ledger
+    facts: dict[str, Any]
+    trace: str | None  # the segment entry's trace context (shared.tracing)
 
 
 class IssuanceHandlers:
@@ -136,6 +150,7 @@ class IssuanceHandlers:
         for row in campaign_rows:
             by_segment[row["segment"]].append(self.spec(row))
         pairs = []
+        traces: dict[tuple[str, str, str], str | None] = {}
         seen: set[tuple[str, str, str]] = set()
         refused: set[tuple[str, str, str]] = set()
         for entry, confirmed in [*((x, True) for x in entries), *((x, False) for x in unconfirmed)]:
@@ -144,6 +159,7 @@ class IssuanceHandlers:
                 key = (spec.id, e.customer_id, e.trigger_key)
                 if key not in seen:
                     seen.add(key)
+                    traces[key] = entry.trace
                     pairs.append((key, e, spec))
                     if not confirmed:
                         refused.add(key)
@@ -155,8 +171,9 @@ class IssuanceHandlers:
         consent = await store.consents(conn, customers)
         counts = await store.voucher_counts(conn, [s.id for _, _, s in pairs], customers)
         attempts: list[store.Attempt] = []
-        vouchers = []
+        vouchers: list[Issued] = []
         for (campaign_id, customer_id, trigger), e, spec in pairs:
+            trace = traces[(campaign_id, customer_id, trigger)]
             outcome = Deny(ordering.UNCONFIRMED) if (campaign_id, customer_id, trigger) in refused else decide(
                 spec, customer_id=customer_id, preferred=e.preferred_channel,
                 consent=consent.get(customer_id, NO_CONSENT),
@@ -169,7 +186,7 @@ class IssuanceHandlers:
                                               None, now))
                 batch.outbox.append(event_record("issuance-denied", ev.IssuanceDenied(
                     campaign_id=campaign_id, customer_id=customer_id, reason=outcome.reason, trigger_key=trigger,
-                    variant=outcome.variant, denied_at=now), source=SOURCE))
+                    variant=outcome.variant, denied_at=now), source=SOURCE, traceparent=trace))
                 self.metrics.denied.labels(campaign_id, outcome.reason).inc()
                 continue
             voucher_id = str(uuid.uuid4())
@@ -177,25 +194,26 @@ class IssuanceHandlers:
             counts[(campaign_id, customer_id)] = counts.get((campaign_id, customer_id), 0) + 1
             attempts.append(store.Attempt(campaign_id, customer_id, trigger, "issued", None, outcome.variant, voucher_id,
                                           now))
-            vouchers.append((voucher_id, spec, customer_id, trigger, outcome, lg, e.facts))
+            vouchers.append(Issued(voucher_id, spec, customer_id, trigger, outcome, lg, e.facts, trace))
         await store.insert_attempts(conn, attempts)
         await self._store_vouchers(conn, vouchers, now)
-        for voucher_id, spec, customer_id, trigger, outcome, lg, _ in vouchers:
+        for voucher_id, spec, customer_id, trigger, outcome, lg, _, trace in vouchers:
             batch.outbox.append(event_record("voucher-issued", ev.VoucherIssued(
                 voucher_id=voucher_id, campaign_id=spec.id, customer_id=customer_id, variant=outcome.variant,
                 channel=outcome.channel, trigger_key=trigger,
                 max_discount=ev.Money(amount=outcome.max_discount, currency=spec.currency),
-                expires_at=spec.validity.expires_at(now), issued_at=now, ledger=lg.snapshot()), source=SOURCE))
+                expires_at=spec.validity.expires_at(now), issued_at=now, ledger=lg.snapshot()), source=SOURCE,
+                traceparent=trace))
             self.metrics.issued.labels(spec.id, outcome.variant, outcome.channel.value).inc()
 
-    async def _store_vouchers(self, conn: asyncpg.Connection, vouchers: list, now: datetime) -> None:
+    async def _store_vouchers(self, conn: asyncpg.Connection, vouchers: list[Issued], now: datetime) -> None:
         """Draws each voucher's code, stores its hash (and, on-site, its sealed copy) and queues
         the delivery request; a hash collision (never seen, but possible) draws again."""
-        pending = {v[0]: v for v in vouchers}
+        pending = {v.voucher_id: v for v in vouchers}
         while pending:
             rows: list[store.NewVoucher] = []
             deliveries = {}
-            for voucher_id, spec, customer_id, trigger, outcome, _, facts in pending.values():
+            for voucher_id, spec, customer_id, trigger, outcome, _, facts, trace in pending.values():
                 code = spec.code.generate()
                 offer = spec.offer_for(outcome.variant)
                 brand = personal_brand(offer, facts)
@@ -213,7 +231,7 @@ class IssuanceHandlers:
                         voucher_id=voucher_id, campaign_id=spec.id, customer_id=customer_id,
                         channel=outcome.channel, code=code, offer=offer_summary(offer, brand),
                         expires_at=spec.validity.expires_at(now)), source=SOURCE, sealed=True,
-                        headers=(("voucher-id", voucher_id),))
+                        headers=(("voucher-id", voucher_id),), traceparent=trace)
             collided = await store.insert_vouchers(conn, rows)
             await enqueue(conn, [r for vid, r in deliveries.items() if vid not in collided], self.outbox_key,
                           keys=self.keys)

@@ -58,6 +58,7 @@ class Input:
     partition: int
     key: str | None
     event: ev.Event | None
+    traceparent: str | None = None  # the trace context what it causes carries
 
 
 @dataclass(slots=True)
@@ -65,6 +66,7 @@ class Outcome:
     customers: dict[str, Customer]  # every customer loaded or touched, as it is after the batch
     changed: set[str] = field(default_factory=set)  # those to write back (or delete when not kept)
     emit: list[tuple[str, ev.Event]] = field(default_factory=list)  # (registry topic, event), in order
+    causes: list[str | None] = field(default_factory=list)  # each emitted event's cause's trace context
     erased: dict[str, datetime] = field(default_factory=dict)  # erased customers the batch names -> when
     newly_erased: dict[str, datetime] = field(default_factory=dict)  # erased by this batch
     counts: Counter = field(default_factory=Counter)  # (topic, outcome) -> n
@@ -91,6 +93,7 @@ def apply_batch(customers: dict[str, Customer], inputs: Iterable[Input], ruleset
     out = Outcome(customers=dict(customers), erased=dict(erased or {}))
     for item in inputs:
         _apply(out, item, ruleset, now, partitions)
+        out.causes += [item.traceparent] * (len(out.emit) - len(out.causes))
     return out
 
 

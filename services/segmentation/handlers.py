@@ -79,7 +79,8 @@ class SegmentationHandlers:
             await erasure.remember(conn, [(subject_hash(self.pseudonym_key, cid), at)
                                                for cid, at in outcome.newly_erased.items()])
             await store.save(conn, {cid: outcome.customers[cid] for cid in outcome.changed})
-            await enqueue(conn, [event_record(topic, _marked(e, marks), source=SOURCE) for topic, e in outcome.emit],
+            await enqueue(conn, [event_record(topic, _marked(e, marks), source=SOURCE, traceparent=cause)
+                                 for (topic, e), cause in zip(outcome.emit, outcome.causes, strict=True)],
                           keys=self.keys)
             # After what this batch sealed for them: an erased customer's key goes, and with it
             # every copy of their sealed fields on Kafka.

@@ -82,7 +82,8 @@ END
 $$;
 
 -- redeem_single_use_batch (migrations 003, 007) with its ledger step through budget_apply: the
--- redemptions of a batch are steps like any other, checked by the one rule.
+-- redemptions of a batch are steps like any other, checked by the one rule. Its outbox rows keep
+-- the request's trace context (shared migration 007), which the event's envelope carries.
 CREATE OR REPLACE FUNCTION redeem_single_use_batch(
     p_campaign text, p_topic text, p_voucher text[], p_reserved bigint[], p_discount bigint[],
     p_redemption text[], p_customer text[], p_order text[], p_order_amount bigint[], p_currency text[],
@@ -190,11 +191,11 @@ BEGIN
     END LOOP;
 
     IF moved THEN
-        INSERT INTO outbox (topic, key, value)
+        INSERT INTO outbox (topic, key, value, traceparent)
         SELECT p_topic, convert_to(p_customer[o], 'UTF8'),
                convert_to(jsonb_set(p_event[o]::jsonb, '{data,ledger}', jsonb_build_object(
                    'currency', lg.currency, 'limit', lg.limit_minor, 'reserved', s_res[o], 'spent', s_spent[o],
-                   'seq', s_seq[o]))::text, 'UTF8')
+                   'seq', s_seq[o]))::text, 'UTF8'), p_event[o]::jsonb ->> 'traceparent'
           FROM generate_subscripts(p_voucher, 1) AS o WHERE decided[o] = 'redeemed' ORDER BY o;
     END IF;
     IF refused THEN  -- step 3 undone for what the ledger refused; the caller answers those keys
