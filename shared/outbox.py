@@ -268,7 +268,7 @@ class OutboxRelay:
         async with conn.transaction():
             rows = await conn.fetch("SELECT id, topic, key, value, headers, sealed, partition, created_at, traceparent"
                                     " FROM outbox"
-                                    " WHERE sent_at IS NULL ORDER BY id LIMIT $1", self.batch_size)
+                                    " ORDER BY id LIMIT $1", self.batch_size)
             if not rows:
                 self.metrics.outbox_pending.labels(self.metrics.service).set(0)
                 return 0
@@ -303,7 +303,7 @@ class OutboxRelay:
             await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", ids)
             # A short round read every unsent row there was: what is pending is only counted
             # (a round trip more) when the round was full.
-            pending = (await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+            pending = (await conn.fetchval("SELECT count(*) FROM outbox")
                        if len(rows) >= self.batch_size else 0)
         now = time.time()
         for row, _topic, _ in placed:

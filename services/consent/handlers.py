@@ -195,8 +195,6 @@ class ConsentHandlers:
                 await store.complete_request(conn, request_id, now)
                 age = (now - request["requested_at"]).total_seconds()
                 self.metrics.privacy_completed.labels(request["kind"]).observe(age)
-                if request["kind"] == "erasure":
-                    await store.forget_outbox(conn, by_request[request_id][0].customer_id)
 
     # ------------------------------------------------------------------ Kafka
 

@@ -87,13 +87,6 @@ async def remember_erased_events(conn: asyncpg.Connection, request_id: str, hash
                        " ON CONFLICT (event_hash) DO NOTHING", request_id, list(set(hashes)))
 
 
-async def forget_outbox(conn: asyncpg.Connection, customer_id: str) -> int:
-    """Deletes already-published outbox rows keyed by the customer (their copies live in Kafka,
-    where compaction and retention remove them)."""
-    status = await conn.execute("DELETE FROM outbox WHERE key = $1 AND sent_at IS NOT NULL", customer_id.encode())
-    return int(status.split()[-1])
-
-
 async def create_request(conn: asyncpg.Connection, request_id: str, kind: str, subject: str,
                          expected: list[str], at: datetime, customer_id: str | None = None,
                          changed_offset: int | None = None, recipient_private_sealed: bytes | None = None) -> None:

@@ -97,7 +97,7 @@ async def withdraw_unsent_deliveries(conn: asyncpg.Connection, customer_ids: Seq
         return set()
     rows = await conn.fetch(
         "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE topic = 'delivery-requested'"
-        " AND key = ANY($1::bytea[]) AND sent_at IS NULL"
+        " AND key = ANY($1::bytea[])"
         " AND jsonb_path_query_first(headers, 'strict $[*] ? (@[0] == \"voucher-id\")[1]') #>> '{}' = ANY($2::text[]))"
         " RETURNING jsonb_path_query_first(headers, 'strict $[*] ? (@[0] == \"voucher-id\")[1]') #>> '{}' AS voucher_id",
         [c.encode() for c in set(customer_ids)], list(voucher_ids))

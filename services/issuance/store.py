@@ -274,8 +274,6 @@ async def pseudonymize(conn: asyncpg.Connection, customer_id: str, pseudonym: st
         await conn.execute(f"UPDATE {table} SET trigger_key = encode(sha256(convert_to($1 || trigger_key, 'UTF8')),"
                            " 'hex') WHERE customer_id = $1 AND trigger_key IS NOT NULL", pseudonym)
     out["customer_consent"] = await forget_consent(conn, customer_id)
-    status = await conn.execute("DELETE FROM outbox WHERE key = $1 AND sent_at IS NOT NULL", customer_id.encode())
-    out["outbox"] = int(status.split()[-1])
     return out
 
 
