@@ -261,8 +261,9 @@ class CheckoutHandlers:
         # statement, and held only until the commit. A move that can fail (spending beyond what
         # this voucher reserved: partner codes) runs after a savepoint, so a refusal undoes the rest.
         can_fail = discount > reserved_used
+        savepoint = conn.transaction()  # nested in the request's: a savepoint
         if can_fail:
-            await conn.execute("SAVEPOINT redeem")
+            await savepoint.start()
         redemption_id = str(uuid.uuid4())
         result = Answer(201, {
             "valid": True, "redemption_id": redemption_id, "voucher_id": v.id, "campaign_id": v.campaign_id,
@@ -283,8 +284,10 @@ class CheckoutHandlers:
         if moved is None:
             if not can_fail:  # cannot happen: spending what was reserved keeps reserved + spent equal
                 raise RuntimeError(f"ledger refused a reserved spend on {v.campaign_id}")
-            await conn.execute("ROLLBACK TO SAVEPOINT redeem")
+            await savepoint.rollback()
             return await answer(self._refused("redeem", Refuse("budget_exhausted", "the campaign's budget is spent"))), False
+        if can_fail:
+            await savepoint.commit()  # releases the savepoint; the request's transaction commits it
         self.metrics.checkout.labels("redeem", "redeemed").inc()
         self.metrics.redeemed_amount.labels(v.campaign_id).inc(discount)
         return result, False

@@ -118,7 +118,7 @@ class IssuanceHandlers:
         batch = Batch(await store.lock_ledgers(conn, {r["campaign_id"] for r in closing}
                                                | {r["id"] for r in campaign_rows}))
         if closing and changes is not None:
-            specs = {r["id"]: self.spec(r) for r in await _campaign_rows(conn, {v["campaign_id"] for v in closing})}
+            specs = {r["id"]: self.spec(r) for r in await store.campaigns_by_id(conn, {v["campaign_id"] for v in closing})}
             await self.gate.close(conn, batch, closing, changes, unsent,
                                   {cid: spec.revoke_on_withdrawal for cid, spec in specs.items()})
         if entries or unconfirmed:
@@ -284,10 +284,6 @@ class IssuanceHandlers:
         }
         batch.outbox.append(event_record("export-completed", exports.answer(request, "issuance", data, ev.now_utc()),
                                          source=SOURCE))
-
-
-async def _campaign_rows(conn: asyncpg.Connection, ids: set[str]) -> list[asyncpg.Record]:
-    return await conn.fetch("SELECT id, definition, version FROM campaigns WHERE id = ANY($1::text[])", list(ids))
 
 
 def _jsonable(record: asyncpg.Record) -> dict:

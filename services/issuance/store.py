@@ -56,6 +56,10 @@ async def active_campaigns_for(conn: asyncpg.Connection, segments: Sequence[str]
         " ORDER BY id", list(set(segments)))
 
 
+async def campaigns_by_id(conn: asyncpg.Connection, ids: Iterable[str]) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT id, definition, version FROM campaigns WHERE id = ANY($1::text[])", sorted(ids))
+
+
 # ------------------------------------------------------------------ ledger
 
 
