@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from services.issuance import codes, ratelimit, store
-from services.issuance.campaign_admin import CampaignError
+from services.issuance.campaign_admin import CampaignConflict, NoSuchCampaign
 from services.issuance.campaigns import CampaignSpec
 from shared import events as ev
 from shared.auth import AUTH_RESPONSES, Principal
@@ -133,8 +133,10 @@ def routes(app: FastAPI, service) -> None:
     async def run(change):
         try:
             return await change()
-        except CampaignError as exc:
-            raise HTTPException(exc.status, exc.detail) from None
+        except NoSuchCampaign as exc:
+            raise HTTPException(404, exc.detail) from None
+        except CampaignConflict as exc:
+            raise HTTPException(409, exc.detail) from None
 
     @app.post("/v1/campaigns", status_code=status.HTTP_201_CREATED, response_model=CampaignOut, tags=["campaigns"],
               responses=CONFLICT | AUTH_RESPONSES, summary="Create a campaign (active at once)", dependencies=[marketing])

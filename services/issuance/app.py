@@ -11,9 +11,11 @@ from fastapi import FastAPI
 
 from services.issuance import api, store, voucherify_api
 from services.issuance.campaign_admin import CampaignAdmin
+from services.issuance.campaigns import Catalogue
 from services.issuance.checkout_handlers import CheckoutHandlers
 from services.issuance.checkout_sessions import CheckoutSessions
 from services.issuance.handlers import IssuanceHandlers
+from services.issuance.keyset import IssuanceKeys
 from services.issuance.metrics import IssuanceMetrics
 from services.issuance.ratelimit import FailureLimiter
 from services.issuance.redemption_writer import RedemptionWriter
@@ -29,23 +31,27 @@ class IssuanceService(Service):
         super().__init__(settings)
         self.settings: IssuanceSettings = settings
         self.metrics: IssuanceMetrics = IssuanceMetrics(settings.service)
+        secrets = IssuanceKeys.of(settings)
+        catalogue = Catalogue()
         self.handlers = IssuanceHandlers(settings, self.metrics,
                                          positions=lambda partitions: self.consumer.positions(partitions),
                                          end_offsets=lambda partitions: self.consumer.end_offsets(partitions),
-                                         keys=self.keys)
-        self.admin = CampaignAdmin(self.handlers)
-        self.outbox_seal_key = self.handlers.outbox_key
-        self.outbox_previous_seal_keys = tuple(self.handlers.outbox_keys[1:])
+                                         keys=self.keys, secrets=secrets, catalogue=catalogue)
+        self.admin = CampaignAdmin(catalogue, secrets.hash_key, self.metrics)
+        self.outbox_seal_key = secrets.outbox_key
+        self.outbox_previous_seal_keys = secrets.outbox_keys[1:]
         self.writer_pool: asyncpg.Pool | None = None
-        self.limiter = FailureLimiter(lambda: self.pool, self.handlers.pseudonym_key,
+        self.limiter = FailureLimiter(lambda: self.pool, secrets.pseudonym_key,
                                       per_minute=settings.failed_attempts_per_minute,
                                       burst=settings.failed_attempts_burst)
-        self.listings = FailureLimiter(lambda: self.pool, self.handlers.pseudonym_key, purpose="onsite",
+        self.listings = FailureLimiter(lambda: self.pool, secrets.pseudonym_key, purpose="onsite",
                                        per_minute=settings.onsite_listings_per_minute,
                                        burst=settings.onsite_listings_burst)
-        self.checkout = CheckoutHandlers(self.handlers, lambda: self.pool, RedemptionWriter(
-            lambda: self.writer_pool, max_batch=settings.redemption_batch_max,
-            observe=self.observe_redemption_write), self.limiter, max_batch=settings.redemption_batch_max)
+        self.checkout = CheckoutHandlers(catalogue, secrets, self.keys, self.metrics, lambda: self.pool,
+                                         RedemptionWriter(lambda: self.writer_pool,
+                                                          max_batch=settings.redemption_batch_max,
+                                                          observe=self.observe_redemption_write),
+                                         self.limiter, max_batch=settings.redemption_batch_max)
         self.sessions = CheckoutSessions(self.checkout, lambda: self.pool)
 
     async def on_start(self) -> None:

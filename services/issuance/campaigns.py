@@ -4,8 +4,9 @@ voucher's maximum discount, variant assignment, channel choice, validity."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -239,3 +240,18 @@ def offer_summary(offer: PercentageOffer | FixedAmountOffer | GiftCardOffer, bra
 
 def variants_event(spec: CampaignSpec) -> list[VariantEvent]:
     return [VariantEvent(name=v.name, weight=v.weight) for v in spec.variants]
+
+
+class Catalogue:
+    """Parsed campaign definitions, cached by (id, version): a row of ``campaigns`` (or any
+    mapping with ``id``, ``version`` and ``definition``) to its :class:`CampaignSpec`."""
+
+    def __init__(self) -> None:
+        self._specs: dict[tuple[str, int], CampaignSpec] = {}
+
+    def spec(self, row: Mapping[str, Any]) -> CampaignSpec:
+        key = (row["id"], row["version"])
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = self._specs[key] = CampaignSpec.model_validate(row["definition"])
+        return spec

@@ -22,16 +22,18 @@ import asyncpg
 import orjson
 
 from services.issuance import checkout_store, codes, ratelimit
-from services.issuance.campaigns import offer_summary
+from services.issuance.campaigns import Catalogue, offer_summary
 from services.issuance.checkout import Accept, Refuse, VoucherView, evaluate
-from services.issuance.handlers import SOURCE, IssuanceHandlers
+from services.issuance.handlers import SOURCE
+from services.issuance.keyset import IssuanceKeys
+from services.issuance.metrics import IssuanceMetrics
 from services.issuance.ratelimit import FailureLimiter, Subject
 from services.issuance.redemption_writer import RedemptionWriter, SingleUse
 from services.issuance.store import LedgerDisagrees
 from shared import events as ev
 from shared import tracing
 from shared.batching import Batcher
-from shared.datakeys import DataKey
+from shared.datakeys import DataKey, DataKeys
 from shared.outbox import enqueue, event_record
 
 
@@ -65,10 +67,13 @@ MAX_OPTIMISTIC_ATTEMPTS = 3
 
 
 class CheckoutHandlers:
-    def __init__(self, handlers: IssuanceHandlers, pool: Callable[[], asyncpg.Pool], writer: RedemptionWriter,
-                 limiter: FailureLimiter, *, max_batch: int = 200) -> None:
-        self.handlers = handlers
-        self.metrics = handlers.metrics
+    def __init__(self, catalogue: Catalogue, secrets: IssuanceKeys, keys: DataKeys, metrics: IssuanceMetrics,
+                 pool: Callable[[], asyncpg.Pool], writer: RedemptionWriter, limiter: FailureLimiter, *,
+                 max_batch: int = 200) -> None:
+        self.catalogue = catalogue
+        self.secrets = secrets
+        self.keys = keys
+        self.metrics = metrics
         self._pool = pool
         self.writer = writer
         self.limiter = limiter
@@ -97,16 +102,15 @@ class CheckoutHandlers:
         return row, prior
 
     def _spec(self, campaign_id: str, version: int, definition: dict):
-        return self.handlers.spec({"id": campaign_id, "version": version, "definition": definition})
+        return self.catalogue.spec({"id": campaign_id, "version": version, "definition": definition})
 
     async def code_hash(self, code: str) -> bytes:
         """The code's hash under the current key; while earlier keys are kept (a rotation), under
         the key its voucher was stored with."""
-        current = codes.code_hash(self.handlers.hash_key, code)
-        if not self.handlers.previous_hash_keys:
-            return current
-        hashes = [current] + [codes.code_hash(k, code) for k in self.handlers.previous_hash_keys]
-        return await checkout_store.stored_code_hash(self._pool(), hashes) or current
+        hashes = self.secrets.code_hashes(code)
+        if len(hashes) == 1:
+            return hashes[0]
+        return await checkout_store.stored_code_hash(self._pool(), hashes) or hashes[0]
 
     async def check(self, code: str, customer_id: str, order: ev.Money, items: list[ev.LineItem],
                     who: tuple[Subject, ...] = (), session: str | None = None) -> Checked:
@@ -169,7 +173,7 @@ class CheckoutHandlers:
                     order_amount=order.amount, currency=order.currency, at=now, api_key_id=api_key_id,
                     key=idempotency_key, request_hash=request_hash, response=result.body,
                     event_template=self._redeemed_template(redemption_id, v, row, customer_id, discount, order, now,
-                                                           await self.handlers.keys.for_customer(customer_id)),
+                                                           await self.keys.for_customer(customer_id)),
                     session=session))
                 if written.outcome in ("stale", "key_used"):
                     continue  # redeemed, rolled back or the key answered since it was read: read again
@@ -277,7 +281,7 @@ class CheckoutHandlers:
             api_key_id=api_key_id, idempotency_key=idempotency_key, response=result.body)
         if session is not None and row["session"] == session:  # the session's hold ends with its redemption
             await checkout_store.release_hold(conn, v.id, new_reserved)
-        data_key = (await self.handlers.keys.for_customers(conn, [customer_id]))[customer_id]
+        data_key = (await self.keys.for_customers(conn, [customer_id]))[customer_id]
         template = self._redeemed_template(redemption_id, v, row, customer_id, discount, order, now, data_key)
         moved = await checkout_store.move_budget_and_announce(conn, v.campaign_id, -reserved_used, discount, "redeemed",
                                                               v.id, "voucher-redeemed", customer_id, template)
@@ -334,14 +338,14 @@ class CheckoutHandlers:
     async def offers(self, conn: asyncpg.Connection, customer_id: str, *, with_codes: bool) -> list[dict[str, Any]]:
         out = []
         for r in await checkout_store.active_offers(conn, customer_id, ev.now_utc()):
-            spec = self.handlers.spec(r)
+            spec = self.catalogue.spec(r)
             offer = spec.offer_for(r["variant"])
             item = {"voucher_id": r["id"], "campaign_id": r["campaign_id"], "campaign_name": spec.name,
                     "channel": r["channel"], "offer": offer_summary(offer, r["brand"]).model_dump(mode="json"),
                     "balance": ({"amount": r["balance"], "currency": r["currency"]} if r["kind"] == "gift_card" else None),
                     "expires_at": r["expires_at"].isoformat(), "code": None}
             if with_codes and r["code_sealed"] is not None:
-                item["code"] = codes.unseal(self.handlers.seal_keys, r["code_sealed"], r["id"])
+                item["code"] = codes.unseal(self.secrets.seal_keys, r["code_sealed"], r["id"])
             out.append(item)
         return out
 

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import math
 import secrets
+from collections.abc import Sequence
 
 from shared import sealing
 
@@ -63,5 +64,5 @@ def seal(key: bytes, code: str, voucher_id: str) -> bytes:
     return sealing.seal(key, code.encode(), voucher_id.encode())
 
 
-def unseal(keys: list[bytes], sealed: bytes, voucher_id: str) -> str:
+def unseal(keys: Sequence[bytes], sealed: bytes, voucher_id: str) -> str:
     return sealing.unseal_any(keys, sealed, voucher_id.encode()).decode()

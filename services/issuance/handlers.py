@@ -5,8 +5,6 @@ instances of the service serialise per campaign and never deadlock."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import time
 import uuid
@@ -19,13 +17,14 @@ import asyncpg
 
 from services.issuance import codes, ordering, ordering_store, store
 from services.issuance.budget import Batch, Ledger
-from services.issuance.campaigns import CampaignSpec, offer_summary, personal_brand
+from services.issuance.campaigns import CampaignSpec, Catalogue, offer_summary, personal_brand
 from services.issuance.gate import ConsentChanges, ConsentGate, Entry, Offsets
+from services.issuance.keyset import IssuanceKeys
 from services.issuance.metrics import IssuanceMetrics
 from services.issuance.rules import NO_CONSENT, Deny, Issue, decide
 from services.issuance.settings import IssuanceSettings
 from shared import events as ev
-from shared import exports, sealing
+from shared import exports
 from shared.datakeys import DataKeys
 from shared.outbox import enqueue, event_record
 
@@ -47,33 +46,17 @@ class Issued(NamedTuple):
 
 
 class IssuanceHandlers:
+    """Issuing from the consumed stream: the consent side of a batch, the segment entries it
+    admits, expiry, and the privacy answers."""
+
     def __init__(self, settings: IssuanceSettings, metrics: IssuanceMetrics, positions: Offsets,
-                 end_offsets: Offsets, keys: DataKeys) -> None:
+                 end_offsets: Offsets, keys: DataKeys, secrets: IssuanceKeys, catalogue: Catalogue) -> None:
         self.settings = settings
         self.metrics = metrics
         self.keys = keys
-        self.hash_key = settings.code_hash_key.get_secret_value().encode()
-        self.previous_hash_keys = [k.get_secret_value().encode() for k in settings.code_hash_previous_keys]
-        seal_secrets = [k.get_secret_value() for k in [settings.code_seal_key, *settings.code_seal_previous_keys]]
-        self.seal_key = codes.seal_key(seal_secrets[0])  # seals; opening tries the earlier keys too
-        self.seal_keys = [codes.seal_key(s) for s in seal_secrets]
-        self.outbox_keys = [sealing.derive_key(s, "outbox") for s in seal_secrets]
-        self.outbox_key = self.outbox_keys[0]
-        self.pseudonym_key = settings.pseudonym_key.get_secret_value().encode()
-        self.gate = ConsentGate(self.pseudonym_key, settings.consent_hold_max_s, metrics, positions, end_offsets)
-        self._specs: dict[tuple[str, int], CampaignSpec] = {}
-
-    def spec(self, row: asyncpg.Record) -> CampaignSpec:
-        """Parsed campaign definitions, cached by (id, version)."""
-        key = (row["id"], row["version"])
-        spec = self._specs.get(key)
-        if spec is None:
-            spec = CampaignSpec.model_validate(row["definition"])
-            self._specs[key] = spec
-        return spec
-
-    def pseudonym(self, customer_id: str) -> str:
-        return "erased-" + hmac.new(self.pseudonym_key, customer_id.encode(), hashlib.sha256).hexdigest()[:32]
+        self.secrets = secrets
+        self.catalogue = catalogue
+        self.gate = ConsentGate(secrets.pseudonym_key, settings.consent_hold_max_s, metrics, positions, end_offsets)
 
     # ------------------------------------------------------------------ the consumed batch
 
@@ -118,7 +101,7 @@ class IssuanceHandlers:
         batch = Batch(await store.lock_ledgers(conn, {r["campaign_id"] for r in closing}
                                                | {r["id"] for r in campaign_rows}))
         if closing and changes is not None:
-            specs = {r["id"]: self.spec(r) for r in await store.campaigns_by_id(conn, {v["campaign_id"] for v in closing})}
+            specs = {r["id"]: self.catalogue.spec(r) for r in await store.campaigns_by_id(conn, {v["campaign_id"] for v in closing})}
             await self.gate.close(conn, batch, closing, changes, unsent,
                                   {cid: spec.revoke_on_withdrawal for cid, spec in specs.items()})
         if entries or unconfirmed:
@@ -148,7 +131,7 @@ class IssuanceHandlers:
         now = ev.now_utc()
         by_segment: dict[str, list[CampaignSpec]] = defaultdict(list)
         for row in campaign_rows:
-            by_segment[row["segment"]].append(self.spec(row))
+            by_segment[row["segment"]].append(self.catalogue.spec(row))
         pairs = []
         traces: dict[tuple[str, str, str], str | None] = {}
         seen: set[tuple[str, str, str]] = set()
@@ -220,8 +203,8 @@ class IssuanceHandlers:
                 onsite = outcome.channel == ev.Channel.ONSITE
                 rows.append(store.NewVoucher(
                     id=voucher_id, campaign_id=spec.id, customer_id=customer_id, partner=None,
-                    code_hash=codes.code_hash(self.hash_key, code),
-                    code_sealed=codes.seal(self.seal_key, code, voucher_id) if onsite else None,
+                    code_hash=codes.code_hash(self.secrets.hash_key, code),
+                    code_sealed=codes.seal(self.secrets.seal_key, code, voucher_id) if onsite else None,
                     variant=outcome.variant, channel=outcome.channel.value, kind=offer.kind, brand=brand,
                     currency=spec.currency, reserved=outcome.max_discount,
                     balance=offer.balance.amount if offer.kind == "gift_card" else None, status="active",
@@ -233,7 +216,7 @@ class IssuanceHandlers:
                         expires_at=spec.validity.expires_at(now)), source=SOURCE, sealed=True,
                         headers=(("voucher-id", voucher_id),), traceparent=trace)
             collided = await store.insert_vouchers(conn, rows)
-            await enqueue(conn, [r for vid, r in deliveries.items() if vid not in collided], self.outbox_key,
+            await enqueue(conn, [r for vid, r in deliveries.items() if vid not in collided], self.secrets.outbox_key,
                           keys=self.keys)
             if collided:
                 log.warning("voucher code collision; drawing again", extra={"count": len(collided)})
@@ -265,7 +248,7 @@ class IssuanceHandlers:
     # ------------------------------------------------------------------ privacy
 
     async def erase(self, conn: asyncpg.Connection, batch: Batch, request: ev.ErasureRequested) -> None:
-        erased = await store.pseudonymize(conn, request.customer_id, self.pseudonym(request.customer_id))
+        erased = await store.pseudonymize(conn, request.customer_id, self.secrets.pseudonym(request.customer_id))
         batch.outbox.append(event_record("erasure-completed", ev.ErasureCompleted(
             request_id=request.request_id, customer_id=request.customer_id, service="issuance",
             completed_at=ev.now_utc(), erased=erased), source=SOURCE))

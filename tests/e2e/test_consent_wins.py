@@ -18,7 +18,7 @@ import yaml
 from bench.common import ROOT
 from shared import events as ev
 from shared.kafka import send_all, start_producer
-from tests.e2e.fleet import Fleet, metric
+from tests.e2e.fleet import SERVICES, Fleet, metric
 from tests.support import read_topic, wait_for
 from tools.demo import Shop
 
@@ -149,7 +149,11 @@ async def test_an_erased_customer_stays_erased_when_their_old_events_are_publish
                 return consent >= 3 and issuance >= 1 and segmentation >= 1 and carts >= 2
 
             await wait_for(all_refused, timeout=60, what="every service to refuse the replayed records")
-            await asyncio.sleep(2)  # anything they could still cause would be under way by now
+
+            async def outboxes_empty() -> bool:  # whatever refusing them caused is on Kafka by now
+                return not any([await fleet.fetchval(s, "SELECT count(*) FROM outbox") for s in SERVICES])
+
+            await wait_for(outboxes_empty, timeout=30, what="every outbox published")
         finally:
             await producer.stop()
         assert await fleet.columns_containing(gone) == []

@@ -47,6 +47,14 @@ def not_in_holdout(prefix: str) -> str:
     raise AssertionError("no customer outside the holdout")
 
 
+async def count(schema: str, query: str, *args):
+    conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value(), server_settings={"search_path": schema})
+    try:
+        return await conn.fetchval(query, *args)
+    finally:
+        await conn.close()
+
+
 async def add_key(schema: str, key: str) -> None:
     conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value(), server_settings={"search_path": schema})
     try:
@@ -97,7 +105,16 @@ async def test_birthday_cart_and_loyalty_stories_with_consent_checkout_counters_
             return all(c.customer_id in latest and latest[c.customer_id].granted(c.purpose) for c in consents)
 
         await wait_for(consents_published, timeout=30, interval=0.3, what="every consent on consent-state")
-        await asyncio.sleep(2)  # the consent reaches segmentation and issuance
+        consenting = [bday, cart, vip]
+
+        async def consent_applied() -> bool:
+            kept = await count(schemas["segmentation"], "SELECT count(*) FROM customers"
+                               " WHERE customer_id = ANY($1::text[])", consenting)
+            offers = await count(schemas["issuance"], "SELECT count(*) FROM customer_consent"
+                                 " WHERE customer_id = ANY($1::text[]) AND personalized_offers", consenting)
+            return kept == offers == len(consenting)
+
+        await wait_for(consent_applied, timeout=30, what="the consents applied by segmentation and issuance")
 
         soon = now + timedelta(days=3)
         shop_publish(kafka, "customer-registered", [
@@ -106,7 +123,10 @@ async def test_birthday_cart_and_loyalty_stories_with_consent_checkout_counters_
             ev.CustomerRegistered(customer_id=cart, preferred_channel="sms", registered_at=now),  # no sms consent
             ev.CustomerRegistered(customer_id=vip, preferred_channel="sms", registered_at=now),
             ev.CustomerRegistered(customer_id=nobody, birthday={"month": soon.month, "day": soon.day}, registered_at=now)])
-        await asyncio.sleep(2)
+        await wait_for(lambda: count(schemas["segmentation"], "SELECT count(*) = $2 FROM customers WHERE customer_id"
+                                     " = ANY($1::text[]) AND profile ->> 'preferred_channel' IS NOT NULL",
+                                     consenting, len(consenting)),
+                       timeout=30, what="the registrations in the profiles")
         perfume = ev.LineItem(sku="p-7", brand="Maison Lune", category="perfume", quantity=1,
                               unit_price=ev.Money(amount=9000, currency="USD"))
         shop_publish(kafka, "order-placed", [
