@@ -185,14 +185,20 @@ class Received:
         self.spans.clear()
 
 
+_NOTHING = contextlib.nullcontext()
+
+
+def within(traceparent: str | None) -> contextlib.AbstractContextManager:
+    """Makes ``traceparent`` the current context (the relay publishing a row of that trace);
+    nothing at all while tracing is off (the relay calls it for every row)."""
+    if not (_enabled and traceparent):
+        return _NOTHING
+    return _attached(traceparent)
+
+
 @contextlib.contextmanager
-def within(traceparent: str | None) -> Iterator[None]:
-    """Makes ``traceparent`` the current context (the relay publishing a row of that trace)."""
-    ctx = _context_of(traceparent) if _enabled else None
-    if ctx is None:
-        yield
-        return
-    token = context.attach(ctx)
+def _attached(traceparent: str) -> Iterator[None]:
+    token = context.attach(propagate.extract({"traceparent": traceparent}))
     try:
         yield
     finally:
