@@ -75,13 +75,13 @@ async def aiokafka_perf(bootstrap: str, topic: str, records: int) -> dict:
                 pending.clear()
         await asyncio.gather(*pending)
         produce = records / (time.perf_counter() - t0)
+        parts = await producer.partitions_for(topic)
     finally:
         await producer.stop()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                 max_partition_fetch_bytes=4 * 1024 * 1024)
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic) or (await consumer._client.fetch_all_metadata()).partitions_for_topic(topic)
         tps = [TopicPartition(topic, p) for p in parts]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)

@@ -28,6 +28,17 @@ async def committed_offsets(kafka: KafkaSettings, group: str, topic: str) -> dic
         await admin.close()
 
 
+async def partition_ids(kafka: KafkaSettings, topic: str) -> set[int]:
+    """The topic's partitions as the broker describes them (empty while it does not exist)."""
+    admin = AIOKafkaAdminClient(**kafka.client_options())
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+        return set() if described["error_code"] else {p["partition"] for p in described["partitions"]}
+    finally:
+        await admin.close()
+
+
 def unique(prefix: str = "t") -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
 
@@ -70,11 +81,7 @@ async def _read_topic(bootstrap: str | KafkaSettings, topic: str, *, expect: int
     consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
-        async def partitions():
-            cluster = await consumer._client.fetch_all_metadata()
-            return cluster.partitions_for_topic(topic)
-
-        parts = await wait_for(partitions, timeout=timeout, what=f"metadata of {topic}")
+        parts = await wait_for(lambda: partition_ids(kafka, topic), timeout=timeout, what=f"metadata of {topic}")
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)

@@ -61,6 +61,7 @@ from shared import auth, datakeys, topics
 from shared import events as ev
 from shared.kafka import Producer, start_producer
 from shared.settings import KafkaSettings, PostgresSettings
+from tests.support import partition_ids
 
 SERVICES = ("consent", "segmentation", "issuance", "analytics")
 STACK = ROOT / "deploy/local/stack.sh"
@@ -486,7 +487,7 @@ async def read_all(kafka: KafkaSettings, names: list[str]) -> list:
     consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None)
     await consumer.start()
     try:
-        tps = [TopicPartition(n, p) for n in names for p in sorted(await _partitions(consumer, n))]
+        tps = [TopicPartition(n, p) for n in names for p in sorted(await partition_ids(kafka, n))]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
@@ -500,11 +501,6 @@ async def read_all(kafka: KafkaSettings, names: list[str]) -> list:
         return out
     finally:
         await consumer.stop()
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    cluster = await consumer._client.fetch_all_metadata()
-    return cluster.partitions_for_topic(topic) or set()
 
 
 async def group_lags(kafka: KafkaSettings, prefix: str, patience_s: float = 120) -> dict[str, int]:
