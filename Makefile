@@ -29,8 +29,9 @@ $(VENV)/.installed:
 	@$(VENV)/bin/pip install -q -c requirements.lock -r <($(PYTHON) -c "import tomllib;d=tomllib.load(open('pyproject.toml','rb'))['project'];print('\n'.join(d['dependencies']+d['optional-dependencies']['dev']))")
 	@touch $@
 
-venv: $(VENV)/.installed ## install the Python dependencies (cached)
+venv: $(VENV)/.installed ## install the Python dependencies (cached) and the voucherstream command (.venv/bin)
 	@ln -sfn $(VENV) .venv
+	@install -m 755 deploy/local/voucherstream.sh $(VENV)/bin/voucherstream
 
 up: ## start Kafka, PostgreSQL and Prometheus natively (idempotent)
 	@$(STACK) up

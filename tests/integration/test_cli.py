@@ -100,3 +100,21 @@ async def test_the_shop_seals_personal_fields_and_an_erasure_makes_them_unreadab
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await proc.communicate(b'{"specversion": "1.0"}\n')
     assert proc.returncode == 1 and out == b"" and b"nothing was written" in err
+
+
+def test_make_venv_puts_this_clones_voucherstream_command_in_dot_venv_bin(tmp_path):
+    """The README's `export PATH="$PWD/.venv/bin:$PATH"`: the command runs this checkout's CLI from
+    anywhere, with no PYTHONPATH (the virtualenv itself is shared by every clone)."""
+    import subprocess
+
+    exe = ROOT / ".venv" / "bin" / "voucherstream"
+    assert exe.exists(), "make venv installs .venv/bin/voucherstream"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([str(exe), "topics", "--help"], cwd=tmp_path, capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Usage: voucherstream topics" in done.stdout
+    where = subprocess.run([str(exe.parent / "python"), "-c", "import voucherstream.cli as c; print(c.__file__)"],
+                           cwd=tmp_path, capture_output=True, text=True,
+                           env=env | {"PYTHONPATH": ""}, timeout=60)  # the package is not installed in the venv
+    assert where.returncode != 0
