@@ -421,14 +421,6 @@ class BatchConsumer:
             if key_ids:
                 await self._retrying(lambda: keys.load(key_ids))
         received = tracing.Received(self.metrics.service)
-        try:
-            await self._process_decoded(consumer, batch, messages, dead, erased, received, started)
-        finally:
-            received.end()
-
-    async def _process_decoded(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]],
-                               messages: list[Message], dead: list[DeadLetter], erased: dict[TopicPartition, int],
-                               received: tracing.Received, started: float) -> None:
         for tp, records in batch.items():
             spec = self.topics[tp.topic]
             for record in records:
@@ -509,16 +501,14 @@ class BatchConsumer:
         for key, offset in starts.items():
             consumer.seek(tps[key], offset)
 
-    def _decode(self, spec: Topic, record: ConsumerRecord, received: tracing.Received | None = None) -> Message:
+    def _decode(self, spec: Topic, record: ConsumerRecord, received: tracing.Received) -> Message:
         key = record.key.decode("utf-8", "replace") if record.key is not None else None
         if record.value is None and spec.compacted:
             return Message(spec.name, record.partition, record.offset, key, None, None, record.timestamp, None)
         envelope, event = decode(record.value, spec.events, self.keys.opener if self.keys is not None else None)
         if key is not None and event.key() != key:
             raise ContractError("key_mismatch", f"message key does not match data.{event.KEY_FIELD}")
-        traceparent = envelope.traceparent
-        if received is not None:
-            traceparent = received.start(spec.name, record.partition, record.offset, traceparent)
+        traceparent = received.start(spec.name, record.partition, record.offset, envelope.traceparent)
         message = Message(spec.name, record.partition, record.offset, key, envelope, event, record.timestamp,
                           record.value, traceparent)
         if self.validate is not None:

@@ -267,8 +267,7 @@ class OutboxRelay:
             return 0  # another instance of the service relays
         async with conn.transaction():
             rows = await conn.fetch("SELECT id, topic, key, value, headers, sealed, partition, created_at, traceparent"
-                                    " FROM outbox"
-                                    " ORDER BY id LIMIT $1", self.batch_size)
+                                    " FROM outbox ORDER BY id LIMIT $1", self.batch_size)
             if not rows:
                 self.metrics.outbox_pending.labels(self.metrics.service).set(0)
                 return 0

@@ -39,11 +39,8 @@ class TracingSettings(BaseSettings):
 
 
 _enabled = False
+_exporting: set[str] = set()  # OTLP endpoints spans already go to (a process may build several services)
 SERVICE_ATTRIBUTE = "voucherstream.service"
-
-
-def enabled() -> bool:
-    return _enabled
 
 
 def _sampler(ratio: float):
@@ -93,10 +90,11 @@ def enable(settings: TracingSettings | None = None, *, exporter=None) -> None:
     if not _enabled:
         AsyncPGInstrumentor().instrument(tracer_provider=provider)
         AIOKafkaInstrumentor().instrument(tracer_provider=provider)
-    if settings is not None and settings.otlp_endpoint:
+    if settings is not None and settings.otlp_endpoint and settings.otlp_endpoint not in _exporting:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint)))
+        _exporting.add(settings.otlp_endpoint)
         log.info("traces are exported", extra={"endpoint": settings.otlp_endpoint})
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -130,6 +128,7 @@ def instrument_app(app) -> None:
 
 
 def _context_of(traceparent: str | None) -> context.Context | None:
+    """The context a ``traceparent`` names (an unparsable one gives an empty context: a new trace)."""
     return propagate.extract({"traceparent": traceparent}) if traceparent else None
 
 
@@ -149,8 +148,8 @@ def current() -> str | None:
 
 class Received:
     """The spans of one consumed batch: one per message, child of the message's ``traceparent``,
-    all ended when the batch is done (committed or given up); while the handler runs, the first
-    message's span is the current one (so its queries are in that message's trace)."""
+    ended when its handling is; while the handler runs, the first message's span is the current
+    one (so its queries are in that message's trace)."""
 
     def __init__(self, service: str) -> None:
         self.service = service
@@ -170,19 +169,17 @@ class Received:
 
     @contextlib.contextmanager
     def handling(self) -> Iterator[None]:
+        """Around the handler: the first message's span current, every span ended afterwards."""
         if not self.spans:
             yield
             return
-        token = context.attach(trace.set_span_in_context(self.spans[0]))
         try:
-            yield
+            with _attached(trace.set_span_in_context(self.spans[0])):
+                yield
         finally:
-            context.detach(token)
-
-    def end(self) -> None:
-        for span in self.spans:
-            span.end()
-        self.spans.clear()
+            for span in self.spans:
+                span.end()
+            self.spans.clear()
 
 
 _NOTHING = contextlib.nullcontext()
@@ -191,14 +188,13 @@ _NOTHING = contextlib.nullcontext()
 def within(traceparent: str | None) -> contextlib.AbstractContextManager:
     """Makes ``traceparent`` the current context (the relay publishing a row of that trace);
     nothing at all while tracing is off (the relay calls it for every row)."""
-    if not (_enabled and traceparent):
-        return _NOTHING
-    return _attached(traceparent)
+    ctx = _context_of(traceparent) if _enabled else None
+    return _NOTHING if ctx is None else _attached(ctx)
 
 
 @contextlib.contextmanager
-def _attached(traceparent: str) -> Iterator[None]:
-    token = context.attach(propagate.extract({"traceparent": traceparent}))
+def _attached(ctx: context.Context) -> Iterator[None]:
+    token = context.attach(ctx)
     try:
         yield
     finally:
