@@ -22,9 +22,10 @@ from pydantic import BaseModel
 
 from shared import datakeys, db, logs, tracing
 from shared.auth import Authenticator
+from shared.consumer import BatchConsumer, Handler
 from shared.datakeys import DataKeys
 from shared.http_limits import DEFAULT_LIMIT, BodyLimit
-from shared.kafka import BatchConsumer, Handler, Producer, start_producer
+from shared.kafka import Producer, start_producer
 from shared.metrics import Metrics, metrics_endpoint
 from shared.outbox import OutboxRelay
 from shared.settings import InsecureSettings, ServiceSettings, require_safe_settings

@@ -9,7 +9,8 @@ import asyncio
 import sys
 
 from shared import db
-from shared.kafka import BatchConsumer, start_producer
+from shared.consumer import BatchConsumer
+from shared.kafka import start_producer
 from shared.metrics import Metrics
 from shared.settings import KafkaSettings, PostgresSettings
 

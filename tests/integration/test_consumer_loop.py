@@ -7,7 +7,9 @@ import asyncio
 from datetime import UTC, datetime
 
 from shared import events as ev
-from shared.kafka import BatchConsumer, Message, TransientError, send_all, start_producer
+from shared.consumer import BatchConsumer
+from shared.errors import TransientError
+from shared.kafka import Message, send_all, start_producer
 from shared.metrics import Metrics
 from tests.support import committed_offsets, read_topic, wait_for
 

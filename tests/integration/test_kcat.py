@@ -11,7 +11,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from shared import topics
-from shared.kafka import BatchConsumer, start_producer
+from shared.consumer import BatchConsumer
+from shared.kafka import start_producer
 from shared.metrics import Metrics
 from tests.support import kcat, wait_for
 
