@@ -95,6 +95,7 @@ class BatchConsumer:
         self._last_lag = 0.0
         self._committed: dict[TopicPartition, int] = {}  # what this member last committed, per partition
         self.batches_committed = 0
+        self._commit_in_flight: asyncio.Future | None = None  # the last batch's offset commit
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -182,6 +183,11 @@ class BatchConsumer:
                         await self._commit_positions(consumer)
                 await self._update_lag(consumer)
         finally:
+            try:
+                await asyncio.wait_for(self._settle_commit(), self.settings.session_timeout_ms / 1000)
+            except Exception as exc:
+                log.warning("the last offset commit did not land; its batch will be redelivered",
+                            extra={"group": self.group_id, "error": repr(exc)})
             self._consumer = None
             await consumer.stop()
             if self._offsets is not None:
@@ -231,14 +237,10 @@ class BatchConsumer:
             with received.handling():
                 await self._handle(messages)
         offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in batch.items()}
-        try:
-            await consumer.commit(offsets)
-            self.batches_committed += 1
-            self._committed.update({tp: meta.offset for tp, meta in offsets.items()})
-        except (CommitFailedError, IllegalStateError) as exc:
-            # The group rebalanced under us: the new owner re-reads the batch; handlers are idempotent.
-            log.warning("offset commit refused after a rebalance; the batch will be redelivered",
-                        extra={"group": self.group_id, "error": repr(exc)})
+        # The commit goes on while the next batch is fetched and handled (a crash before it lands
+        # redelivers the batch, as a crash before any commit does); one at a time, in order.
+        await self._settle_commit()
+        self._commit_in_flight = asyncio.ensure_future(self._commit(consumer, offsets))
         for tp, records in batch.items():
             base = self.topics[tp.topic].name
             handled = len(records) - erased[tp] - sum(1 for d in dead if d.topic == tp.topic and d.partition == tp.partition)
@@ -249,11 +251,28 @@ class BatchConsumer:
         self.metrics.batch_size.labels(self.metrics.service).observe(len(messages) + len(dead))
         self.metrics.batch_duration.labels(self.metrics.service).observe(time.perf_counter() - started)
 
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        try:
+            await consumer.commit(offsets)
+            self.batches_committed += 1
+            self._committed.update({tp: meta.offset for tp, meta in offsets.items()})
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group rebalanced under us: the new owner re-reads the batch; handlers are idempotent.
+            log.warning("offset commit refused after a rebalance; the batch will be redelivered",
+                        extra={"group": self.group_id, "error": repr(exc)})
+
+    async def _settle_commit(self) -> None:
+        """Waits for the offset commit in flight, if any (its failure is raised here)."""
+        pending, self._commit_in_flight = self._commit_in_flight, None
+        if pending is not None:
+            await pending
+
     async def _commit_positions(self, consumer: AIOKafkaConsumer) -> None:
         """When idle (nothing was waiting), commits each partition's position where it is ahead of
         the last commit: a partition whose position moved without a record to handle — a seek to a
         stored position, the offset gaps of a compacted topic or of transaction markers — would
         otherwise keep its old commit, and its lag would never reach 0."""
+        await self._settle_commit()
         ahead, positions = {}, {}
         for tp in consumer.assignment():
             if self._placement is not None and not self._placement.is_placed(tp):
@@ -383,6 +402,12 @@ class BatchConsumer:
             self.metrics.consumer_lag.labels(self.metrics.service, self.topics[tp.topic].name, str(tp.partition)).set(
                 max(end - position, 0))
 
+    async def settle_commit_before_revoke(self) -> None:
+        try:
+            await self._settle_commit()
+        except Exception as exc:  # the partitions go anyway; their new owner re-reads from the last commit
+            log.warning("offset commit failed before a revocation", extra={"group": self.group_id, "error": repr(exc)})
+
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         """Drops what this member knew of partitions it no longer holds (lag gauges, commits)."""
         for tp in partitions:
@@ -413,6 +438,7 @@ class _CommitBeforeRevoke(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked) -> None:
         async with self.owner._lock:
+            await self.owner.settle_commit_before_revoke()
             self.owner.forget(revoked)
 
     async def on_partitions_assigned(self, assigned) -> None:

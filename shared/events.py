@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import os
 import random
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -613,8 +612,15 @@ os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))  # a forke
 
 
 def new_event_id() -> str:
-    """A random (version 4) UUID for an envelope's ``id``."""
-    return str(uuid.UUID(int=_ids.getrandbits(128), version=4))
+    """A random (version 4, RFC 4122 variant) UUID for an envelope's ``id``, formatted directly
+    (``uuid.UUID`` validates and converts again: a measurable share of encoding an event)."""
+    n = (_ids.getrandbits(128) & _UUID_CLEAR) | _UUID_V4
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))  # the version nibble and the variant bits
+_UUID_V4 = (0x4000 << 64) | (0x8000 << 48)
 
 
 def encode(event: Event, *, source: str, event_id: str | None = None, time: datetime | None = None,

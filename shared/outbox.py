@@ -283,11 +283,12 @@ class OutboxRelay:
                 already = await self._already_published(placed)
                 self._needs_recovery = False
             futures = []
+            source = ("outbox.source", self.source.encode())
             for row, topic, partition in placed:
                 if row["id"] in already:
                     continue
                 headers = [(k, v.encode()) for k, v in row["headers"]]
-                headers += [("outbox.source", self.source.encode()), ("outbox.id", str(row["id"]).encode())]
+                headers += [source, ("outbox.id", str(row["id"]).encode())]
                 value = row["value"]
                 if row["sealed"]:
                     value = sealing.unseal_any(self.open_keys, value, row["key"])
@@ -305,11 +306,15 @@ class OutboxRelay:
             pending = (await conn.fetchval("SELECT count(*) FROM outbox")
                        if len(rows) >= self.batch_size else 0)
         now = time.time()
+        per_topic: dict[str, int] = defaultdict(int)
+        delay = self.metrics.outbox_delay.labels(self.metrics.service)
         for row, _topic, _ in placed:
-            self.metrics.outbox_published.labels(self.metrics.service, row["topic"]).inc()
-            self.metrics.outbox_delay.labels(self.metrics.service).observe(max(now - row["created_at"].timestamp(), 0))
+            per_topic[row["topic"]] += 1
+            delay.observe(max(now - row["created_at"].timestamp(), 0))
             if self.on_published is not None and row["headers"]:
                 self.on_published(row["topic"], dict(row["headers"]), now)
+        for topic, n in per_topic.items():
+            self.metrics.outbox_published.labels(self.metrics.service, topic).inc(n)
         self.metrics.outbox_pending.labels(self.metrics.service).set(pending)
         self.published += len(placed) - len(already)
         self.recovered += len(already)

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from services.segmentation import profile as prof
 from services.segmentation import rules
@@ -86,27 +86,49 @@ def in_time_order(messages: list) -> list:
 
 
 def apply_batch(customers: dict[str, Customer], inputs: Iterable[Input], ruleset: rules.RuleSet, now: datetime,
-                partitions: int = CUSTOMER_PARTITIONS, erased: dict[str, datetime] | None = None) -> Outcome:
+                partitions: int = CUSTOMER_PARTITIONS, erased: dict[str, datetime] | None = None,
+                marks: dict[int, ev.ConsentMarks] | None = None) -> Outcome:
     """Applies ``inputs`` in order to ``customers`` (every customer the inputs name, and every
     customer of a ticked partition, as stored; absent ones are new). ``erased``: those of the
-    named customers that were erased, and when."""
+    named customers that were erased, and when. ``marks``: the consent marks per customer
+    partition, which each segment entry carries."""
     out = Outcome(customers=dict(customers), erased=dict(erased or {}))
+    batch = _Batch(ruleset, now, now.isoformat(), partitions, marks or {})
     for item in inputs:
-        _apply(out, item, ruleset, now, partitions)
+        _apply(out, item, batch)
         out.causes += [item.traceparent] * (len(out.emit) - len(out.causes))
     return out
 
 
-def _apply(out: Outcome, item: Input, ruleset: rules.RuleSet, now: datetime, partitions: int) -> None:
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """What every input of a batch is decided with."""
+
+    ruleset: rules.RuleSet
+    now: datetime
+    now_iso: str
+    partitions: int
+    marks: dict[int, ev.ConsentMarks]
+
+
+def _apply(out: Outcome, item: Input, batch: _Batch) -> None:
     e = item.event
     if e is None:  # a consent-state tombstone: the customer was erased
         _forget(out, item.key)
         out.counts[(item.topic, "tombstone")] += 1
         return
-    if isinstance(e, ev.ConsentWatermark):
+    if type(e) in _PROFILED:  # the hot path first, by exact type (pydantic's isinstance goes through ABCMeta)
+        shop = cast(_Profiled, e)
+        known = out.customers.get(shop.customer_id)
+        if known is None or not known.kept:
+            out.counts[(item.topic, "dropped_no_profiling_consent")] += 1
+            return
+        before = known.profile or prof.empty()
+        _evaluate(out, shop.customer_id, before, prof.apply(before, shop, batch.now), shop, batch)
+    elif isinstance(e, ev.ConsentWatermark):
         out.counts[(item.topic, "watermark")] += 1  # for issuance; segmentation's consent needs no ordering
         return
-    if isinstance(e, ev.ConsentState):
+    elif isinstance(e, ev.ConsentState):
         if stale_for_erased(e.updated_at, out.erased.get(e.customer_id)):
             out.counts[(item.topic, "stale_for_erased")] += 1
             return
@@ -115,27 +137,24 @@ def _apply(out: Outcome, item: Input, ruleset: rules.RuleSet, now: datetime, par
         _forget(out, e.customer_id)
         out.erased[e.customer_id] = out.newly_erased[e.customer_id] = e.requested_at
         out.emit.append(("erasure-completed", ev.ErasureCompleted(
-            request_id=e.request_id, customer_id=e.customer_id, service="segmentation", completed_at=now,
+            request_id=e.request_id, customer_id=e.customer_id, service="segmentation", completed_at=batch.now,
             erased={"profiles": 1, "consent": 1})))
     elif isinstance(e, ev.ExportRequested):
         c = out.customers.get(e.customer_id) or Customer()
         out.emit.append(("export-completed", exports.answer(
-            e, "segmentation", {"profiling_consent_since": c.profiling_since, "profile": c.profile}, now)))
+            e, "segmentation", {"profiling_consent_since": c.profiling_since, "profile": c.profile}, batch.now)))
     elif isinstance(e, ev.SegmentationTick):
         for cid in sorted(out.customers):
             c = out.customers[cid]
-            if c.profile is not None and partition_of(cid.encode(), partitions) == e.partition:
-                _evaluate(out, cid, c.profile, c.profile, None, ruleset, now)
-    elif isinstance(e, (ev.CustomerRegistered, ev.CustomerUpdated, ev.OrderPlaced, ev.CartAbandoned)):
-        known = out.customers.get(e.customer_id)
-        if known is None or not known.kept:
-            out.counts[(item.topic, "dropped_no_profiling_consent")] += 1
-            return
-        before = known.profile or prof.empty()
-        _evaluate(out, e.customer_id, before, prof.apply(before, e, now), e, ruleset, now)
+            if c.profile is not None and partition_of(cid.encode(), batch.partitions) == e.partition:
+                _evaluate(out, cid, c.profile, c.profile, None, batch)
     else:
         raise TypeError(f"segmentation does not consume {type(e).__name__}")
     out.counts[(item.topic, "handled")] += 1
+
+
+_Profiled = ev.CustomerRegistered | ev.CustomerUpdated | ev.OrderPlaced | ev.CartAbandoned
+_PROFILED = frozenset({ev.CustomerRegistered, ev.CustomerUpdated, ev.OrderPlaced, ev.CartAbandoned})
 
 
 def _on_consent(out: Outcome, state: ev.ConsentState) -> None:
@@ -160,20 +179,22 @@ def _forget(out: Outcome, cid: str | None) -> None:
 
 
 def _evaluate(out: Outcome, cid: str, before: prof.Profile, after: prof.Profile, event: ev.Event | None,
-              ruleset: rules.RuleSet, now: datetime) -> None:
+              batch: _Batch) -> None:
     """Stores ``after`` with the segments it enters now, each emitted once per trigger key."""
-    facts = rules.facts(before, after, event, now)
+    ruleset = batch.ruleset
+    facts = rules.facts(before, after, event, batch.now)
     entries = rules.evaluate(ruleset, facts, set(after.get("emitted", ())))
     if entries:
         caused_by = [_cause(event)]
         segments: dict[str, Any] = dict(after.get("segments", {}))
+        marks = batch.marks.get(partition_of(cid.encode(), batch.partitions))
         for entry in entries:
             out.emit.append(("segment-entered", ev.SegmentEntered(
                 customer_id=cid, segment=entry.segment, rule_version=ruleset.version, trigger_key=entry.trigger_key,
                 facts=entry.facts, caused_by=caused_by, preferred_channel=after.get("preferred_channel"),
-                evaluated_at=now)))
+                evaluated_at=batch.now, consent_marks=marks)))
             after = prof.remember(after, entry.trigger_key)
-            segments[entry.segment] = {"entered_at": now.isoformat(), "rule_version": ruleset.version,
+            segments[entry.segment] = {"entered_at": batch.now_iso, "rule_version": ruleset.version,
                                        "trigger_key": entry.trigger_key, "facts": entry.facts, "caused_by": caused_by}
             out.entries[entry.segment] += 1
         after = {**after, "segments": segments}
@@ -184,8 +205,8 @@ def _evaluate(out: Outcome, cid: str, before: prof.Profile, after: prof.Profile,
 
 
 def _cause(event: ev.Event | None) -> str:
-    if isinstance(event, ev.OrderPlaced):
-        return event.order_id
-    if isinstance(event, ev.CartAbandoned):
+    if type(event) is ev.CartAbandoned:
         return event.cart_id
+    if type(event) is ev.OrderPlaced:
+        return event.order_id
     return "daily"

@@ -9,6 +9,7 @@ finds its offsets applied and changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -44,9 +45,16 @@ class SegmentationHandlers:
         self.handled = 0  # messages applied or found already applied (tests and benchmarks read it)
 
     async def on_batch(self, pool: asyncpg.Pool, messages: list[Message]) -> None:
-        marks = await self.consent_marks(messages)
-        async with pool.acquire() as conn, conn.transaction():
-            outcome, fresh = await self.apply(conn, messages, marks)
+        # The marks are read from Kafka while the database works: one round trip less per batch.
+        marks = asyncio.ensure_future(self.consent_marks(messages))
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                outcome, fresh = await self.apply(conn, messages, marks)
+        finally:
+            if not marks.done():
+                marks.cancel()
+            elif not marks.cancelled():
+                marks.exception()  # retrieved: a failure of the marks already failed the batch
         self._count(messages, fresh, outcome)
 
     async def consent_marks(self, messages: list[Message]) -> dict[int, ev.ConsentMarks]:
@@ -63,7 +71,7 @@ class SegmentationHandlers:
                 for p in partitions}
 
     async def apply(self, conn: asyncpg.Connection, messages: list[Message],
-                    marks: dict[int, ev.ConsentMarks] | None = None) -> tuple[engine.Outcome | None, list[Message]]:
+                    marks: Awaitable[dict[int, ev.ConsentMarks]] | None = None) -> tuple[engine.Outcome | None, list[Message]]:
         await store.lock_partitions(conn, self.schema, {m.partition for m in messages})
         applied = await store.next_offsets(conn, {(m.topic, m.partition) for m in messages})
         fresh = [m for m in messages if m.offset >= applied.get((m.topic, m.partition), 0)]
@@ -75,11 +83,11 @@ class SegmentationHandlers:
             subjects = {subject_hash(self.pseudonym_key, cid): cid for cid in ids}
             erased = {subjects[h]: at for h, at in (await erasure.erased(conn, subjects)).items()}
             outcome = engine.apply_batch(stored, engine.in_time_order(fresh), self.ruleset(), ev.now_utc(),
-                                         erased=erased)
+                                         erased=erased, marks=await marks if marks is not None else None)
             await erasure.remember(conn, [(subject_hash(self.pseudonym_key, cid), at)
                                                for cid, at in outcome.newly_erased.items()])
             await store.save(conn, {cid: outcome.customers[cid] for cid in outcome.changed})
-            await enqueue(conn, [event_record(topic, _marked(e, marks), source=SOURCE, traceparent=cause)
+            await enqueue(conn, [event_record(topic, e, source=SOURCE, traceparent=cause)
                                  for (topic, e), cause in zip(outcome.emit, outcome.causes, strict=True)],
                           keys=self.keys)
             # After what this batch sealed for them: an erased customer's key goes, and with it
@@ -117,11 +125,3 @@ class SegmentationHandlers:
             self.metrics.events.labels(topic, what).inc(n)
         for segment, n in outcome.entries.items():
             self.metrics.entries.labels(segment).inc(n)
-
-
-def _marked(event: ev.Event, marks: dict[int, ev.ConsentMarks] | None) -> ev.Event:
-    """A segment entry carries the consent marks of its customer's partition."""
-    if not marks or not isinstance(event, ev.SegmentEntered):
-        return event
-    mark = marks.get(engine.partition_of(event.customer_id.encode()))
-    return event if mark is None else event.model_copy(update={"consent_marks": mark})

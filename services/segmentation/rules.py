@@ -104,6 +104,17 @@ def _compile(node: ast.AST) -> Compiled:
     if isinstance(node, ast.UnaryOp):
         operand = _compile(node.operand)
         return lambda facts: not operand(facts)
+    if (isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.left, ast.Name)
+            and isinstance(node.comparators[0], ast.Constant)):
+        # The common shape, a fact against a literal (``cart_value >= 30000``), in one closure.
+        name, op, value = node.left.id, _COMPARE[type(node.ops[0])], node.comparators[0].value
+
+        def fact_against_literal(facts):
+            try:
+                return op(facts.get(name), value)
+            except TypeError:
+                return False
+        return fact_against_literal
     if isinstance(node, ast.Compare):
         first = _compile(node.left)
         steps = [(_COMPARE[type(op)], _compile(right)) for op, right in zip(node.ops, node.comparators, strict=True)]
@@ -280,7 +291,7 @@ def evaluate(ruleset: RuleSet, facts_: Facts, already: set[str]) -> list[Entry]:
     this customer has emitted)."""
     out = []
     for rule in ruleset.rules:
-        if not rule.holds(facts_):
+        if not rule.test(facts_):
             continue
         key = f"{rule.segment}:{rule.trigger_key(facts_)}"
         if key in already:

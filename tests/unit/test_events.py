@@ -111,3 +111,13 @@ def test_every_topic_is_keyed_by_the_key_field_of_its_events():
             if cls is ev.ConsentWatermark:  # placed on its partition explicitly, among the customers' records
                 continue
             assert cls.KEY_FIELD == t.key, f"{t.name} is keyed by {t.key} but {cls.__name__} by {cls.KEY_FIELD}"
+
+
+def test_event_ids_are_distinct_random_version_4_uuids():
+    import uuid
+
+    ids = {ev.new_event_id() for _ in range(20_000)}
+    assert len(ids) == 20_000
+    for i in list(ids)[:2_000]:
+        u = uuid.UUID(i)
+        assert (u.version, u.variant, str(u)) == (4, uuid.RFC_4122, i)

@@ -1,3 +1,4 @@
+import ast
 from datetime import UTC, datetime
 
 import pytest
@@ -96,3 +97,38 @@ def test_rule_expressions_are_checked_not_executed(expr, message):
 def test_rules_that_could_exhaust_memory_or_the_stack_are_refused_when_they_load(when, trigger, message):
     with pytest.raises(rules.RuleError, match=message):
         rules.parse(f"version: x\nsegments:\n  s:\n    when: \"{when}\"\n    trigger: '{trigger}'\n")
+
+
+@pytest.mark.parametrize("expr", [
+    "cart_value >= 30000", "cart_value > 30000", "cart_value < 30000", "cart_value <= 30000", "cart_value == 30000",
+    "cart_value != 30000", "cart_currency == 'USD'", "cart_currency is None", "cart_currency is not None",
+    "birthday_in_days <= 7", "30000 <= cart_value", "0 <= birthday_in_days <= 7", "not cart_value > 5",
+    "preferred_channel in ('email', 'sms')", "preferred_channel not in ['push']",
+    "event == 'cart_abandoned' and cart_value >= 30000 or birthday_in_days == 0",
+])
+@pytest.mark.parametrize("facts", [
+    {"cart_value": 30000, "cart_currency": "USD", "birthday_in_days": 3, "preferred_channel": "email", "event": "cart_abandoned"},
+    {"cart_value": 29999, "cart_currency": "EUR", "birthday_in_days": 0, "preferred_channel": "push", "event": "daily"},
+    {"cart_value": None, "cart_currency": None, "birthday_in_days": None, "preferred_channel": None, "event": "daily"},
+])
+def test_a_compiled_rule_means_what_python_means_and_an_absent_fact_compares_false(expr, facts):
+    (rule,) = rules.parse(f"version: x\nsegments:\n  s:\n    when: \"{expr}\"\n    trigger: 'k'\n").rules
+
+    def python(node):  # the reference: Python's own semantics, a comparison with None failing
+        try:
+            return eval(compile(ast.Expression(node), "<rule>", "eval"), {}, dict(facts))
+        except TypeError:
+            return False
+
+    tree = ast.parse(expr, mode="eval").body
+    expected = python(tree) if not isinstance(tree, (ast.BoolOp, ast.UnaryOp)) else _reference(tree, python)
+    assert bool(rule.test(facts)) == bool(expected)
+
+
+def _reference(node, leaf):
+    if isinstance(node, ast.BoolOp):
+        values = [_reference(v, leaf) for v in node.values]
+        return all(values) if isinstance(node.op, ast.And) else any(values)
+    if isinstance(node, ast.UnaryOp):
+        return not _reference(node.operand, leaf)
+    return leaf(node)
