@@ -121,23 +121,24 @@ async def run(saturation: int, rate: int, seconds: float, bootstrap: str) -> dic
             result["saturation_events"] = saturation
             result["vouchers_per_s"] = round(saturation / elapsed, 1)
 
-            # 2. Latency at a steady rate.
-            paced_customers = customers[saturation:]
-            sent: dict[str, float] = {}
-            collector = asyncio.create_task(collect(saturation + paced))
-            t0 = time.perf_counter()
-            for i, c in enumerate(paced_customers):
-                delay = t0 + i / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                sent[c] = time.perf_counter()
-                await producer.send(kafka.topic("segment-entered"), key=c.encode(), value=ev.encode(entered(c), source="bench"))
-            send_elapsed = time.perf_counter() - t0
-            await asyncio.wait_for(collector, timeout=120)
-            lat = [(arrivals[c] - sent[c]) * 1000 for c in paced_customers]
-            result.update({"paced_rate_per_s": rate, "paced_achieved_per_s": round(paced / send_elapsed, 1),
-                           "paced_events": paced, "p50_ms": round(percentile(lat, 50), 1),
-                           "p99_ms": round(percentile(lat, 99), 1), "max_ms": round(max(lat), 1)})
+            # 2. Latency at a steady rate (none with --rate 0: saturation only).
+            if paced:
+                paced_customers = customers[saturation:]
+                sent: dict[str, float] = {}
+                collector = asyncio.create_task(collect(saturation + paced))
+                t0 = time.perf_counter()
+                for i, c in enumerate(paced_customers):
+                    delay = t0 + i / rate - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    sent[c] = time.perf_counter()
+                    await producer.send(kafka.topic("segment-entered"), key=c.encode(), value=ev.encode(entered(c), source="bench"))
+                send_elapsed = time.perf_counter() - t0
+                await asyncio.wait_for(collector, timeout=120)
+                lat = [(arrivals[c] - sent[c]) * 1000 for c in paced_customers]
+                result.update({"paced_rate_per_s": rate, "paced_achieved_per_s": round(paced / send_elapsed, 1),
+                               "paced_events": paced, "p50_ms": round(percentile(lat, 50), 1),
+                               "p99_ms": round(percentile(lat, 99), 1), "max_ms": round(max(lat), 1)})
             await producer.stop()
             await consumer.stop()
             conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value(), server_settings={"search_path": schema})

@@ -29,7 +29,7 @@ from typing import Any
 
 import asyncpg
 import httpx
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.common import free_port, histogram, histogram_quantile, percentile, service_process
 from shared import auth, topics
@@ -172,6 +172,7 @@ async def run(saturation: int, rate: int, seconds: float, instances: int = 1, pr
                 result["profile"] = await profiling
 
             sent: dict[str, float] = {}
+            sent_wall: dict[str, float] = {}
             collector = asyncio.create_task(collect(saturation + paced))
             before = await ordering_metrics(ports)
             every = round(1 / consent_share) if consent_share > 0 else 0
@@ -186,6 +187,7 @@ async def run(saturation: int, rate: int, seconds: float, instances: int = 1, pr
                     await producer.send(kafka.topic("consent-changed"), key=customers[i % saturation].encode(),
                                         value=regrant(customers[i % saturation]))
                 sent[cid] = time.perf_counter()
+                sent_wall[cid] = time.time()
                 await producer.send(kafka.topic("cart-abandoned"), key=cid.encode(), value=cart(cid))
             result["paced_achieved_per_s"] = round(paced / (time.perf_counter() - t0), 1)
             await asyncio.wait_for(collector, timeout=300)
@@ -195,6 +197,7 @@ async def run(saturation: int, rate: int, seconds: float, instances: int = 1, pr
                 lat = [(arrivals[c] - sent[c]) * 1000 for c in customers[saturation:]]
                 result.update(p50_ms=round(percentile(lat, 50), 1), p99_ms=round(percentile(lat, 99), 1),
                               max_ms=round(max(lat), 1))
+                result["stages_ms"] = await stages(kafka, customers[saturation:], sent_wall)
             result["rss_mb"] = {s: round(sum(rss_mb(p.pid) for p in ps), 1) for s, ps in procs.items()}
             await producer.stop()
             await reader.stop()
@@ -206,6 +209,41 @@ async def run(saturation: int, rate: int, seconds: float, instances: int = 1, pr
         else:
             await topics.delete_topics(kafka, prefix)
     return result
+
+
+async def stages(kafka: KafkaSettings, paced: list[str], sent_wall: dict[str, float]) -> dict:
+    """Where the paced phase's time went, from the records' own times (CreateTime, set by the
+    sending relay): the shop's send to ``segment-entered`` (segmentation and its relay), from there
+    to ``delivery-requested`` (issuance, its consent hold and its relay)."""
+    entered = await record_times(kafka, "segment-entered")
+    delivered = await record_times(kafka, "delivery-requested")
+    out = {}
+    for name, pairs in (("cart_to_segment_entered", [(sent_wall[c] * 1000, entered.get(c)) for c in paced]),
+                        ("segment_entered_to_delivery", [(entered.get(c), delivered.get(c)) for c in paced])):
+        spans = [b - a for a, b in pairs if a is not None and b is not None]
+        if spans:
+            out[name] = {"p50": round(percentile(spans, 50), 1), "p99": round(percentile(spans, 99), 1)}
+    return out
+
+
+async def record_times(kafka: KafkaSettings, topic: str) -> dict[str, int]:
+    """The first record time per key on a topic (read to its end)."""
+    reader = AIOKafkaConsumer(**kafka.client_options(), group_id=None, auto_offset_reset="earliest")
+    await reader.start()
+    try:
+        partitions = [TopicPartition(kafka.topic(topic), p) for p in range(topics.topic(topic).partitions)]
+        reader.assign(partitions)
+        ends = await reader.end_offsets(partitions)
+        times: dict[str, int] = {}
+        left = sum(ends.values())
+        while left > 0:
+            for records in (await reader.getmany(timeout_ms=200)).values():
+                left -= len(records)
+                for r in records:
+                    times.setdefault(r.key.decode(), r.timestamp)
+        return times
+    finally:
+        await reader.stop()
 
 
 async def profile_services(procs: dict[str, list], seconds: float, tmp: Path) -> dict:

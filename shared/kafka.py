@@ -149,6 +149,34 @@ class Producer:
         future.add_done_callback(lambda f: self._watch(producer, f))
         return future
 
+    async def send_batches(self, topic: str, partition: int,
+                           records: Iterable[tuple[bytes | None, bytes | None, list]]) -> list[asyncio.Future]:
+        """Sends ``(key, value, headers)`` records to one partition, in order, in as few batches
+        as their size allows (aiokafka's batch builder: a third of the CPU of a ``send`` each).
+        Returns the batches' futures."""
+        producer = await self._current()
+        futures = []
+        batch = producer.create_batch()
+        for key, value, headers in records:
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                futures.append(await self._submit(producer, batch, topic, partition))
+                batch = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                    raise ValueError(f"a record of {len(value or b'')} bytes is larger than a batch")
+        if batch.record_count():
+            futures.append(await self._submit(producer, batch, topic, partition))
+        return futures
+
+    async def _submit(self, producer: AIOKafkaProducer, batch, topic: str, partition: int) -> asyncio.Future:
+        try:
+            future = await producer.send_batch(batch, topic, partition=partition)
+        except KafkaError:
+            if producer is self._producer and self._replacing is None:
+                self._replacing = asyncio.ensure_future(self._replace(producer))
+            raise
+        future.add_done_callback(lambda f: self._watch(producer, f))
+        return future
+
     async def send_and_wait(self, topic: str, value: bytes | None = None, key: bytes | None = None,
                             partition: int | None = None, headers=None):
         return await (await self.send(topic, value=value, key=key, partition=partition, headers=headers))

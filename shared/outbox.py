@@ -42,7 +42,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared import sealing, tracing
 from shared.datakeys import DataKeys
-from shared.events import Event, encode
+from shared.events import Event, encode, now_utc
 from shared.kafka import Producer, is_transient
 from shared.metrics import Metrics
 from shared.settings import KafkaSettings
@@ -103,11 +103,12 @@ async def enqueue(conn: asyncpg.Connection, records: Sequence[OutboxRecord],
             raise ValueError("events with personal fields need the data keys to be sealed")
         data_keys = await keys.for_customers(conn, personal)
     rows = []
+    at = now_utc()  # the envelopes' time: when the transaction wrote them (read once per batch)
     for r in records:
         value = r.value
         if r.event is not None:
             value = encode(r.event, source=r.source, event_id=r.event_id, data_key=data_keys.get(r.key),
-                           traceparent=r.traceparent)
+                           traceparent=r.traceparent, time=at)
         if r.sealed:
             if seal_key is None:
                 raise ValueError("a sealed outbox record needs a seal key")
@@ -282,8 +283,9 @@ class OutboxRelay:
             if self._needs_recovery:
                 already = await self._already_published(placed)
                 self._needs_recovery = False
-            futures = []
+            # Per partition in id order, in batches (a partition's rows keep their order on it).
             source = ("outbox.source", self.source.encode())
+            by_partition: dict[tuple[str, int], list] = defaultdict(list)
             for row, topic, partition in placed:
                 if row["id"] in already:
                     continue
@@ -292,9 +294,11 @@ class OutboxRelay:
                 value = row["value"]
                 if row["sealed"]:
                     value = sealing.unseal_any(self.open_keys, value, row["key"])
-                with tracing.within(row["traceparent"]):
-                    futures.append(await self.producer.send(topic, key=row["key"], value=value,
-                                                            partition=partition, headers=headers))
+                with tracing.publishing(topic, row["traceparent"]):
+                    by_partition[(topic, partition)].append((row["key"], value, headers))
+            futures = []
+            for (topic, partition), records in by_partition.items():
+                futures += await self.producer.send_batches(topic, partition, records)
             if futures:
                 await asyncio.gather(*futures)
             ids = [row["id"] for row, _, _ in placed]

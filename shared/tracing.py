@@ -185,11 +185,15 @@ class Received:
 _NOTHING = contextlib.nullcontext()
 
 
-def within(traceparent: str | None) -> contextlib.AbstractContextManager:
-    """Makes ``traceparent`` the current context (the relay publishing a row of that trace);
-    nothing at all while tracing is off (the relay calls it for every row)."""
-    ctx = _context_of(traceparent) if _enabled else None
-    return _NOTHING if ctx is None else _attached(ctx)
+def publishing(topic: str, traceparent: str | None) -> contextlib.AbstractContextManager:
+    """A producer span for one record the outbox relay hands to Kafka, child of the row's
+    ``traceparent`` (the relay sends rows in batches, which aiokafka's instrumentation does not
+    see); nothing at all while tracing is off (the relay calls it for every row)."""
+    if not _enabled or not traceparent:
+        return _NOTHING
+    return trace.get_tracer(TRACER).start_as_current_span(
+        f"{topic} send", context=_context_of(traceparent), kind=SpanKind.PRODUCER,
+        attributes={"messaging.system": "kafka", "messaging.destination.name": topic})
 
 
 @contextlib.contextmanager

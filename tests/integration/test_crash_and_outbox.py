@@ -74,17 +74,18 @@ async def _at_least(value, expected):
 
 
 class _CountingProducer:
-    """Delegates to the real producer; sets ``tripped`` after ``after`` sends."""
+    """Delegates to the real producer; sets ``tripped`` after ``after`` records were handed over."""
 
     def __init__(self, producer, after: int) -> None:
         self.producer, self.after, self.sent = producer, after, 0
         self.tripped = asyncio.Event()
 
-    async def send(self, *args, **kwargs):
-        self.sent += 1
+    async def send_batches(self, topic, partition, records):
+        records = list(records)
+        self.sent += len(records)
         if self.sent >= self.after:
             self.tripped.set()
-        return await self.producer.send(*args, **kwargs)
+        return await self.producer.send_batches(topic, partition, records)
 
     async def partitions_for(self, topic):
         return await self.producer.partitions_for(topic)
