@@ -124,6 +124,12 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str]]:
                 (f"**Event-to-delivery p99 at {pipe.get('paced_rate_per_s', 0):,} events/s**", num(pipe.get("p99_ms"), " ms"),
                  num(kp.get("produce_p99_ms"), " ms Kafka produce p99"), ratio(pipe.get("p99_ms"), kp.get("produce_p99_ms")),
                  verdict(pipe.get("p99_ms"), "< 250"))]
+        stages = pipe.get("stages_ms") or {}
+        for key, what in (("cart_to_segment_entered", "cart → `segment-entered` (segmentation, its relay)"),
+                          ("segment_entered_to_delivery", "`segment-entered` → `delivery-requested` (issuance, hold, relay)")):
+            if key in stages:
+                out.append((f"Where it goes at {pipe.get('paced_rate_per_s', 0):,}/s: {what}, p50 / p99",
+                            f"{num(stages[key]['p50'], '')} / {num(stages[key]['p99'], ' ms')}", "", "", ""))
         order = pipe.get("consent_ordering")
         if order:
             share = order["consent_changes_share"]
