@@ -107,6 +107,10 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str]]:
                 ("Kafka consume, ConsumerPerformance", num(kp.get("consume_per_s"), "/s"), "", "", ""),
                 ("Kafka produce, raw aiokafka (the services' client)", num(ak.get("produce_per_s"), "/s"),
                  num(kp.get("produce_per_s"), "/s Java"), ratio(ak.get("produce_per_s"), kp.get("produce_per_s")), ""),
+                ("Kafka produce, raw aiokafka batch builder (the outbox relay's way), CPU per record",
+                 f"{num(ak.get('produce_batched_per_s'), '/s')}, {num(ak.get('produce_batched_cpu_us_per_record'), ' µs')}",
+                 f"{num(ak.get('produce_cpu_us_per_record'), ' µs')} per send", ratio(
+                     ak.get("produce_batched_cpu_us_per_record"), ak.get("produce_cpu_us_per_record")), ""),
                 ("Kafka consume, raw aiokafka", num(ak.get("consume_per_s"), "/s"),
                  num(kp.get("consume_per_s"), "/s Java"), ratio(ak.get("consume_per_s"), kp.get("consume_per_s")), ""),
                 ("PostgreSQL inserts, 500-row batches", num(lim.get("raw_postgres_insert_rows_per_s"), " rows/s"), "", "", "")]

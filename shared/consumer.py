@@ -25,7 +25,6 @@ import asyncio
 import functools
 import logging
 import time
-import traceback
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -35,8 +34,9 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from shared import tracing
+from shared.deadletters import DeadLetter, DeadLetters
 from shared.events import ContractError, Erased, data_key_id, decode
-from shared.kafka import DeadLetter, Message, Producer, client_id, dlq_headers, is_transient, sanitized, send_all
+from shared.kafka import Message, Producer, client_id, is_transient
 from shared.metrics import Metrics
 from shared.placement import Placement, StartPositions
 from shared.settings import KafkaSettings
@@ -80,6 +80,7 @@ class BatchConsumer:
         self.topics: dict[str, Topic] = {settings.topic(name): registry_topic(name) for name in topics}
         self.handler = handler
         self.producer = producer
+        self.dead_letters = DeadLetters(settings, producer, metrics, group_id, self.topics)
         self.metrics = metrics
         self.auto_offset_reset = auto_offset_reset
         self.max_backoff_s = max_backoff_s
@@ -232,7 +233,7 @@ class BatchConsumer:
                 except Erased:  # its customer's data key is destroyed: nothing left to act on
                     erased[tp] += 1
         if dead:
-            await self._retrying(lambda: self._dead_letter(dead))
+            await self._retrying(lambda: self.dead_letters.send(dead))
         if messages:
             with received.handling():
                 await self._handle(messages)
@@ -358,31 +359,9 @@ class BatchConsumer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
 
-    # ------------------------------------------------------------------ dead letters
-
-    async def _dead_letter(self, dead: list[DeadLetter]) -> None:
-        records = [
-            (self.settings.topic(self.topics[d.topic].dlq), d.key, d.value, dlq_headers(d, self.group_id))
-            for d in dead
-        ]
-        await send_all(self.producer, records)
-        for d in dead:
-            base = self.topics[d.topic].name
-            self.metrics.dead_letters.labels(self.metrics.service, base, d.reason).inc()
-            self.metrics.consumed.labels(self.metrics.service, base, "dead_lettered").inc()
-            log.warning("dead-lettered a message", extra={"topic": base, "partition": d.partition,
-                                                         "offset": d.offset, "reason": d.reason, "error": d.error})
-
     async def _dead_letter_handled(self, message: Message, exc: BaseException | None) -> None:
-        """A valid message whose handling fails for a reason that retrying will not fix."""
-        detail = sanitized(exc) if exc else "unknown"
-        log.error("handler failed on a message; dead-lettering it",
-                  extra={"topic": message.topic, "partition": message.partition, "offset": message.offset,
-                         "error": detail, "at": "".join(traceback.format_tb(exc.__traceback__)) if exc else ""})
-        dead = DeadLetter(self.settings.topic(message.topic), message.partition, message.offset,
-                          message.key.encode() if message.key is not None else None, message.raw,
-                          "handler_error", detail)
-        await self._retrying(lambda: self._dead_letter([dead]))
+        dead = self.dead_letters.of_handled(message, exc)
+        await self._retrying(lambda: self.dead_letters.send([dead]))
 
     # ------------------------------------------------------------------ lag
 

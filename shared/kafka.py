@@ -9,7 +9,6 @@ import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TypeVar
 
 import asyncpg
@@ -219,17 +218,6 @@ async def send_all(producer: Producer | AIOKafkaProducer, records: Iterable[tupl
         await asyncio.gather(*futures)
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    topic: str  # the source topic as named on the broker
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    reason: str
-    error: str
-
-
 def sanitized(exc: BaseException) -> str:
     """An exception as logs and dead-letter headers carry it: its type and what identifies the
     failure (a contract reason, a PostgreSQL error code and constraint), never its message, which
@@ -241,15 +229,3 @@ def sanitized(exc: BaseException) -> str:
         if value := getattr(exc, attribute, None):
             parts.append(f"{label} {value}")
     return ", ".join(parts)
-
-
-def dlq_headers(dead: DeadLetter, group: str) -> list[tuple[str, bytes]]:
-    return [
-        ("dlq.reason", dead.reason.encode()),
-        ("dlq.error", dead.error[:2000].encode()),
-        ("dlq.source.topic", dead.topic.encode()),
-        ("dlq.source.partition", str(dead.partition).encode()),
-        ("dlq.source.offset", str(dead.offset).encode()),
-        ("dlq.consumer.group", group.encode()),
-        ("dlq.time", datetime.now(UTC).isoformat().encode()),
-    ]
