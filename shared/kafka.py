@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -139,36 +139,32 @@ class Producer:
     async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
                    partition: int | None = None, headers=None) -> asyncio.Future:
         producer = await self._current()
-        try:
-            future = await producer.send(topic, value=value, key=key, partition=partition, headers=headers)
-        except KafkaError:
-            if producer is self._producer and self._replacing is None:
-                self._replacing = asyncio.ensure_future(self._replace(producer))
-            raise
-        future.add_done_callback(lambda f: self._watch(producer, f))
-        return future
+        return await self._watched(producer, producer.send(topic, value=value, key=key, partition=partition,
+                                                           headers=headers))
 
     async def send_batches(self, topic: str, partition: int,
                            records: Iterable[tuple[bytes | None, bytes | None, list]]) -> list[asyncio.Future]:
         """Sends ``(key, value, headers)`` records to one partition, in order, in as few batches
-        as their size allows (aiokafka's batch builder: a third of the CPU of a ``send`` each).
-        Returns the batches' futures."""
+        as their size allows (aiokafka's batch builder: a fraction of the CPU of a ``send`` per
+        record; ``bench.limits`` measures both). Returns the batches' futures."""
         producer = await self._current()
         futures = []
         batch = producer.create_batch()
         for key, value, headers in records:
             if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                futures.append(await self._submit(producer, batch, topic, partition))
+                futures.append(await self._watched(producer, producer.send_batch(batch, topic, partition=partition)))
                 batch = producer.create_batch()
                 if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     raise ValueError(f"a record of {len(value or b'')} bytes is larger than a batch")
         if batch.record_count():
-            futures.append(await self._submit(producer, batch, topic, partition))
+            futures.append(await self._watched(producer, producer.send_batch(batch, topic, partition=partition)))
         return futures
 
-    async def _submit(self, producer: AIOKafkaProducer, batch, topic: str, partition: int) -> asyncio.Future:
+    async def _watched(self, producer: AIOKafkaProducer, sending: Awaitable[asyncio.Future]) -> asyncio.Future:
+        """The delivery future of a send through ``producer``; a failure, at once or on delivery,
+        has the next send go through a fresh producer."""
         try:
-            future = await producer.send_batch(batch, topic, partition=partition)
+            future = await sending
         except KafkaError:
             if producer is self._producer and self._replacing is None:
                 self._replacing = asyncio.ensure_future(self._replace(producer))
