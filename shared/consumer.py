@@ -381,24 +381,25 @@ class BatchConsumer:
             self.metrics.consumer_lag.labels(self.metrics.service, self.topics[tp.topic].name, str(tp.partition)).set(
                 max(end - position, 0))
 
-    async def settle_commit_before_revoke(self) -> None:
-        try:
-            await self._settle_commit()
-        except Exception as exc:  # the partitions go anyway; their new owner re-reads from the last commit
-            log.warning("offset commit failed before a revocation", extra={"group": self.group_id, "error": repr(exc)})
-
-    def forget(self, partitions: Iterable[TopicPartition]) -> None:
-        """Drops what this member knew of partitions it no longer holds (lag gauges, commits)."""
-        for tp in partitions:
-            self._committed.pop(tp, None)
+    async def revoke(self, partitions: Iterable[TopicPartition]) -> None:
+        """Before partitions go to another member: waits for the batch in flight and its offset
+        commit, then drops what this member knew of them (placements, commits, lag gauges)."""
+        async with self._lock:
+            try:
+                await self._settle_commit()
+            except Exception as exc:  # the partitions go anyway; their new owner re-reads from the last commit
+                log.warning("offset commit failed before a revocation", extra={"group": self.group_id, "error": repr(exc)})
+            partitions = list(partitions)
             if self._placement is not None:
-                self._placement.forget([tp])
-            spec = self.topics.get(tp.topic)
-            if spec is not None:
-                try:
-                    self.metrics.consumer_lag.remove(self.metrics.service, spec.name, str(tp.partition))
-                except KeyError:
-                    pass
+                self._placement.forget(partitions)
+            for tp in partitions:
+                self._committed.pop(tp, None)
+                spec = self.topics.get(tp.topic)
+                if spec is not None:
+                    try:
+                        self.metrics.consumer_lag.remove(self.metrics.service, spec.name, str(tp.partition))
+                    except KeyError:
+                        pass
 
 
 class _NotTransient(Exception):
@@ -416,9 +417,7 @@ class _CommitBeforeRevoke(ConsumerRebalanceListener):
         self.owner = owner
 
     async def on_partitions_revoked(self, revoked) -> None:
-        async with self.owner._lock:
-            await self.owner.settle_commit_before_revoke()
-            self.owner.forget(revoked)
+        await self.owner.revoke(revoked)
 
     async def on_partitions_assigned(self, assigned) -> None:
         log.info("partitions assigned", extra={"group": self.owner.group_id,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
@@ -45,7 +45,7 @@ class Placement:
     def is_placed(self, tp: TopicPartition) -> bool:
         return tp in self._placed
 
-    def forget(self, partitions) -> None:
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
         for tp in partitions:
             self._placed.pop(tp, None)
 
