@@ -13,7 +13,11 @@ import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
 import httpx
+
+from shared.db import check_schema
+from shared.settings import PostgresSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,6 +102,63 @@ def histogram_quantile(before: dict[float, float], after: dict[float, float], q:
         if delta[bound] >= q / 100 * total:
             return bound
     return float("inf")
+
+
+def cpu_seconds(names: dict[int, str]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by every process on the machine, grouped: the pids
+    in ``names`` by their name, Kafka's JVM as ``kafka``, PostgreSQL's processes as ``postgres``,
+    this process as ``bench``, the rest as ``other`` (a process that ended meanwhile is not counted)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        used = (int(fields[11]) + int(fields[12])) / tick
+        pid = int(proc.name)
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        group = (names.get(pid) or ("bench" if pid == os.getpid() else None)
+                 or ("kafka" if b"kafka.Kafka" in cmdline else None)
+                 or ("postgres" if comm == "postgres" or comm.startswith("postgres") else "other"))
+        out[group] = out.get(group, 0.0) + used
+    return out
+
+
+def cpu_share(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """Cores used by each group between two ``cpu_seconds`` readings ``seconds`` apart."""
+    return {g: round((after[g] - before.get(g, 0.0)) / seconds, 2) for g in sorted(after, key=lambda g: -after[g])
+            if after[g] - before.get(g, 0.0) > 0.005 * seconds}
+
+
+async def analyze(schemas: list[str]) -> None:
+    """ANALYZE every table of these schemas, as autovacuum does within a minute of a table's growth
+    in a running system. A bench's tables are created moments before it measures: without column
+    statistics PostgreSQL takes ``customer_id = ANY($1)`` over a few hundred ids to match every row
+    and scans the whole table."""
+    conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value())
+    try:
+        tables = await conn.fetch("SELECT schemaname, tablename FROM pg_tables WHERE schemaname = ANY($1::text[])",
+                                  schemas)
+        for t in tables:
+            await conn.execute(f'ANALYZE "{t["schemaname"]}"."{t["tablename"]}"')
+    finally:
+        await conn.close()
+
+
+async def drop_schemas(schemas: list[str]) -> None:
+    """Drops a bench's own schemas (each run creates new ones)."""
+    conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value())
+    try:
+        for schema in schemas:
+            check_schema(schema)
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
 
 
 def percentile(values: list[float], q: float) -> float:

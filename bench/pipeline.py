@@ -31,7 +31,18 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.common import free_port, histogram, histogram_quantile, percentile, service_process
+from bench.common import (
+    analyze,
+    cpu_seconds,
+    cpu_share,
+    drop_schemas,
+    free_port,
+    histogram,
+    histogram_quantile,
+    percentile,
+    samples,
+    service_process,
+)
 from shared import auth, topics
 from shared import events as ev
 from shared.kafka import start_producer
@@ -69,6 +80,38 @@ async def ordering_metrics(ports: dict[str, int]) -> dict[str, dict[float, float
         iss = (await c.get(f"http://127.0.0.1:{ports['issuance']}/metrics")).text
     return {"hold": histogram(iss, "voucherstream_issuance_consent_hold_seconds"),
             "marks": histogram(seg, "voucherstream_segmentation_consent_marks_seconds")}
+
+
+async def loop_metrics(ports: dict[str, int]) -> dict[str, dict]:
+    """Each service's consumed batches (count, messages, seconds handling them) and its outbox
+    relay's delay histogram, from /metrics."""
+    out = {}
+    async with httpx.AsyncClient() as c:
+        for s, port in ports.items():
+            text = (await c.get(f"http://127.0.0.1:{port}/metrics")).text
+            total = {n: sum(x.value for x in samples(text, n)) for n in (
+                "voucherstream_batch_duration_seconds_count", "voucherstream_batch_duration_seconds_sum",
+                "voucherstream_batch_size_messages_sum")}
+            out[s] = total | {"delay": histogram(text, "voucherstream_outbox_delay_seconds")}
+    return out
+
+
+def where_time_goes(before: dict, after: dict, seconds: float) -> dict:
+    """Per service over the paced phase: batches handled, mean messages per batch, the share of the
+    time its consumer spent handling batches (the rest: fetching, committing, idle) and how long
+    its outbox rows waited for the relay (bucket upper bounds, ms)."""
+    out = {}
+    for s in after:
+        a, b = after[s], before[s]
+        n = a["voucherstream_batch_duration_seconds_count"] - b["voucherstream_batch_duration_seconds_count"]
+        handling = a["voucherstream_batch_duration_seconds_sum"] - b["voucherstream_batch_duration_seconds_sum"]
+        messages = a["voucherstream_batch_size_messages_sum"] - b["voucherstream_batch_size_messages_sum"]
+        out[s] = {"batches": int(n), "messages_per_batch": round(messages / n, 1) if n else None,
+                  "batch_ms": round(handling / n * 1000, 1) if n else None,
+                  "handling_share": round(handling / seconds, 2),
+                  "outbox_delay_p50_ms_at_most": histogram_quantile(b["delay"], a["delay"], 50) * 1000,
+                  "outbox_delay_p99_ms_at_most": histogram_quantile(b["delay"], a["delay"], 99) * 1000}
+    return out
 
 
 def ordering_cost(before: dict, after: dict, consent_share: float) -> dict:
@@ -161,6 +204,10 @@ async def run(saturation: int, rate: int, seconds: float, instances: int = 1, pr
                 return ev.encode(ev.CartAbandoned(cart_id=f"k-{cid}", customer_id=cid, abandoned_at=datetime.now(UTC),
                                                   value=ev.Money(amount=31000, currency="USD")), source="bench")
 
+            schemas = [env[f"{s.upper()}_SCHEMA_NAME"] for s in SERVICES]
+            await analyze(schemas)
+            names = {p.pid: s for s, ps in procs.items() for p in ps}
+            cpu_before = cpu_seconds(names)
             started = time.perf_counter()
             for cid in customers[:saturation]:
                 await producer.send(kafka.topic("cart-abandoned"), key=cid.encode(), value=cart(cid))
@@ -168,29 +215,45 @@ async def run(saturation: int, rate: int, seconds: float, instances: int = 1, pr
             profiling = asyncio.create_task(profile_services(procs, profile_s, tmp)) if profile_s else None
             await asyncio.wait_for(collect(saturation), timeout=600)
             result["events_per_s_end_to_end"] = round(saturation / (time.perf_counter() - started), 1)
+            result["cores_used_saturated"] = cpu_share(cpu_before, cpu_seconds(names), time.perf_counter() - started)
             if profiling:
                 result["profile"] = await profiling
 
+            await analyze(schemas)  # the saturated phase filled the tables
             sent: dict[str, float] = {}
             sent_wall: dict[str, float] = {}
             collector = asyncio.create_task(collect(saturation + paced))
             before = await ordering_metrics(ports)
             every = round(1 / consent_share) if consent_share > 0 else 0
-            t0 = time.perf_counter()
+            # Encoded before the clock starts and sent in 5 ms ticks: the shop's own cost is not what
+            # is measured, and on this machine it shares the cores with the pipeline.
+            paced_records: list[tuple[str | None, str, bytes, bytes]] = []  # (paced customer or None, topic, key, value)
             for i, cid in enumerate(customers[saturation:]):
-                delay = t0 + i / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
                 if every and i % every == 0:
                     # Consent keeps changing elsewhere on the partitions (customers of the saturated
                     # phase), so the consent marks move and the ordering is really exercised.
-                    await producer.send(kafka.topic("consent-changed"), key=customers[i % saturation].encode(),
-                                        value=regrant(customers[i % saturation]))
-                sent[cid] = time.perf_counter()
-                sent_wall[cid] = time.time()
-                await producer.send(kafka.topic("cart-abandoned"), key=cid.encode(), value=cart(cid))
+                    other = customers[i % saturation]
+                    paced_records.append((None, kafka.topic("consent-changed"), other.encode(), regrant(other)))
+                paced_records.append((cid, kafka.topic("cart-abandoned"), cid.encode(), cart(cid)))
+            cpu_before, loops_before = cpu_seconds(names), await loop_metrics(ports)
+            t0 = cpu_t0 = time.perf_counter()
+            done = i = 0
+            while done < len(paced_records):
+                due = min(paced, int((time.perf_counter() - t0) * rate) + 1)
+                while done < len(paced_records) and (paced_records[done][0] is None or i < due):
+                    paced_cid, topic, record_key, value = paced_records[done]
+                    if paced_cid is not None:
+                        sent[paced_cid] = time.perf_counter()
+                        sent_wall[paced_cid] = time.time()
+                        i += 1
+                    await producer.send(topic, key=record_key, value=value)
+                    done += 1
+                await asyncio.sleep(max(t0 + i / rate - time.perf_counter(), 0.005))
             result["paced_achieved_per_s"] = round(paced / (time.perf_counter() - t0), 1)
             await asyncio.wait_for(collector, timeout=300)
+            result["cores_used_paced"] = cpu_share(cpu_before, cpu_seconds(names), time.perf_counter() - cpu_t0)
+            result["services_paced"] = where_time_goes(loops_before, await loop_metrics(ports),
+                                                       time.perf_counter() - cpu_t0)
             if paced:
                 result["consent_ordering"] = ordering_cost(before, await ordering_metrics(ports), consent_share)
             if paced:
@@ -198,10 +261,12 @@ async def run(saturation: int, rate: int, seconds: float, instances: int = 1, pr
                 result.update(p50_ms=round(percentile(lat, 50), 1), p99_ms=round(percentile(lat, 99), 1),
                               max_ms=round(max(lat), 1))
                 result["stages_ms"] = await stages(kafka, customers[saturation:], sent_wall)
+                result["p50_ms_by_second"] = [round(percentile(lat[i:i + rate], 50)) for i in range(0, len(lat), rate)]
             result["rss_mb"] = {s: round(sum(rss_mb(p.pid) for p in ps), 1) for s, ps in procs.items()}
             await producer.stop()
             await reader.stop()
     finally:
+        await drop_schemas([env[f"{s.upper()}_SCHEMA_NAME"] for s in SERVICES])
         if cluster:
             from bench.cluster import retire
 
