@@ -155,6 +155,8 @@ class BatchConsumer:
             heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
             max_poll_interval_ms=self.settings.max_poll_interval_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_min_bytes=self.settings.fetch_min_bytes,
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
             metadata_max_age_ms=30_000,  # a broker restart is noticed within 30 s, not 5 minutes
             **({"partition_assignment_strategy": self.assignors} if self.assignors else {}),
         )

@@ -24,6 +24,13 @@ class KafkaSettings(BaseSettings):
     heartbeat_interval_ms: int = Field(3_000, ge=100)
     max_poll_interval_ms: int = Field(300_000, ge=1000)
     linger_ms: int = Field(5, ge=0)
+    # A consumer's fetch waits at the broker until this much is there or this long has passed. At a
+    # low or moderate rate a service then handles a batch per wait instead of one per record or
+    # two, each paying its transaction, its commits and its relay round: on two cores that per-batch
+    # cost, not the records, was what filled the machine (docs/benchmarks.md, "Batches per second").
+    fetch_min_bytes: int = Field(64 * 1024, ge=1, description="bytes a consumer's fetch waits for at the broker")
+    fetch_max_wait_ms: int = Field(50, ge=0, description="how long the broker may hold a consumer's fetch waiting "
+                                   "for fetch_min_bytes: the most it adds to each consuming hop at a low rate")
     # Security: every client in the project (services, outbox recovery, `make topics`, the CLI,
     # benches, tests) connects through `client_options()`, so these are the only place to set it.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
