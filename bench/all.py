@@ -250,17 +250,37 @@ def markdown(r: dict, command: str) -> str:
 
 
 def where_the_time_goes(r: dict) -> str:
-    prof = r.get("pipeline", {}).get("profile")
+    pipe = r.get("pipeline", {})
+    lines = paced_cost(pipe)
+    prof = pipe.get("profile")
     if not prof:
-        return ""
-    lines = ["", "Where the time goes while the pipeline is saturated (py-spy, each service's own time by function,",
-             "top 6):", ""]
+        return "\n".join(lines) + "\n" if lines else ""
+    lines += ["", "Where the time goes while the pipeline is saturated (py-spy, each service's own time by function,",
+              "top 6):", ""]
     for s, p in prof.items():
         if "top_self" not in p:
             continue
         tops = "; ".join(f"`{t['function']}` {t['share'] * 100:.0f} %" for t in p["top_self"])
         lines.append(f"- **{s}** ({p['samples']} samples): {tops}")
     return "\n".join(lines) + "\n"
+
+
+def paced_cost(pipe: dict) -> list[str]:
+    """The paced phase's machine: cores used per process and each service's batches."""
+    cores, loops = pipe.get("cores_used_paced"), pipe.get("services_paced")
+    if not cores or not loops:
+        return []
+    rate = pipe.get("paced_rate_per_s", 0)
+    used = "; ".join(f"{g} {c:.2f}" for g, c in sorted(cores.items(), key=lambda kv: -kv[1]) if c >= 0.01)
+    lines = ["", f"The machine at {rate:,} carts/s (the paced phase): cores used, of {os.cpu_count()}, "
+             f"{sum(cores.values()):.2f} in all — {used}.", ""]
+    for s, v in loops.items():
+        if v["batches"]:
+            lines.append(f"- **{s}**: {v['batches']:,} batches of {v['messages_per_batch']:g} records, "
+                         f"{v['batch_ms']:g} ms each, handling {v['handling_share']:.0%} of the time; "
+                         f"outbox rows waited ≤ {v['outbox_delay_p50_ms_at_most']:g} / "
+                         f"≤ {v['outbox_delay_p99_ms_at_most']:g} ms (p50 / p99)")
+    return lines
 
 
 def replace_block(path: Path, text: str, tag: str = "BENCH-TABLE") -> None:
