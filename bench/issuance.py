@@ -163,7 +163,8 @@ def main() -> int:
     args = parser.parse_args()
     r = asyncio.run(run(args.saturation, args.rate, args.seconds, args.bootstrap))
     r["targets"] = {"vouchers_per_s": ">= 2000", "p99_ms_at_1000_per_s": "< 250"}
-    r["targets_met"] = (r["vouchers_per_s"] >= 2000 and r["p99_ms"] < 250
+    # --rate 0 measures saturation only: no latency to hold to its target.
+    r["targets_met"] = (r["vouchers_per_s"] >= 2000 and (args.rate == 0 or r["p99_ms"] < 250)
                         and r["vouchers_in_db"] == args.saturation + int(args.rate * args.seconds))
     print(json.dumps(r, indent=2))
     return 0 if r["targets_met"] else 1

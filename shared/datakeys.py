@@ -14,7 +14,6 @@ are random and never reused).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import time
@@ -63,7 +62,7 @@ class DataKeys:
 
     def subjects(self, customer_id: str) -> list[str]:
         """The customer's subject under each wrapping key (the current one first)."""
-        return [hmac.new(k, customer_id.encode(), hashlib.sha256).hexdigest() for k in self._hmac]
+        return [hmac.digest(k, customer_id.encode(), "sha256").hex() for k in self._hmac]
 
     # ------------------------------------------------------------------ sealing side
 

@@ -6,7 +6,6 @@ in their schema."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -15,7 +14,7 @@ import asyncpg
 
 
 def subject_hash(key: bytes, customer_id: str) -> str:
-    return hmac.new(key, customer_id.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(key, customer_id.encode(), "sha256").hex()
 
 
 def stale_for_erased(updated_at: datetime, erased_at: datetime | None) -> bool:

@@ -8,7 +8,6 @@ The default — 13 symbols of a 31-symbol alphabet without look-alikes (no 0/O, 
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import math
 import secrets
@@ -32,10 +31,25 @@ def symbols_in(pattern: str | None, length: int) -> int:
 
 def generate(*, charset: str = UNAMBIGUOUS, length: int = 13, prefix: str = "", postfix: str = "",
              pattern: str | None = None) -> str:
-    """One code. ``secrets.choice`` draws from the OS CSPRNG without modulo bias."""
+    """One code, its symbols drawn from the OS CSPRNG without modulo bias (:func:`symbols`)."""
     if pattern:
-        return prefix + "".join(secrets.choice(charset) if ch == "#" else ch for ch in pattern) + postfix
-    return prefix + "".join(secrets.choice(charset) for _ in range(length)) + postfix
+        drawn = iter(symbols(charset, pattern.count("#")))
+        return prefix + "".join(next(drawn) if ch == "#" else ch for ch in pattern) + postfix
+    return prefix + "".join(symbols(charset, length)) + postfix
+
+
+def symbols(charset: str, n: int) -> list[str]:
+    """``n`` symbols of ``charset``, each uniformly likely: bytes from the OS CSPRNG, one read for
+    the whole code (``secrets.choice`` reads once per symbol), a byte at or above the largest
+    multiple of the charset's size rejected so that ``byte % size`` has no bias."""
+    size = len(charset)
+    if not 1 < size <= 256:
+        raise ValueError(f"a code's charset needs 2 to 256 symbols, not {size}")
+    limit = 256 - 256 % size
+    out: list[str] = []
+    while len(out) < n:
+        out += [charset[b % size] for b in secrets.token_bytes(n - len(out) + 4) if b < limit]
+    return out[:n]
 
 
 def generate_many(n: int, **spec) -> list[str]:
@@ -50,7 +64,7 @@ def normalize(code: str) -> str:
 def code_hash(key: bytes, code: str) -> bytes:
     """The only form in which a code is stored: HMAC-SHA256 under a secret key, so a copy of the
     database yields no spendable code."""
-    return hmac.new(key, normalize(code).encode(), hashlib.sha256).digest()
+    return hmac.digest(key, normalize(code).encode(), "sha256")
 
 
 def seal_key(secret: str) -> bytes:

@@ -4,7 +4,6 @@ the outbox seal keys and the pseudonym key. Handed to what uses them, nothing mo
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from dataclasses import dataclass
 
@@ -44,4 +43,4 @@ class IssuanceKeys:
 
     def pseudonym(self, customer_id: str) -> str:
         """What stands in for an erased customer's id."""
-        return "erased-" + hmac.new(self.pseudonym_key, customer_id.encode(), hashlib.sha256).hexdigest()[:32]
+        return "erased-" + hmac.digest(self.pseudonym_key, customer_id.encode(), "sha256").hex()[:32]

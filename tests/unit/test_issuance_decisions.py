@@ -1,3 +1,5 @@
+import hashlib
+import hmac
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -9,6 +11,7 @@ from services.issuance.budget import BudgetExhausted, Ledger
 from services.issuance.campaign_admin import parse_campaign
 from services.issuance.campaigns import CampaignSpec, Variant, assign_variant, choose_channel
 from services.issuance.rules import CustomerConsent, Deny, Issue, decide
+from shared import erasure
 from shared.events import Channel
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
@@ -124,3 +127,22 @@ def test_the_reference_campaigns_are_valid_definitions():
     assert {s.segment for s in specs} == {"birthday-week", "cart-abandoned-300", "spend-2000-12m"}
     birthday = next(s for s in specs if s.segment == "birthday-week")
     assert birthday.offer.percent == 25 and birthday.offer.favourite_brand
+
+
+def test_code_symbols_are_uniform_and_skip_the_bytes_that_would_bias_them(monkeypatch):
+    counts = Counter(codes.symbols(codes.UNAMBIGUOUS, 310_000))
+    assert set(counts) == set(codes.UNAMBIGUOUS)
+    assert all(abs(n - 10_000) < 600 for n in counts.values()), counts  # 6 standard deviations
+    # 31 symbols: bytes 248..255 would favour the first eight symbols, so they are skipped.
+    draws = iter([bytes([255, 248, 0, 30, 31]), bytes([249, 1, 2, 3, 4, 5])])
+    monkeypatch.setattr(codes.secrets, "token_bytes", lambda n: next(draws)[:n])
+    assert codes.symbols(codes.UNAMBIGUOUS, 5) == [codes.UNAMBIGUOUS[i] for i in (0, 30, 0, 1, 2)]
+    with pytest.raises(ValueError, match="2 to 256 symbols"):
+        codes.symbols("A", 4)
+
+
+def test_keyed_hashes_are_the_same_hmac_sha256_as_before():
+    # Stored subjects and code hashes must not change with the function that computes them.
+    key = b"k" * 32
+    assert erasure.subject_hash(key, "c-1") == hmac.new(key, b"c-1", hashlib.sha256).hexdigest()
+    assert codes.code_hash(key, "ab-cd 12") == hmac.new(key, b"ABCD12", hashlib.sha256).digest()
