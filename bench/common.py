@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from shared.db import check_schema
+from shared import db
 from shared.settings import PostgresSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,15 +124,15 @@ def cpu_seconds(names: dict[int, str]) -> dict[str, float]:
         comm = stat[stat.index("(") + 1:stat.rindex(")")]
         group = (names.get(pid) or ("bench" if pid == os.getpid() else None)
                  or ("kafka" if b"kafka.Kafka" in cmdline else None)
-                 or ("postgres" if comm == "postgres" or comm.startswith("postgres") else "other"))
+                 or ("postgres" if comm.startswith("postgres") else "other"))
         out[group] = out.get(group, 0.0) + used
     return out
 
 
 def cpu_share(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
     """Cores used by each group between two ``cpu_seconds`` readings ``seconds`` apart."""
-    return {g: round((after[g] - before.get(g, 0.0)) / seconds, 2) for g in sorted(after, key=lambda g: -after[g])
-            if after[g] - before.get(g, 0.0) > 0.005 * seconds}
+    used = {g: after[g] - before.get(g, 0.0) for g in after}
+    return {g: round(u / seconds, 2) for g, u in sorted(used.items(), key=lambda gu: -gu[1]) if u > 0.005 * seconds}
 
 
 async def analyze(schemas: list[str]) -> None:
@@ -152,13 +152,12 @@ async def analyze(schemas: list[str]) -> None:
 
 async def drop_schemas(schemas: list[str]) -> None:
     """Drops a bench's own schemas (each run creates new ones)."""
-    conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value())
+    pool = await db.create_pool(PostgresSettings(), schemas[0], min_size=1, max_size=1)
     try:
         for schema in schemas:
-            check_schema(schema)
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            await db.drop_schema(pool, schema)
     finally:
-        await conn.close()
+        await pool.close()
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -96,7 +96,7 @@ async def loop_metrics(ports: dict[str, int]) -> dict[str, dict]:
     return out
 
 
-def where_time_goes(before: dict, after: dict, seconds: float) -> dict:
+def service_batches(before: dict, after: dict, seconds: float) -> dict:
     """Per service over the paced phase: batches handled, mean messages per batch, the share of the
     time its consumer spent handling batches (the rest: fetching, committing, idle) and how long
     its outbox rows waited for the relay (bucket upper bounds, ms)."""
@@ -252,7 +252,7 @@ async def run(saturation: int, rate: int, seconds: float, instances: int = 1, pr
             result["paced_achieved_per_s"] = round(paced / (time.perf_counter() - t0), 1)
             await asyncio.wait_for(collector, timeout=300)
             result["cores_used_paced"] = cpu_share(cpu_before, cpu_seconds(names), time.perf_counter() - cpu_t0)
-            result["services_paced"] = where_time_goes(loops_before, await loop_metrics(ports),
+            result["services_paced"] = service_batches(loops_before, await loop_metrics(ports),
                                                        time.perf_counter() - cpu_t0)
             if paced:
                 result["consent_ordering"] = ordering_cost(before, await ordering_metrics(ports), consent_share)

@@ -14,7 +14,6 @@ are random and never reused).
 
 from __future__ import annotations
 
-import hmac
 import os
 import time
 from collections import OrderedDict
@@ -27,6 +26,7 @@ import asyncpg
 from cryptography.exceptions import InvalidTag
 
 from shared import db, events, sealing
+from shared.erasure import subject_hash
 from shared.errors import TransientError
 from shared.settings import DataKeySettings, PostgresSettings
 
@@ -62,7 +62,7 @@ class DataKeys:
 
     def subjects(self, customer_id: str) -> list[str]:
         """The customer's subject under each wrapping key (the current one first)."""
-        return [hmac.digest(k, customer_id.encode(), "sha256").hex() for k in self._hmac]
+        return [subject_hash(k, customer_id) for k in self._hmac]
 
     # ------------------------------------------------------------------ sealing side
 

@@ -14,6 +14,8 @@ import asyncpg
 
 
 def subject_hash(key: bytes, customer_id: str) -> str:
+    """A customer's (or any subject's) keyed hash, HMAC-SHA256 in hex: what stands for them where
+    their id must not (erasure marks, data keys, pseudonyms, failure buckets)."""
     return hmac.digest(key, customer_id.encode(), "sha256").hex()
 
 

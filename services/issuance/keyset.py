@@ -4,12 +4,12 @@ the outbox seal keys and the pseudonym key. Handed to what uses them, nothing mo
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 
 from services.issuance import codes
 from services.issuance.settings import IssuanceSettings
 from shared import sealing
+from shared.erasure import subject_hash
 
 
 @dataclass(frozen=True)
@@ -43,4 +43,4 @@ class IssuanceKeys:
 
     def pseudonym(self, customer_id: str) -> str:
         """What stands in for an erased customer's id."""
-        return "erased-" + hmac.digest(self.pseudonym_key, customer_id.encode(), "sha256").hex()[:32]
+        return "erased-" + subject_hash(self.pseudonym_key, customer_id)[:32]

@@ -17,7 +17,6 @@ failures. The buckets and their rule live in PostgreSQL (migration ``005_failure
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import asyncpg
 
 from services.issuance import checkout_store
 from shared.batching import Batcher
+from shared.erasure import subject_hash
 from shared.kafka import sanitized
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class FailureLimiter:
         return (by_customer, Subject("shopper", self._id(f"{key_id}/s/{shopper}"))) if shopper else (by_customer,)
 
     def _id(self, subject: str) -> str:
-        return f"{self.purpose}/{hmac.digest(self._key, subject.encode(), 'sha256').hex()[:32]}"
+        return f"{self.purpose}/{subject_hash(self._key, subject)[:32]}"
 
     async def take(self, who: Sequence[Subject]) -> Refused | None:
         """One attempt from every subject, or why not (then nothing is taken). The checkout's
