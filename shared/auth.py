@@ -90,6 +90,8 @@ class KeyRequirement(SecurityBase):
         self.scopes = frozenset(scopes)
 
     async def __call__(self, request: Request) -> Principal:
+        """The caller's key, or 401 (none, unknown) / 403 (out of scope) as ``HTTPException``: a
+        FastAPI dependency, also called as it is by fast handlers (shared.fastpath)."""
         header = request.headers.get("authorization", "")
         key = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
         if not key:

@@ -24,6 +24,7 @@ from shared import datakeys, db, logs, tracing
 from shared.auth import Authenticator
 from shared.consumer import BatchConsumer, Handler
 from shared.datakeys import DataKeys
+from shared.fastpath import FastRoutes
 from shared.http_limits import DEFAULT_LIMIT, BodyLimit
 from shared.kafka import Producer, start_producer
 from shared.metrics import Metrics, metrics_endpoint
@@ -239,6 +240,9 @@ def http_app(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[
         403: {"model": ErrorOut, "description": "The API key lacks the scope"},
         413: {"model": ErrorOut, "description": f"The request body is over the limit ({max_body_bytes} bytes)"}})
     app = FastAPI(lifespan=lifespan, **fastapi_kwargs)
+    # A service's routes may add fast handlers here (shared.fastpath); inside the body limit.
+    app.state.fast_routes = {}
+    app.add_middleware(FastRoutes, routes=app.state.fast_routes)
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     app.add_route("/metrics", metrics_endpoint(metrics), include_in_schema=False)
 

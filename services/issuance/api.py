@@ -10,7 +10,7 @@ import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path, status
+from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path, Request, status
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
@@ -19,6 +19,7 @@ from services.issuance.campaign_admin import CampaignConflict, NoSuchCampaign
 from services.issuance.campaigns import CampaignSpec
 from shared import events as ev
 from shared.auth import AUTH_RESPONSES, Principal
+from shared.fastpath import json_body
 from shared.service import NOT_FOUND, ErrorOut, JSONBody
 
 CampaignPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")]
@@ -60,8 +61,9 @@ class OrderIn(BaseModel):
     items: list[ev.LineItem] = Field(default_factory=list, max_length=1000)
 
 
+HEADER_MAX = 200  # X-Shopper-Id, Idempotency-Key
 ShopperId = Annotated[str | None, Header(
-    alias="X-Shopper-Id", max_length=200,
+    alias="X-Shopper-Id", max_length=HEADER_MAX,
     description="the shopper behind this request as the shop knows them (session, account, client address): "
                 "failures are limited per shopper and per customer, never per API key alone")]
 Code = Field(pattern=codes.SUBMITTED)
@@ -209,10 +211,7 @@ def routes(app: FastAPI, service) -> None:
     async def attempt(principal: Principal, customer_id: str, shopper: str | None, run):
         return await within_limits(service, principal.key_id, customer_id, shopper, run)
 
-    @app.post("/v1/validations", response_model=CheckoutOut, tags=["checkout"], responses=REFUSED | AUTH_RESPONSES,
-              summary="Is this code good for this order, and how much off?")
-    async def validate(body: ValidationIn, shopper: ShopperId = None,
-                       principal: Principal = Depends(checkout_scope)) -> Response:
+    async def validation(body: ValidationIn, shopper: str | None, principal: Principal) -> Response:
         started = time.perf_counter()
 
         async def run(who):
@@ -224,12 +223,8 @@ def routes(app: FastAPI, service) -> None:
         service.metrics.checkout_latency.labels("validate").observe(time.perf_counter() - started)
         return JSONBody(answer.body, status_code=answer.status)
 
-    @app.post("/v1/redemptions", response_model=CheckoutOut, status_code=201, tags=["checkout"],
-              responses=REFUSED | AUTH_RESPONSES,
-              summary="Redeem a code, atomically and once; replays of an Idempotency-Key get the first answer")
-    async def redeem(body: RedemptionIn, shopper: ShopperId = None,
-                     idempotency_key: str = Header(min_length=1, max_length=200, alias="Idempotency-Key"),
-                     principal: Principal = Depends(checkout_scope)) -> Response:
+    async def redemption(body: RedemptionIn, shopper: str | None, idempotency_key: str,
+                         principal: Principal) -> Response:
         started = time.perf_counter()
 
         async def run(who):
@@ -242,6 +237,46 @@ def routes(app: FastAPI, service) -> None:
         answer, replay = await attempt(principal, body.customer_id, shopper, run)
         service.metrics.checkout_latency.labels("redeem").observe(time.perf_counter() - started)
         return JSONBody(answer.body, status_code=answer.status, headers={"Idempotent-Replayed": str(replay).lower()})
+
+    @app.post("/v1/validations", response_model=CheckoutOut, tags=["checkout"], responses=REFUSED | AUTH_RESPONSES,
+              summary="Is this code good for this order, and how much off?")
+    async def validate(body: ValidationIn, shopper: ShopperId = None,
+                       principal: Principal = Depends(checkout_scope)) -> Response:
+        return await validation(body, shopper, principal)
+
+    @app.post("/v1/redemptions", response_model=CheckoutOut, status_code=201, tags=["checkout"],
+              responses=REFUSED | AUTH_RESPONSES,
+              summary="Redeem a code, atomically and once; replays of an Idempotency-Key get the first answer")
+    async def redeem(body: RedemptionIn, shopper: ShopperId = None,
+                     idempotency_key: str = Header(min_length=1, max_length=HEADER_MAX, alias="Idempotency-Key"),
+                     principal: Principal = Depends(checkout_scope)) -> Response:
+        return await redemption(body, shopper, idempotency_key, principal)
+
+    # The same two routes without FastAPI's per-request work (shared.fastpath): a request they
+    # do not take as it is — a body or header that does not validate — goes on to the routes above.
+    async def fast_validate(request: Request, raw: bytes) -> Response | None:
+        body = json_body(ValidationIn, request, raw)
+        if body is None:
+            return None
+        principal = await checkout_scope(request)
+        shopper = request.headers.get("x-shopper-id")
+        if shopper is not None and len(shopper) > HEADER_MAX:
+            return None
+        return await validation(body, shopper, principal)
+
+    async def fast_redeem(request: Request, raw: bytes) -> Response | None:
+        body = json_body(RedemptionIn, request, raw)
+        if body is None:
+            return None
+        principal = await checkout_scope(request)
+        shopper = request.headers.get("x-shopper-id")
+        key = request.headers.get("idempotency-key")
+        if (shopper is not None and len(shopper) > HEADER_MAX) or key is None or not 1 <= len(key) <= HEADER_MAX:
+            return None
+        return await redemption(body, shopper, key, principal)
+
+    app.state.fast_routes[("POST", "/v1/validations")] = fast_validate
+    app.state.fast_routes[("POST", "/v1/redemptions")] = fast_redeem
 
     @app.post("/v1/redemptions/{redemption_id}/rollback", response_model=RollbackOut, tags=["checkout"],
               responses=NOT_FOUND | AUTH_RESPONSES, summary="Give back what a redemption spent (once)")

@@ -165,3 +165,37 @@ async def test_keys_scopes_rate_limits_and_onsite_codes(issuance, kafka):
     finally:
         for client in (anon, till, site):
             await client.aclose()
+
+
+async def test_validate_and_redeem_answer_bad_requests_as_documented(issuance):
+    """The two routes are served by fast handlers (shared.fastpath); whatever those do not take
+    as it is reaches the FastAPI routes, whose errors are the documented ones."""
+    transport = issuance.client._transport
+    async with issuance.pool.acquire() as conn:
+        _, marketing_key = await auth.create_key(conn, "console", ["marketing"])
+    anon = httpx.AsyncClient(transport=transport, base_url="http://issuance")
+    console = httpx.AsyncClient(transport=transport, base_url="http://issuance",
+                                headers={"Authorization": f"Bearer {marketing_key}"})
+    c = issuance.client
+    body = {"code": "NOSUCHCODE23", "customer_id": "b-1", "order": order(5000)}
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    try:
+        for path, headers, status in (("/v1/validations", {}, 200), ("/v1/redemptions", key, 422)):
+            refused = await c.post(path, json=body, headers=headers)
+            assert refused.status_code == status and refused.json()["reason"] == "unknown_code", refused.text
+            assert (await anon.post(path, json=body, headers=headers)).status_code == 401
+            assert (await console.post(path, json=body, headers=headers)).status_code == 403
+            invalid = await c.post(path, json={**body, "order": {"amount": {"amount": -1, "currency": "usd"}}},
+                                   headers=headers)
+            assert invalid.status_code == 422 and invalid.json()["detail"][0]["loc"][:2] == ["body", "order"]
+            broken = await c.post(path, content=b"{", headers={**headers, "content-type": "application/json"})
+            assert broken.status_code == 422 and broken.json()["detail"][0]["type"] == "json_invalid"
+            long_shopper = await c.post(path, json=body, headers={**headers, "X-Shopper-Id": "s" * 201})
+            assert long_shopper.status_code == 422 and long_shopper.json()["detail"][0]["loc"] == ["header", "X-Shopper-Id"]
+        no_key = await c.post("/v1/redemptions", json=body)
+        assert no_key.status_code == 422 and no_key.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+        replayed = await c.post("/v1/redemptions", json=body, headers=key)
+        assert replayed.headers["Idempotent-Replayed"] == "true" and replayed.json()["reason"] == "unknown_code"
+    finally:
+        await anon.aclose()
+        await console.aclose()
