@@ -8,7 +8,7 @@ import csv
 import io
 import time
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path, Request, status
 from fastapi.responses import Response
@@ -77,6 +77,9 @@ class ValidationIn(BaseModel):
 
 class RedemptionIn(ValidationIn):
     order_id: ev.Identifier | None = None
+
+
+Checkout = TypeVar("Checkout", ValidationIn, RedemptionIn)
 
 
 class CheckoutOut(BaseModel):
@@ -254,25 +257,25 @@ def routes(app: FastAPI, service) -> None:
 
     # The same two routes without FastAPI's per-request work (shared.fastpath): a request they
     # do not take as it is — a body or header that does not validate — goes on to the routes above.
-    async def fast_validate(request: Request, raw: bytes) -> Response | None:
-        body = json_body(ValidationIn, request, raw)
+    async def ordinary(model: type[Checkout], request: Request, raw: bytes) -> tuple[Checkout, Principal, str | None] | None:
+        """The body, the caller and the shopper of a checkout request; ``None``: the route answers."""
+        body = json_body(model, request, raw)
         if body is None:
             return None
         principal = await checkout_scope(request)
         shopper = request.headers.get("x-shopper-id")
-        if shopper is not None and len(shopper) > HEADER_MAX:
-            return None
-        return await validation(body, shopper, principal)
+        return None if shopper is not None and len(shopper) > HEADER_MAX else (body, principal, shopper)
+
+    async def fast_validate(request: Request, raw: bytes) -> Response | None:
+        taken = await ordinary(ValidationIn, request, raw)
+        return None if taken is None else await validation(taken[0], taken[2], taken[1])
 
     async def fast_redeem(request: Request, raw: bytes) -> Response | None:
-        body = json_body(RedemptionIn, request, raw)
-        if body is None:
-            return None
-        principal = await checkout_scope(request)
-        shopper = request.headers.get("x-shopper-id")
+        taken = await ordinary(RedemptionIn, request, raw)
         key = request.headers.get("idempotency-key")
-        if (shopper is not None and len(shopper) > HEADER_MAX) or key is None or not 1 <= len(key) <= HEADER_MAX:
+        if taken is None or key is None or not 1 <= len(key) <= HEADER_MAX:
             return None
+        body, principal, shopper = taken
         return await redemption(body, shopper, key, principal)
 
     app.state.fast_routes[("POST", "/v1/validations")] = fast_validate
