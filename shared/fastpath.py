@@ -16,8 +16,9 @@ The middleware sits inside the app's others (body limit, tracing), which see eve
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import orjson
 from fastapi.exception_handlers import http_exception_handler
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
@@ -70,9 +71,24 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 def json_body(model: type[M], request: Request, body: bytes) -> M | None:
     """``body`` as ``model`` when the request says it is JSON and it validates; else ``None``
     (the FastAPI route answers: 422 with the errors, or 400)."""
-    if request.headers.get("content-type", "").partition(";")[0].strip().lower() != "application/json":
+    if not _says_json(request):
         return None
     try:
         return model.model_validate_json(body)
     except ValidationError:
         return None
+
+
+def json_object(request: Request, body: bytes) -> dict[str, Any] | None:
+    """``body`` as a JSON object when the request says it is JSON and it is one; else ``None``."""
+    if not _says_json(request):
+        return None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _says_json(request: Request) -> bool:
+    return request.headers.get("content-type", "").partition(";")[0].strip().lower() == "application/json"

@@ -11,7 +11,7 @@ split in two (the app id is the key's id); ``Authorization: Bearer`` works too. 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request
@@ -25,10 +25,11 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException  # FastAPI's own is a subclass; both are answered
 
 from services.issuance import voucherify as vf
-from services.issuance.api import ShopperId, counts_as_failure, within_limits
+from services.issuance.api import HEADER_MAX, ShopperId, counts_as_failure, within_limits
 from services.issuance.checkout import Refuse
 from services.issuance.checkout_sessions import session_of
 from shared.auth import Authenticator, Principal
+from shared.fastpath import json_object
 from shared.service import JSONBody
 
 PREFIX = "/voucherify"
@@ -57,26 +58,31 @@ def _error(exc: vf.VoucherifyError, headers: dict[str, str] | None = None) -> JS
     return JSONBody(exc.body(), status_code=exc.code, headers=headers)
 
 
+async def in_voucherify_shape(answer: Awaitable[Response]) -> Response:
+    """The answer, or its failure — a refused key, a limit, a malformed body — in Voucherify's
+    error shape, which its SDKs parse."""
+    try:
+        return await answer
+    except vf.VoucherifyError as exc:
+        return _error(exc)
+    except RequestValidationError as exc:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(vf.VoucherifyError(400, "invalid_payload", "invalid payload", f"{where}: {first['msg']}"))
+    except HTTPException as exc:
+        key = KEYS_BY_STATUS.get(exc.status_code, "error")
+        return _error(vf.VoucherifyError(exc.status_code, key, key.replace("_", " "), str(exc.detail)),
+                      headers=dict(exc.headers) if exc.headers else None)
+
+
 class VoucherifyRoute(APIRoute):
-    """Answers every failure of these routes — a refused key, a limit, a malformed body — in
-    Voucherify's error shape, which its SDKs parse."""
+    """Answers every failure of these routes in Voucherify's error shape."""
 
     def get_route_handler(self) -> Callable:
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except vf.VoucherifyError as exc:
-                return _error(exc)
-            except RequestValidationError as exc:
-                first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-                where = ".".join(str(p) for p in first.get("loc", ()))
-                return _error(vf.VoucherifyError(400, "invalid_payload", "invalid payload", f"{where}: {first['msg']}"))
-            except HTTPException as exc:
-                key = KEYS_BY_STATUS.get(exc.status_code, "error")
-                return _error(vf.VoucherifyError(exc.status_code, key, key.replace("_", " "), str(exc.detail)),
-                              headers=dict(exc.headers) if exc.headers else None)
+            return await in_voucherify_shape(handler(request))
 
         return route
 
@@ -118,8 +124,7 @@ def routes(app: FastAPI, service) -> None:
     def translate(body: dict[str, Any]) -> vf.CheckoutRequest:
         return vf.checkout_request(body, settings.voucherify_currency, default_ttl_s=settings.voucherify_session_ttl_s)
 
-    @router.post("/validations", summary="Validate a voucher for an order (Voucherify's validate_stacked_discounts)")
-    async def validate(body: Payload, shopper: ShopperId = None, principal: Principal = Depends(key)) -> Response:
+    async def validation(body: dict[str, Any], shopper: str | None, principal: Principal) -> Response:
         started = time.perf_counter()
         req = translate(body)
 
@@ -143,8 +148,7 @@ def routes(app: FastAPI, service) -> None:
         service.metrics.checkout_latency.labels("voucherify_validate").observe(time.perf_counter() - started)
         return JSONBody(answer)
 
-    @router.post("/redemptions", summary="Redeem a voucher, once (Voucherify's redeem_stacked_discounts)")
-    async def redeem(body: Payload, shopper: ShopperId = None, principal: Principal = Depends(key)) -> Response:
+    async def redemption(body: dict[str, Any], shopper: str | None, principal: Principal) -> Response:
         started = time.perf_counter()
         req = translate(body)
 
@@ -159,6 +163,34 @@ def routes(app: FastAPI, service) -> None:
         out = vf.redemption_answer(req, answer.body)
         service.metrics.checkout_latency.labels("voucherify_redeem").observe(time.perf_counter() - started)
         return JSONBody(out)
+
+    @router.post("/validations", summary="Validate a voucher for an order (Voucherify's validate_stacked_discounts)")
+    async def validate(body: Payload, shopper: ShopperId = None, principal: Principal = Depends(key)) -> Response:
+        return await validation(body, shopper, principal)
+
+    @router.post("/redemptions", summary="Redeem a voucher, once (Voucherify's redeem_stacked_discounts)")
+    async def redeem(body: Payload, shopper: ShopperId = None, principal: Principal = Depends(key)) -> Response:
+        return await redemption(body, shopper, principal)
+
+    # The same two routes as fast handlers (shared.fastpath; services/issuance/api.py does the
+    # same for the native ones): a body that is not a JSON object or a header out of bounds goes
+    # on to the routes above.
+    def fast(use_case: Callable[[dict[str, Any], str | None, Principal], Awaitable[Response]]):
+        async def handler(request: Request, raw: bytes) -> Response | None:
+            body = json_object(request, raw)
+            shopper = request.headers.get("x-shopper-id")
+            if body is None or (shopper is not None and len(shopper) > HEADER_MAX):
+                return None
+
+            async def answer() -> Response:
+                return await use_case(body, shopper, await key(request))
+
+            return await in_voucherify_shape(answer())
+
+        return handler
+
+    app.state.fast_routes[("POST", PREFIX + "/v1/validations")] = fast(validation)
+    app.state.fast_routes[("POST", PREFIX + "/v1/redemptions")] = fast(redemption)
 
     @router.post("/redemptions/{redemptionId}/rollback", summary="Roll back a redemption (once)")
     async def rollback(redemption_id: Annotated[str, Path(alias="redemptionId", min_length=1, max_length=128)],

@@ -196,6 +196,24 @@ async def test_validate_and_redeem_answer_bad_requests_as_documented(issuance):
         assert no_key.status_code == 422 and no_key.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
         replayed = await c.post("/v1/redemptions", json=body, headers=key)
         assert replayed.headers["Idempotent-Replayed"] == "true" and replayed.json()["reason"] == "unknown_code"
+
+        # The Voucherify-compatible pair, in Voucherify's error shape.
+        vf_body = {"redeemables": [{"object": "voucher", "id": "NOSUCHCODE23"}], "customer": {"source_id": "b-1"},
+                   "order": {"amount": 5000, "source_id": "o-b-1"}}
+        invalid = (await c.post("/voucherify/v1/validations", json=vf_body)).json()
+        assert invalid["valid"] is False and invalid["redeemables"][0]["result"]["error"]["key"] == "resource_not_found"
+        refused = await c.post("/voucherify/v1/redemptions", json=vf_body)
+        assert (refused.status_code, refused.json()["key"]) == (404, "resource_not_found")
+        for path in ("/voucherify/v1/validations", "/voucherify/v1/redemptions"):
+            unknown = await anon.post(path, json=vf_body, headers={"X-App-Id": "nobody", "X-App-Token": "x"})
+            assert (unknown.status_code, unknown.json()["key"]) == (401, "unauthorized")
+            assert (await console.post(path, json=vf_body)).json()["key"] == "forbidden"
+            for bad in (await c.post(path, content=b"{", headers={"content-type": "application/json"}),
+                        await c.post(path, content=b"[1]", headers={"content-type": "application/json"}),
+                        await c.post(path, json=vf_body, headers={"X-Shopper-Id": "s" * 201})):
+                assert (bad.status_code, bad.json()["key"]) == (400, "invalid_payload"), bad.text
+            several = await c.post(path, json={**vf_body, "redeemables": vf_body["redeemables"] * 2})
+            assert several.json()["key"] == "applicable_redeemables_limit_exceeded"
     finally:
         await anon.aclose()
         await console.aclose()
