@@ -33,7 +33,7 @@ import asyncpg
 import httpx
 import orjson
 
-from bench.common import found, free_port, service_process
+from bench.common import analyze, found, free_port, service_process
 from bench.pipeline import fleet_env
 from shared import auth, topics
 from shared.settings import KafkaSettings, PostgresSettings
@@ -188,6 +188,7 @@ async def run(rate: int, seconds: float, max_rate: int, workers: int, pg_seconds
                     codes += [row["code"] for row in csv.DictReader(io.StringIO(r.text))]
                 result["partner_codes"] = {"count": len(codes),
                                            "per_s": round(len(codes) / (time.perf_counter() - started))}
+            await analyze([schema])  # the codes just written, as autovacuum would within a minute
             order = {"amount": {"amount": 5000, "currency": "USD"}, "items": []}
             loop = asyncio.get_running_loop()
 

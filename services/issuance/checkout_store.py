@@ -76,12 +76,17 @@ async def record_redemption(conn: asyncpg.Connection, *, voucher_id: str, status
         voucher_id, status, reserved, balance, closed_at, *redemption, api_key_id, idempotency_key, response)
 
 
+# The voucher and the key's answer are looked up per request (LATERAL ... LIMIT 1, which the
+# planner keeps as a probe of the unique index): as joins, a plan cached while idempotency_keys
+# was young hashed the whole table and went on scanning it as it grew, and a batch of 60 codes
+# hashed all the vouchers.
 _CONTEXTS = (
     "{attempts}SELECT ctx.*, k.request_hash AS prior_hash, k.status_code AS prior_status,"
     " k.response AS prior_response{waits}"
     " FROM unnest($1::bytea[], $2::text[], $3::text[]) WITH ORDINALITY AS q(code_hash, api_key_id, key, i)"
-    " LEFT JOIN LATERAL (" + _CONTEXT + " WHERE v.code_hash = q.code_hash) AS ctx ON true"
-    " LEFT JOIN idempotency_keys k ON k.api_key_id = q.api_key_id AND k.key = q.key{join} ORDER BY q.i")
+    " LEFT JOIN LATERAL (" + _CONTEXT + " WHERE v.code_hash = q.code_hash LIMIT 1) AS ctx ON true"
+    " LEFT JOIN LATERAL (SELECT ik.request_hash, ik.status_code, ik.response FROM idempotency_keys ik"
+    " WHERE ik.api_key_id = q.api_key_id AND ik.key = q.key LIMIT 1) AS k ON true{join} ORDER BY q.i")
 
 
 async def redemption_contexts(conn: asyncpg.Connection | asyncpg.Pool, lookups: Sequence[tuple[bytes, str, str]],
@@ -246,13 +251,14 @@ async def expired_partner_holds(conn: asyncpg.Connection, now: datetime, limit: 
     """Active partner codes whose hold expired and still reserve budget, locked (skipping rows
     another transaction holds)."""
     return await conn.fetch(
-        "SELECT id, campaign_id, reserved FROM vouchers WHERE session_expires_at <= $1 AND status = 'active'"
+        "SELECT id, campaign_id, reserved FROM vouchers WHERE session IS NOT NULL AND session_expires_at <= $1"
+        " AND status = 'active'"
         " AND customer_id IS NULL AND reserved > 0 ORDER BY session_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         now, limit)
 
 
 async def forget_expired(conn: asyncpg.Connection, now: datetime) -> None:
     """Expired holds that reserve nothing of their own are simply forgotten."""
-    await conn.execute("UPDATE vouchers SET session = NULL, session_expires_at = NULL"
-                       " WHERE session_expires_at <= $1 AND (customer_id IS NOT NULL OR reserved = 0"
+    await conn.execute("UPDATE vouchers SET session = NULL, session_expires_at = NULL"  # the vouchers_held index
+                       " WHERE session IS NOT NULL AND session_expires_at <= $1 AND (customer_id IS NOT NULL OR reserved = 0"
                        " OR status <> 'active')", now)
