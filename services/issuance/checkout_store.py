@@ -76,10 +76,10 @@ async def record_redemption(conn: asyncpg.Connection, *, voucher_id: str, status
         voucher_id, status, reserved, balance, closed_at, *redemption, api_key_id, idempotency_key, response)
 
 
-# The voucher and the key's answer are looked up per request (LATERAL ... LIMIT 1, which the
-# planner keeps as a probe of the unique index): as joins, a plan cached while idempotency_keys
-# was young hashed the whole table and went on scanning it as it grew, and a batch of 60 codes
-# hashed all the vouchers.
+# The voucher and the key's answer are looked up per request (LATERAL ... LIMIT 1): as joins, a
+# batch of 60 codes hashed all the vouchers. A plan cached while idempotency_keys is believed
+# empty or tiny still scans it, and goes on scanning it as it grows until an ANALYZE replaces
+# the plan (docs/benchmarks.md, "The checkout's floor").
 _CONTEXTS = (
     "{attempts}SELECT ctx.*, k.request_hash AS prior_hash, k.status_code AS prior_status,"
     " k.response AS prior_response{waits}"
