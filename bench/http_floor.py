@@ -56,10 +56,15 @@ def measure(kind: str, rate: int, seconds: float, workdir: Path) -> dict:
     try:
         for _ in range(100):
             try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz")
-                break
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
             except httpx.HTTPError:
-                time.sleep(0.1)
+                pass
+            if server.poll() is not None:
+                raise RuntimeError(f"the {kind} server exited with {server.returncode}")
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"the {kind} server did not answer /healthz within 10 s")
         target = [{"method": "GET", "url": f"http://127.0.0.1:{port}/healthz"}]
         vegeta(target, 200, 2, workdir)
         names = {server.pid: "server"}

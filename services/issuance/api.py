@@ -262,9 +262,8 @@ def routes(app: FastAPI, service) -> None:
         body = json_body(model, request, raw)
         if body is None:
             return None
-        principal = await checkout_scope(request)
-        shopper = request.headers.get("x-shopper-id")
-        return None if shopper is not None and len(shopper) > HEADER_MAX else (body, principal, shopper)
+        within, shopper = shopper_header(request)
+        return (body, await checkout_scope(request), shopper) if within else None
 
     async def fast_validate(request: Request, raw: bytes) -> Response | None:
         taken = await ordinary(ValidationIn, request, raw)
@@ -311,6 +310,13 @@ def routes(app: FastAPI, service) -> None:
 def counts_as_failure(body: dict) -> bool:
     """A refusal spends a failed attempt; a reused Idempotency-Key is the caller's bug, not a guess."""
     return not body.get("valid", True) and body.get("reason") != "idempotency_key_reused"
+
+
+def shopper_header(request: Request) -> tuple[bool, str | None]:
+    """``X-Shopper-Id`` as a fast handler reads it, and whether it is within ``ShopperId``'s bound
+    (if not, the handler leaves the request to its route, which answers 422)."""
+    shopper = request.headers.get("x-shopper-id")
+    return shopper is None or len(shopper) <= HEADER_MAX, shopper
 
 
 async def within_limits(service, key_id: str, customer_id: str, shopper: str | None, run):

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException  # FastAPI's own is a subclass; both are answered
 
 from services.issuance import voucherify as vf
-from services.issuance.api import HEADER_MAX, ShopperId, counts_as_failure, within_limits
+from services.issuance.api import ShopperId, counts_as_failure, shopper_header, within_limits
 from services.issuance.checkout import Refuse
 from services.issuance.checkout_sessions import session_of
 from shared.auth import Authenticator, Principal
@@ -178,8 +178,8 @@ def routes(app: FastAPI, service) -> None:
     def fast(use_case: Callable[[dict[str, Any], str | None, Principal], Awaitable[Response]]):
         async def handler(request: Request, raw: bytes) -> Response | None:
             body = json_object(request, raw)
-            shopper = request.headers.get("x-shopper-id")
-            if body is None or (shopper is not None and len(shopper) > HEADER_MAX):
+            within, shopper = shopper_header(request)
+            if body is None or not within:
                 return None
 
             async def answer() -> Response:

@@ -59,8 +59,10 @@ async def issuance(kafka, issuance_schema):
     await service.start()
     async with service.pool.acquire() as conn:
         _, service.api_key = await auth.create_key(conn, "tests", auth.SCOPES)
-    service.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=service.http(manage_lifecycle=False)),
-                                       base_url="http://issuance", headers={"Authorization": f"Bearer {service.api_key}"})
+    # the app in process; tests open clients of their own (other keys, none) on the same transport
+    service.transport = httpx.ASGITransport(app=service.http(manage_lifecycle=False))
+    service.client = httpx.AsyncClient(transport=service.transport, base_url="http://issuance",
+                                       headers={"Authorization": f"Bearer {service.api_key}"})
     yield service
     await service.client.aclose()
     await service.stop()

@@ -128,7 +128,7 @@ async def test_keys_scopes_rate_limits_and_onsite_codes(issuance, kafka):
     base = issuance.client
     await base.post("/v1/campaigns", json=campaign(channels=["onsite"]))
     await issue(issuance, kafka, ["o-1"], channel="onsite")
-    transport = base._transport
+    transport = issuance.transport
     async with issuance.pool.acquire() as conn:
         _, checkout_key = await auth.create_key(conn, "till", ["checkout"])
         _, onsite_key = await auth.create_key(conn, "site", ["onsite"])
@@ -170,7 +170,7 @@ async def test_keys_scopes_rate_limits_and_onsite_codes(issuance, kafka):
 async def test_validate_and_redeem_answer_bad_requests_as_documented(issuance):
     """The two routes are served by fast handlers (shared.fastpath); whatever those do not take
     as it is reaches the FastAPI routes, whose errors are the documented ones."""
-    transport = issuance.client._transport
+    transport = issuance.transport
     async with issuance.pool.acquire() as conn:
         _, marketing_key = await auth.create_key(conn, "console", ["marketing"])
     anon = httpx.AsyncClient(transport=transport, base_url="http://issuance")
