@@ -135,17 +135,25 @@ def cpu_share(before: dict[str, float], after: dict[str, float], seconds: float)
     return {g: round(u / seconds, 2) for g, u in sorted(used.items(), key=lambda gu: -gu[1]) if u > 0.005 * seconds}
 
 
+AUTOVACUUM_ANALYZE_THRESHOLD = 50  # PostgreSQL's default: rows changed before a first ANALYZE
+
+
 async def analyze(schemas: list[str]) -> None:
-    """ANALYZE every table of these schemas, as autovacuum does within a minute of a table's growth
-    in a running system. A bench's tables are created moments before it measures: without column
-    statistics PostgreSQL takes ``customer_id = ANY($1)`` over a few hundred ids to match every row
-    and scans the whole table."""
+    """ANALYZE the tables of these schemas that autovacuum would analyse in a running system: those
+    with at least ``autovacuum_analyze_threshold`` (50) rows. A bench's tables are created moments
+    before it measures: without column statistics PostgreSQL takes ``customer_id = ANY($1)`` over a
+    few hundred ids to match every row and scans the whole table. An empty table is left as
+    autovacuum leaves it, never analysed: analysed empty, every plan cached from then on believes
+    it empty and scans it as it grows (docs/benchmarks.md, "The checkout's floor")."""
     conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value())
     try:
         tables = await conn.fetch("SELECT schemaname, tablename FROM pg_tables WHERE schemaname = ANY($1::text[])",
                                   schemas)
         for t in tables:
-            await conn.execute(f'ANALYZE "{t["schemaname"]}"."{t["tablename"]}"')
+            name = f'"{t["schemaname"]}"."{t["tablename"]}"'
+            if await conn.fetchval(f"SELECT count(*) FROM (SELECT FROM {name} LIMIT {AUTOVACUUM_ANALYZE_THRESHOLD}) s"
+                                   ) == AUTOVACUUM_ANALYZE_THRESHOLD:
+                await conn.execute(f"ANALYZE {name}")
     finally:
         await conn.close()
 
