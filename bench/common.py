@@ -144,7 +144,7 @@ async def analyze(schemas: list[str]) -> None:
     before it measures: without column statistics PostgreSQL takes ``customer_id = ANY($1)`` over a
     few hundred ids to match every row and scans the whole table. An empty table is left as
     autovacuum leaves it, never analysed: analysed empty, every plan cached from then on believes
-    it empty and scans it as it grows (docs/benchmarks.md, "The checkout's floor")."""
+    it empty and scans it as it grows (docs/benchmarks.md, "Young tables")."""
     conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value())
     try:
         tables = await conn.fetch("SELECT schemaname, tablename FROM pg_tables WHERE schemaname = ANY($1::text[])",

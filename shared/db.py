@@ -14,9 +14,11 @@ binary of their own; the services talk asyncpg only, and this file is the whole 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +109,20 @@ async def create_pool(settings: PostgresSettings, schema: str, *, application_na
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
     raise AssertionError("unreachable")
+
+
+@contextlib.asynccontextmanager
+async def batch_transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A connection in a transaction for a batch of work (a consumed batch, a sweep), whose
+    statements are planned for this execution. PostgreSQL otherwise settles, after a statement's
+    fifth run, on a generic plan costed with the tables as they were then: planned while a table
+    was young (a fresh schema), it scans that table on every run as it grows, until autovacuum's
+    next ANALYZE — seconds to minutes in which a batch takes 100 ms and more instead of a few. A
+    batch runs a few times a second; planning its statements anew costs a fraction of a
+    millisecond each (docs/benchmarks.md, "Young tables")."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        yield conn
 
 
 async def _all_applied(conn: asyncpg.Connection, schema: str, migrations: list[Migration]) -> bool:

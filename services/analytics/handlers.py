@@ -15,8 +15,8 @@ from services.analytics import stats, store
 from services.analytics.counters import Counters, rows_of
 from services.analytics.metrics import AnalyticsMetrics
 from services.analytics.settings import AnalyticsSettings
+from shared import db, exports
 from shared import events as ev
-from shared import exports
 from shared.datakeys import DataKeys
 from shared.outbox import OutboxRecord, enqueue, event_record
 
@@ -50,7 +50,7 @@ class AnalyticsHandlers:
         # Its memory of the erased customers' data keys goes before it confirms.
         self.keys.forget(r.customer_id for r in rows.requests if isinstance(r, ev.ErasureRequested))
         now = ev.now_utc()
-        async with pool.acquire() as conn, conn.transaction():
+        async with db.batch_transaction(pool) as conn:
             await store.apply(conn, rows)
             await enqueue(conn, [answer(r, now) for r in rows.requests], keys=self.keys)
 

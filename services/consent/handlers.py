@@ -16,8 +16,8 @@ import orjson
 from services.consent import ledger, privacy, store
 from services.consent.privacy import Part
 from services.consent.settings import ConsentSettings
+from shared import db, exports, sealing
 from shared import events as ev
-from shared import exports, sealing
 from shared.datakeys import DataKeys
 from shared.kafka import Message
 from shared.outbox import OutboxRecord, enqueue, event_record, partition_record, tombstone
@@ -216,7 +216,7 @@ class ConsentHandlers:
         for m in messages:
             if m.topic == "consent-changed":
                 applied[m.partition] = max(applied.get(m.partition, 0), m.offset + 1)
-        async with pool.acquire() as conn, conn.transaction():
+        async with db.batch_transaction(pool) as conn:
             await self.record_changes(conn, changes, via="kafka", received_at=received_at)
             await self.record_answers(conn, answers)
             advanced = await self.publish_watermarks(conn, applied)
@@ -229,7 +229,7 @@ class ConsentHandlers:
         applied = {p: offset for (topic, p), offset in positions.items() if topic == "consent-changed"}
         if not any(offset > self.watermarks.get(p, -1) for p, offset in applied.items()):
             return
-        async with pool.acquire() as conn, conn.transaction():
+        async with db.batch_transaction(pool) as conn:
             advanced = await self.publish_watermarks(conn, applied)
         self.watermarks.update(advanced)
 

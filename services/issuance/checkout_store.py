@@ -77,9 +77,10 @@ async def record_redemption(conn: asyncpg.Connection, *, voucher_id: str, status
 
 
 # The voucher and the key's answer are looked up per request (LATERAL ... LIMIT 1): as joins, a
-# batch of 60 codes hashed all the vouchers. A plan cached while idempotency_keys is believed
-# empty or tiny still scans it, and goes on scanning it as it grows until an ANALYZE replaces
-# the plan (docs/benchmarks.md, "The checkout's floor").
+# batch of 60 codes hashed all the vouchers. These reads keep PostgreSQL's cached plans (they run
+# per request; a consumed batch is planned anew, see shared.db.batch_transaction): a probe by key
+# is planned as an index probe unless the table's last ANALYZE found it a page or two small
+# (docs/benchmarks.md, "Young tables").
 _CONTEXTS = (
     "{attempts}SELECT ctx.*, k.request_hash AS prior_hash, k.status_code AS prior_status,"
     " k.response AS prior_response{waits}"

@@ -23,8 +23,8 @@ from services.issuance.keyset import IssuanceKeys
 from services.issuance.metrics import IssuanceMetrics
 from services.issuance.rules import NO_CONSENT, Deny, Issue, decide
 from services.issuance.settings import IssuanceSettings
+from shared import db, exports
 from shared import events as ev
-from shared import exports
 from shared.datakeys import DataKeys
 from shared.outbox import enqueue, event_record
 
@@ -63,7 +63,7 @@ class IssuanceHandlers:
     async def on_batch(self, pool: asyncpg.Pool, messages) -> None:
         consumed = await self.gate.sort(messages)
         exports = [m.event for m in messages if m.topic == "export-requested"]
-        async with pool.acquire() as conn, conn.transaction():
+        async with db.batch_transaction(pool) as conn:
             known, changes = await self.gate.apply(conn, consumed)
             closing = await store.active_vouchers_of(conn, list(changes.customers)) if changes.customers else []
             unsent = await ordering_store.withdraw_unsent_deliveries(
@@ -84,7 +84,7 @@ class IssuanceHandlers:
     async def release_held(self, pool: asyncpg.Pool) -> int:
         """Decides held entries whose consent caught up (marks moved by another instance) or whose
         wait ran out; returns how many."""
-        async with pool.acquire() as conn, conn.transaction():
+        async with db.batch_transaction(pool) as conn:
             released, unconfirmed = await self.gate.release(conn, None, None)
             if not released and not unconfirmed:
                 return 0
@@ -227,7 +227,7 @@ class IssuanceHandlers:
     async def expire_due(self, pool: asyncpg.Pool) -> int:
         """Expires active vouchers past their validity and releases what they reserved."""
         now = ev.now_utc()
-        async with pool.acquire() as conn, conn.transaction():
+        async with db.batch_transaction(pool) as conn:
             due = await store.due_vouchers(conn, now, self.settings.expiry_batch)
             if not due:
                 return 0

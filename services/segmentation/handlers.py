@@ -18,7 +18,7 @@ import asyncpg
 
 from services.segmentation import engine, rules, store
 from services.segmentation.metrics import SegmentationMetrics
-from shared import erasure
+from shared import db, erasure
 from shared import events as ev
 from shared.datakeys import DataKeys
 from shared.erasure import subject_hash
@@ -48,7 +48,7 @@ class SegmentationHandlers:
         # The marks are read from Kafka while the database works: one round trip less per batch.
         marks = asyncio.ensure_future(self.consent_marks(messages))
         try:
-            async with pool.acquire() as conn, conn.transaction():
+            async with db.batch_transaction(pool) as conn:
                 outcome, fresh = await self.apply(conn, messages, marks)
         finally:
             if not marks.done():
