@@ -26,6 +26,7 @@ import asyncpg
 from cryptography.exceptions import InvalidTag
 
 from shared import db, events, sealing
+from shared.batching import Batcher
 from shared.erasure import subject_hash
 from shared.errors import TransientError
 from shared.settings import DataKeySettings, PostgresSettings
@@ -57,6 +58,9 @@ class DataKeys:
         self._pool = pool
         self._by_id: OrderedDict[str, tuple[bytes, float]] = OrderedDict()  # key id -> key (GONE), read at
         self._by_customer: OrderedDict[str, tuple[DataKey, float]] = OrderedDict()
+        # for_customer's misses, coalesced: the checkout's requests that meet new customers
+        # together take one read, one insert and one commit, not one each.
+        self._misses: Batcher[None, str, DataKey] = Batcher(self._for_missed)
 
     # ------------------------------------------------------------------ subjects
 
@@ -107,8 +111,12 @@ class DataKeys:
         hit = self._by_customer.get(customer_id)
         if hit is not None and time.monotonic() - hit[1] < self.ttl_s:
             return hit[0]
-        async with self._pool().acquire() as conn:
-            return (await self.for_customers(conn, [customer_id]))[customer_id]
+        return await self._misses.submit(None, customer_id)
+
+    async def _for_missed(self, _: None, customer_ids: list[str]) -> list[DataKey]:
+        async with self._pool().acquire() as conn:  # (no transaction: a new key commits at once)
+            keys = await self.for_customers(conn, customer_ids)
+        return [keys[c] for c in customer_ids]
 
     # ------------------------------------------------------------------ opening side
 

@@ -4,6 +4,8 @@ skipped as erased — not dead-lettered, not acted on."""
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared import events as ev
@@ -68,3 +70,17 @@ async def test_a_key_created_by_a_transaction_that_rolls_back_is_never_used_agai
     assert await keys.for_customer(customer) == kept  # committed: read, then kept in memory
     await keys.load([kept.id, lost.id])
     assert keys.opener(kept.id) == kept.key and keys.opener(lost.id) is None
+
+
+async def test_new_customers_met_at_once_by_the_checkout_get_one_key_each(issuance):
+    """``for_customer`` outside a transaction (the checkout's path): concurrent misses go to the
+    key store together; each customer gets one key, the same for every caller, stored and committed."""
+    keys = issuance.keys
+    customers = [unique("c-new-") for _ in range(40)]
+    asked = customers + customers[:10]  # some asked twice at the same moment
+    got = await asyncio.gather(*(keys.for_customer(c) for c in asked))
+    by_customer = dict(zip(asked, got, strict=True))
+    assert all(by_customer[c] == g for c, g in zip(asked, got, strict=True))
+    assert len({k.id for k in by_customer.values()}) == len(customers)
+    await keys.load([k.id for k in by_customer.values()])
+    assert all(keys.opener(k.id) == k.key for k in by_customer.values())  # committed: another reader opens them
