@@ -44,6 +44,7 @@ STEPS: dict[str, tuple[str, list[str], list[str], dict[str, str]]] = {
                        ["--rate", "50", "--seconds", "2", "--workers", "1", "--stack", "10"], {}),
     "consent": ("bench.consent_propagation", ["--rate", "500", "--seconds", "15"], ["--rate", "50", "--seconds", "2"], {}),
     "freshness": ("bench.freshness", ["--redemptions", "20"], ["--redemptions", "3"], {}),
+    "counts": ("bench.counts", ["--vouchers", "1000000"], ["--vouchers", "2000", "--repeat", "3"], {}),
     "privacy": ("bench.privacy", ["--codec-events", "20000", "--erasures", "100", "--load-rate", "200", "--seconds", "20"],
                 ["--codec-events", "1000", "--erasures", "5", "--load-rate", "20", "--seconds", "2"], {}),
     "memory": ("bench.memory", ["--events", "200000", "--customers", "20000"], ["--events", "3000", "--customers", "300"], {}),
@@ -207,6 +208,11 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str]]:
                     "", "", verdict(fr.get("to_budget_counters_p99_ms"), "< 1000")))
         out.append(("Counter freshness p99 (redemption → /metrics)", num(fr.get("to_metrics_p99_ms"), " ms"),
                     "", "", verdict(fr.get("to_metrics_p99_ms"), "< 1000")))
+    cn = r.get("counts", {})
+    if cn:
+        out.append((f"Reading a campaign's counters ({cn['vouchers_of_the_campaign']:,} vouchers; every campaign's, "
+                    "every interval)", num(cn.get("kept_ms"), " ms"), num(cn.get("recounted_ms"), " ms recounted"),
+                    ratio(cn.get("kept_ms"), cn.get("recounted_ms")), ""))
     pv = r.get("privacy", {})
     if pv:
         cd, er = pv["codec"], pv["erasure"]
