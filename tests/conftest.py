@@ -13,12 +13,27 @@ from aiokafka.errors import KafkaError
 
 from shared import db, topics
 from shared.settings import KafkaSettings, PostgresSettings
-from tests.support import unique
+from tests.support import NAMES, drop_left_schemas, unique
 
 # The suite runs the services with their built-in development secrets (as `make test` does).
 os.environ.setdefault("VOUCHERSTREAM_ENVIRONMENT", "development")
 
 BOOTSTRAP = os.environ.get("VOUCHERSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_schemas_left():
+    """After the session, the schemas its tests named and left behind are dropped."""
+    yield
+    if not NAMES:
+        return
+    try:
+        left = asyncio.run(asyncio.wait_for(drop_left_schemas(), 120))
+    except (OSError, TimeoutError) as exc:  # (a unit-only run without PostgreSQL)
+        warnings.warn(f"schemas left by this session not dropped: {exc!r}", stacklevel=1)
+        return
+    if left:
+        print(f"\n[tests] dropped {len(left)} schemas the tests left behind", flush=True)
 
 
 @pytest.fixture

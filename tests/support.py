@@ -8,12 +8,13 @@ import shutil
 import subprocess
 import uuid
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from shared import datakeys
+from shared import datakeys, db
 from shared import events as ev
-from shared.settings import KafkaSettings
+from shared.settings import KafkaSettings, PostgresSettings
 
 
 async def committed_offsets(kafka: KafkaSettings, group: str, topic: str) -> dict[int, int]:
@@ -39,8 +40,28 @@ async def partition_ids(kafka: KafkaSettings, topic: str) -> set[int]:
         await admin.close()
 
 
+NAMES: set[str] = set()  # every name unique() gave this session: the schemas among them are dropped at its end
+
+
 def unique(prefix: str = "t") -> str:
-    return f"{prefix}{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}{uuid.uuid4().hex[:10]}"
+    NAMES.add(name)
+    return name
+
+
+async def drop_left_schemas() -> list[str]:
+    """Drops the schemas named by unique() that are still there — a test that failed, timed out
+    or restarted services past its own clean-up leaves them, and a machine that runs the suite
+    every day would otherwise collect thousands. Returns their names."""
+    conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value())
+    try:
+        left = [r[0] for r in await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname = ANY($1::text[])",
+                                               sorted(NAMES))]
+        for schema in left:  # one at a time: a schema's tables are locks of their own
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{db.check_schema(schema)}" CASCADE')
+        return left
+    finally:
+        await conn.close()
 
 
 async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
@@ -132,10 +153,7 @@ async def group_members(bootstrap: str, group: str) -> tuple[str, int]:
 
 async def create_api_key(schema: str, scopes=None) -> str:
     """A key with ``scopes`` in a running service's schema (its migrations have run)."""
-    import asyncpg
-
     from shared import auth
-    from shared.settings import PostgresSettings
 
     conn = await asyncpg.connect(PostgresSettings().dsn.get_secret_value(), server_settings={"search_path": schema})
     try:
