@@ -70,62 +70,6 @@ def rows_of(messages) -> StreamRows:
     return out
 
 
-@dataclass(slots=True)
-class CountChanges:
-    """What a batch's newly stored rows add to the per-campaign counts (deltas keyed like the count
-    tables' rows), and every campaign a new row belongs to (its version moves)."""
-
-    vouchers: dict[tuple[str, str, str, str], int] = field(default_factory=dict)  # (campaign, variant, channel, state)
-    redemptions: dict[tuple[str, str, str], tuple[int, int, int]] = field(default_factory=dict)  # -> (n, discount, revenue)
-    denials: dict[tuple[str, str, str | None], int] = field(default_factory=dict)  # (campaign, reason, variant)
-    campaigns: set[str] = field(default_factory=set)
-
-
-def count_changes(vouchers, endings, redemptions, rollbacks, denials) -> CountChanges:
-    """The counts' deltas from the rows a batch stored for the first time (a redelivered event
-    stores nothing, so it changes nothing). Each row comes with what it meets already stored:
-
-    - ``vouchers``: (campaign, variant, channel, its ending's state or None)
-    - ``endings``: (campaign, state, the voucher's (variant, channel) or None if not seen yet)
-    - ``redemptions``: (campaign, variant, channel, discount, revenue, rolled back already)
-    - ``rollbacks``: (campaign, the redemption's (variant, channel, discount, revenue) or None)
-    - ``denials``: (campaign, reason, variant)
-
-    A voucher counts under its ending's state, else as issued; a redemption counts unless rolled
-    back. The statements of one batch store vouchers before endings and redemptions before
-    rollbacks, so a start and its end in one batch meet once, in the end's row."""
-    out = CountChanges()
-
-    def add(key: tuple[str, str, str, str], n: int) -> None:
-        out.vouchers[key] = out.vouchers.get(key, 0) + n
-
-    def redeem(key: tuple[str, str, str], sign: int, discount: int, revenue: int) -> None:
-        n, d, r = out.redemptions.get(key, (0, 0, 0))
-        out.redemptions[key] = (n + sign, d + sign * discount, r + sign * revenue)
-
-    for campaign, variant, channel, ending in vouchers:
-        out.campaigns.add(campaign)
-        add((campaign, variant, channel, ending or "issued"), 1)
-    for campaign, state, voucher in endings:
-        out.campaigns.add(campaign)
-        if voucher is not None:
-            add((campaign, *voucher, "issued"), -1)
-            add((campaign, *voucher, state), 1)
-    for campaign, variant, channel, discount, revenue, rolled_back in redemptions:
-        out.campaigns.add(campaign)
-        if not rolled_back:
-            redeem((campaign, variant, channel), 1, discount, revenue)
-    for campaign, redemption in rollbacks:
-        out.campaigns.add(campaign)
-        if redemption is not None:
-            variant, channel, discount, revenue = redemption
-            redeem((campaign, variant, channel), -1, discount, revenue)
-    for campaign, reason, variant in denials:
-        out.campaigns.add(campaign)
-        out.denials[(campaign, reason, variant)] = out.denials.get((campaign, reason, variant), 0) + 1
-    return out
-
-
 @dataclass(frozen=True, slots=True)
 class VoucherCount:
     variant: str

@@ -1,8 +1,8 @@
 """Analytics' SQL (asyncpg). The consumed stream's statements take a whole batch (arrays,
-unnested): a batch costs a handful of statements, not two per event. Each insert returns its new
-rows with what they meet already stored (a duplicate is not new, so it changes nothing);
-``counters.count_changes`` turns those into the counts' deltas, added in the same transaction.
-Then the reads behind the counters, and the burn-rate samples and thresholds the publisher keeps."""
+unnested): a batch costs a handful of statements, not two per event; each returns the campaigns
+whose counts it changed (a duplicate changes nothing). The counts themselves are kept by the
+state tables' triggers (migration 004). Then the reads behind the counters, and the burn-rate
+samples and thresholds the publisher keeps."""
 
 from __future__ import annotations
 
@@ -10,44 +10,31 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from services.analytics.counters import (
-    CountChanges,
-    Counters,
-    DenialCount,
-    RedemptionCount,
-    StreamRows,
-    VoucherCount,
-    count_changes,
-)
+from services.analytics.counters import Counters, DenialCount, RedemptionCount, StreamRows, VoucherCount
 from shared import events as ev
 
 SAMPLE_WINDOW = timedelta(minutes=15)  # the burn rate is the growth over this window
 
 
 async def apply(conn: asyncpg.Connection, rows: StreamRows) -> None:
-    """Writes a batch's rows, adds what the new ones change to the counts and bumps the version
-    of every campaign they belong to. Vouchers go before endings and redemptions before rollbacks
-    (``count_changes`` relies on it)."""
+    """Writes a batch's rows (the counts follow, by trigger: migration 004) and bumps the version
+    of every campaign whose counts moved."""
     await lock_campaigns(conn, rows.campaign_ids())
     for c in rows.campaigns:
         await upsert_campaign(conn, c)
-    vouchers = await add_vouchers(conn, rows.vouchers)
-    endings = await add_voucher_endings(conn, rows.endings)
-    redemptions = await add_redemptions(conn, rows.redemptions)
-    rollbacks = await add_rollbacks(conn, rows.rollbacks)
-    changes = count_changes(vouchers, endings, redemptions, rollbacks, await add_denials(conn, rows.denials))
-    await add_counts(conn, changes)
-    await bump_versions(conn, changes.campaigns | await advance_ledgers(conn, rows.ledgers, rows.traces))
+    changed = (await add_denials(conn, rows.denials) | await add_vouchers(conn, rows.vouchers)
+               | await add_voucher_endings(conn, rows.endings) | await add_redemptions(conn, rows.redemptions)
+               | await add_rollbacks(conn, rows.rollbacks) | await advance_ledgers(conn, rows.ledgers, rows.traces))
+    await bump_versions(conn, changed)
 
 
 async def lock_campaigns(conn: asyncpg.Connection, campaigns: list[str]) -> None:
-    """Holds the campaigns until the transaction ends, taken in the given (sorted) order. Two
-    instances' batches of one campaign run one after the other, so each sees what the other
-    stored: a voucher and its ending (or a redemption and its rollback) stored by two concurrent
-    transactions would each miss the other, and the voucher would stay counted as issued."""
+    """Holds the batch's campaigns until commit (migration 004: what lets a voucher and its ending
+    stored at once meet), all of them before anything is stored. The count triggers take them
+    again, at no cost; left to the triggers alone, statement by statement, two batches could each
+    hold a campaign the other waits for."""
     if campaigns:
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('analytics-counts:' || current_schema() || ':' || c))"
-                           " FROM unnest($1::text[]) WITH ORDINALITY AS t(c, i) ORDER BY i", campaigns)
+        await conn.execute("SELECT lock_campaign_counts(current_schema(), $1::text[])", campaigns)
 
 
 async def upsert_campaign(conn: asyncpg.Connection, e: ev.CampaignChanged) -> None:
@@ -58,81 +45,40 @@ async def upsert_campaign(conn: asyncpg.Connection, e: ev.CampaignChanged) -> No
         e.campaign_id, e.name, e.status, e.budget_limit.currency, e.holdout_percent, e.updated_at)
 
 
-async def _insert_new(conn: asyncpg.Connection, table: str, types: tuple[str, ...], rows: list[tuple],
-                      met: str) -> list[tuple]:
-    """Inserts ``rows`` (columns typed ``types``, in the table's order) that are not there yet and
-    returns, for each one inserted, ``met``: a select list over ``new`` (the inserted row) and
-    what it is joined to."""
+async def _insert_new(conn: asyncpg.Connection, table: str, types: tuple[str, ...], rows: list[tuple]) -> set[str]:
+    """Inserts ``rows`` (columns typed ``types``, in the table's order) that are not there yet;
+    returns the campaigns of those inserted."""
     if not rows:
-        return []
+        return set()
     columns = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, 1))
-    return [tuple(r) for r in await conn.fetch(
-        f"WITH new AS (INSERT INTO {table} SELECT * FROM unnest({columns}) ON CONFLICT DO NOTHING RETURNING *)"
-        f" SELECT {met}", *map(list, zip(*rows, strict=True)))]
+    inserted = await conn.fetch(f"INSERT INTO {table} SELECT * FROM unnest({columns}) ON CONFLICT DO NOTHING"
+                                " RETURNING campaign_id", *map(list, zip(*rows, strict=True)))
+    return {r[0] for r in inserted}
 
 
-async def add_vouchers(conn: asyncpg.Connection, rows: list[tuple]) -> list[tuple]:
-    """(voucher id, campaign, variant, channel, max discount, issued at) -> for each new one:
-    (campaign, variant, channel, the state of an ending already stored or None)"""
-    return await _insert_new(conn, "voucher_states", ("text",) * 4 + ("bigint", "timestamptz"), rows,
-                             "new.campaign_id, new.variant, new.channel, e.state FROM new"
-                             " LEFT JOIN voucher_endings e USING (voucher_id)")
+async def add_denials(conn: asyncpg.Connection, rows: list[tuple]) -> set[str]:
+    """(event id, campaign, variant, reason)"""
+    return await _insert_new(conn, "denials", ("text",) * 4, rows)
 
 
-async def add_voucher_endings(conn: asyncpg.Connection, rows: list[tuple]) -> list[tuple]:
-    """(voucher id, campaign, expired|revoked) -> (campaign, state, the voucher's (variant, channel)
-    or None if it has not been consumed yet)"""
-    new = await _insert_new(conn, "voucher_endings", ("text",) * 3, rows,
-                            "new.campaign_id, new.state, v.variant, v.channel FROM new"
-                            " LEFT JOIN voucher_states v USING (voucher_id)")
-    return [(c, state, None if variant is None else (variant, channel)) for c, state, variant, channel in new]
+async def add_vouchers(conn: asyncpg.Connection, rows: list[tuple]) -> set[str]:
+    """(voucher id, campaign, variant, channel, max discount, issued at)"""
+    return await _insert_new(conn, "voucher_states", ("text",) * 4 + ("bigint", "timestamptz"), rows)
 
 
-async def add_redemptions(conn: asyncpg.Connection, rows: list[tuple]) -> list[tuple]:
-    """(redemption id, voucher id, campaign, variant, channel, discount, order amount, redeemed at)
-    -> (campaign, variant, channel, discount, revenue, rolled back already)"""
-    return await _insert_new(conn, "redemption_states", ("text",) * 5 + ("bigint", "bigint", "timestamptz"), rows,
-                             "new.campaign_id, new.variant, new.channel, new.discount, new.order_amount,"
-                             " b.redemption_id IS NOT NULL FROM new LEFT JOIN redemption_rollbacks b"
-                             " USING (redemption_id)")
+async def add_voucher_endings(conn: asyncpg.Connection, rows: list[tuple]) -> set[str]:
+    """(voucher id, campaign, expired|revoked)"""
+    return await _insert_new(conn, "voucher_endings", ("text",) * 3, rows)
 
 
-async def add_rollbacks(conn: asyncpg.Connection, rows: list[tuple]) -> list[tuple]:
-    """(redemption id, campaign) -> (campaign, the redemption's (variant, channel, discount,
-    revenue) or None if it has not been consumed yet)"""
-    new = await _insert_new(conn, "redemption_rollbacks", ("text",) * 2, rows,
-                            "new.campaign_id, r.variant, r.channel, r.discount, r.order_amount FROM new"
-                            " LEFT JOIN redemption_states r USING (redemption_id)")
-    return [(c, None if variant is None else (variant, channel, d, o)) for c, variant, channel, d, o in new]
+async def add_redemptions(conn: asyncpg.Connection, rows: list[tuple]) -> set[str]:
+    """(redemption id, voucher id, campaign, variant, channel, discount, order amount, redeemed at)"""
+    return await _insert_new(conn, "redemption_states", ("text",) * 5 + ("bigint", "bigint", "timestamptz"), rows)
 
 
-async def add_denials(conn: asyncpg.Connection, rows: list[tuple]) -> list[tuple]:
-    """(event id, campaign, variant, reason) -> (campaign, reason, variant)"""
-    return await _insert_new(conn, "denials", ("text",) * 4, rows, "campaign_id, reason, variant FROM new")
-
-
-async def add_counts(conn: asyncpg.Connection, changes: CountChanges) -> None:
-    """Adds the deltas to the count rows, each table's rows in key order (two instances updating
-    the same rows take their locks in the same order)."""
-    vouchers = sorted((k, n) for k, n in changes.vouchers.items() if n)
-    if vouchers:
-        await conn.execute(
-            "INSERT INTO voucher_counts AS c SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
-            " $5::bigint[]) ON CONFLICT (campaign_id, variant, channel, state) DO UPDATE SET n = c.n + excluded.n",
-            *map(list, zip(*(k + (n,) for k, n in vouchers), strict=True)))
-    redemptions = sorted((k, v) for k, v in changes.redemptions.items() if any(v))
-    if redemptions:
-        await conn.execute(
-            "INSERT INTO redemption_counts AS c SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
-            " $4::bigint[], $5::bigint[], $6::bigint[]) ON CONFLICT (campaign_id, variant, channel) DO UPDATE"
-            " SET n = c.n + excluded.n, discount = c.discount + excluded.discount, revenue = c.revenue + excluded.revenue",
-            *map(list, zip(*(k + v for k, v in redemptions), strict=True)))
-    denials = sorted(((k, n) for k, n in changes.denials.items() if n), key=lambda kn: (kn[0][:2], kn[0][2] or ""))
-    if denials:
-        await conn.execute(
-            "INSERT INTO denial_counts AS c SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])"
-            " ON CONFLICT (campaign_id, reason, variant) DO UPDATE SET n = c.n + excluded.n",
-            *map(list, zip(*(k + (n,) for k, n in denials), strict=True)))
+async def add_rollbacks(conn: asyncpg.Connection, rows: list[tuple]) -> set[str]:
+    """(redemption id, campaign)"""
+    return await _insert_new(conn, "redemption_rollbacks", ("text",) * 2, rows)
 
 
 async def advance_ledgers(conn: asyncpg.Connection, snapshots: dict[str, ev.LedgerSnapshot],

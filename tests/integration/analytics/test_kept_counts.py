@@ -1,6 +1,7 @@
-"""The counts analytics keeps per batch (migration 004) equal a recount of its state tables —
-after a stream shuffled, redelivered and split into batches, after two instances' batches of one
-campaign ran at once, and after the migration filled them from an existing schema."""
+"""The counts analytics keeps as rows are stored (migration 004's triggers) equal a recount of its
+state tables — after a stream shuffled, redelivered and split into batches, after two instances'
+batches of one campaign ran at once, with rows stored by an earlier version of the service, and
+after the migration filled them from an existing schema."""
 
 from __future__ import annotations
 
@@ -129,6 +130,28 @@ async def test_a_voucher_and_its_ending_stored_at_once_by_two_instances_meet(sch
         assert not other.done()  # it waits for the campaign
     await asyncio.wait_for(other, 10)
     assert await pool.fetch("SELECT state, n FROM voucher_counts WHERE n <> 0") == [("expired", 1)]
+    assert await mismatches(pool) == {}
+
+
+async def test_rows_stored_by_an_earlier_version_are_counted_too(schema):
+    """During a rolling upgrade an instance of the previous version stores rows with plain inserts
+    (no campaign lock up front): the triggers count them, and two such writers storing a voucher
+    and its ending at once still meet."""
+    name, pool = schema
+    await migrate(pool, name)
+    async with pool.acquire() as a, pool.acquire() as b, a.transaction():
+        await a.execute("INSERT INTO voucher_states VALUES ('v-1', 'c1', 'A', 'email', 1000, now())")
+        ending = asyncio.create_task(b.execute("INSERT INTO voucher_endings VALUES ('v-1', 'c1', 'revoked')"))
+        await asyncio.sleep(0.5)
+        assert not ending.done()
+    await asyncio.wait_for(ending, 10)
+    await pool.execute("INSERT INTO redemption_rollbacks VALUES ('r-1', 'c1')")
+    await pool.execute("INSERT INTO redemption_states VALUES ('r-1', 'v-1', 'c1', 'A', 'email', 800, 9000, now()),"
+                       " ('r-2', 'v-2', 'c1', 'A', 'email', 700, 8000, now())")
+    await pool.execute("INSERT INTO denials VALUES ('d-1', 'c1', NULL, 'holdout'), ('d-2', 'c1', NULL, 'holdout')")
+    assert await pool.fetch("SELECT state, n FROM voucher_counts WHERE n <> 0") == [("revoked", 1)]
+    assert await pool.fetch("SELECT n, discount, revenue FROM redemption_counts") == [(1, 700, 8000)]
+    assert await pool.fetch("SELECT reason, variant, n FROM denial_counts") == [("holdout", None, 2)]
     assert await mismatches(pool) == {}
 
 
