@@ -109,8 +109,10 @@ class IssuanceHandlers:
         return batch
 
     async def save(self, conn: asyncpg.Connection, batch: Batch) -> None:
+        """The ledger's steps, then every event of the transaction in one outbox write (the
+        delivery requests sealed under the outbox key: they carry the codes)."""
         await store.save_planned(conn, batch.steps)
-        await enqueue(conn, batch.outbox, keys=self.keys)
+        await enqueue(conn, batch.outbox, self.secrets.outbox_key, keys=self.keys)
 
     def observe(self, batch: Batch, entries: list[Entry]) -> None:
         now = time.time()
@@ -179,7 +181,7 @@ class IssuanceHandlers:
                                           now))
             vouchers.append(Issued(voucher_id, spec, customer_id, trigger, outcome, lg, e.facts, trace))
         await store.insert_attempts(conn, attempts)
-        await self._store_vouchers(conn, vouchers, now)
+        await self._store_vouchers(conn, batch, vouchers, now)
         for voucher_id, spec, customer_id, trigger, outcome, lg, _, trace in vouchers:
             batch.outbox.append(event_record("voucher-issued", ev.VoucherIssued(
                 voucher_id=voucher_id, campaign_id=spec.id, customer_id=customer_id, variant=outcome.variant,
@@ -189,9 +191,11 @@ class IssuanceHandlers:
                 traceparent=trace))
             self.metrics.issued.labels(spec.id, outcome.variant, outcome.channel.value).inc()
 
-    async def _store_vouchers(self, conn: asyncpg.Connection, vouchers: list[Issued], now: datetime) -> None:
-        """Draws each voucher's code, stores its hash (and, on-site, its sealed copy) and queues
-        the delivery request; a hash collision (never seen, but possible) draws again."""
+    async def _store_vouchers(self, conn: asyncpg.Connection, batch: Batch, vouchers: list[Issued],
+                              now: datetime) -> None:
+        """Draws each voucher's code, stores its hash (and, on-site, its sealed copy) and adds the
+        delivery request to the batch's events; a hash collision (never seen, but possible) draws
+        again."""
         pending = {v.voucher_id: v for v in vouchers}
         while pending:
             rows: list[store.NewVoucher] = []
@@ -216,8 +220,7 @@ class IssuanceHandlers:
                         expires_at=spec.validity.expires_at(now)), source=SOURCE, sealed=True,
                         headers=(("voucher-id", voucher_id),), traceparent=trace)
             collided = await store.insert_vouchers(conn, rows)
-            await enqueue(conn, [r for vid, r in deliveries.items() if vid not in collided], self.secrets.outbox_key,
-                          keys=self.keys)
+            batch.outbox += [r for vid, r in deliveries.items() if vid not in collided]
             if collided:
                 log.warning("voucher code collision; drawing again", extra={"count": len(collided)})
             pending = {vid: v for vid, v in pending.items() if vid in collided}

@@ -18,9 +18,12 @@ async def lock_marks(conn: asyncpg.Connection, partitions: Iterable[int]) -> dic
     parts = sorted(set(partitions))
     if not parts:
         return {}
-    await conn.execute("INSERT INTO consent_marks (partition) SELECT unnest($1::int[]) ON CONFLICT DO NOTHING", parts)
-    rows = await conn.fetch("SELECT partition, changed_offset, state_offset FROM consent_marks"
-                            " WHERE partition = ANY($1::int[]) ORDER BY partition FOR UPDATE", parts)
+    lock = ("SELECT partition, changed_offset, state_offset FROM consent_marks"
+            " WHERE partition = ANY($1::int[]) ORDER BY partition FOR UPDATE")
+    rows = await conn.fetch(lock, parts)
+    if len(rows) < len(parts):  # a partition seen for the first time (a round trip saved on every other batch)
+        await conn.execute("INSERT INTO consent_marks (partition) SELECT unnest($1::int[]) ON CONFLICT DO NOTHING", parts)
+        rows = await conn.fetch(lock, parts)
     return {r["partition"]: Known(r["changed_offset"], r["state_offset"]) for r in rows}
 
 
