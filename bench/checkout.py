@@ -33,7 +33,7 @@ import asyncpg
 import httpx
 import orjson
 
-from bench.common import analyze, found, free_port, service_process
+from bench.common import analyze, clean_up, found, free_port, service_process
 from bench.pipeline import fleet_env
 from shared import auth, topics
 from shared.settings import KafkaSettings, PostgresSettings
@@ -246,7 +246,7 @@ async def run(rate: int, seconds: float, max_rate: int, workers: int, pg_seconds
                 if workers == 1:
                     result["redeem_max"]["writer"] = writer_stats(middle, await writer_totals(metrics))
     finally:
-        await topics.delete_topics(bootstrap, prefix)
+        await clean_up(bootstrap, prefix, env)
     loop = asyncio.get_running_loop()
     result["raw_postgres_update_max"] = await loop.run_in_executor(None, pgbench_update, pg_seconds, 10)
     result["raw_postgres_update_at_rate"] = await loop.run_in_executor(None, lambda: pgbench_update(pg_seconds, 10, rate))

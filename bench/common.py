@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from shared import db
+from shared import db, topics
 from shared.settings import PostgresSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,6 +166,17 @@ async def drop_schemas(schemas: list[str]) -> None:
             await db.drop_schema(pool, schema)
     finally:
         await pool.close()
+
+
+async def clean_up(bootstrap: str, prefix: str, env: dict[str, str]) -> None:
+    """A bench's own topics and schemas (each ``*_SCHEMA_NAME`` in its services' environment) go
+    when it ends, however it ends: a machine that runs the benches daily keeps none of them."""
+    try:
+        await topics.delete_topics(bootstrap, prefix)
+    finally:
+        schemas = sorted({v for k, v in env.items() if k.endswith("_SCHEMA_NAME")})
+        if schemas:
+            await drop_schemas(schemas)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
-from bench.common import free_port, percentile, service_process
+from bench.common import clean_up, free_port, percentile, service_process
 from shared import events as ev
 from shared import topics
 from shared.kafka import start_producer
@@ -84,7 +84,7 @@ async def run(rate: int, seconds: float, bootstrap: str) -> dict:
             await producer.stop()
             await consumer.stop()
     finally:
-        await topics.delete_topics(bootstrap, prefix)
+        await clean_up(bootstrap, prefix, env)
     lat_ms = [x * 1000 for x in latencies]
     return {
         "benchmark": "consent_propagation",

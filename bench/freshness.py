@@ -23,7 +23,7 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer
 
-from bench.common import free_port, percentile, service_process
+from bench.common import clean_up, free_port, percentile, service_process
 from bench.issuance import consent, entered
 from shared import auth, datakeys, topics
 from shared import events as ev
@@ -115,7 +115,7 @@ async def run(n: int, gap: float) -> dict:
                 watcher.cancel()
                 await counters.stop()
     finally:
-        await topics.delete_topics(bootstrap, prefix)
+        await clean_up(bootstrap, prefix, env)
     ms = lambda xs, q: round(percentile([x * 1000 for x in xs], q), 1)  # noqa: E731
     return {"benchmark": "counter_freshness", "redemptions": n,
             "to_metrics_p50_ms": ms(to_metrics, 50), "to_metrics_p99_ms": ms(to_metrics, 99),

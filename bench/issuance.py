@@ -21,7 +21,7 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer
 
-from bench.common import free_port, percentile, service_process
+from bench.common import clean_up, free_port, percentile, service_process
 from shared import auth, topics
 from shared import events as ev
 from shared.kafka import start_producer
@@ -147,7 +147,7 @@ async def run(saturation: int, rate: int, seconds: float, bootstrap: str) -> dic
             finally:
                 await conn.close()
     finally:
-        await topics.delete_topics(bootstrap, prefix)
+        await clean_up(bootstrap, prefix, env)
     raw = await raw_postgres_insert_rate()
     result["raw_postgres_insert_rows_per_s"] = round(raw)
     result["ratio_vouchers_to_raw_insert"] = round(result["vouchers_per_s"] / raw, 3)

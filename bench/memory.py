@@ -23,7 +23,7 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer
 
-from bench.common import service_process
+from bench.common import clean_up, service_process
 from bench.pipeline import CAMPAIGN, SERVICES, fleet_env, rss_mb
 from shared import auth, topics
 from shared import events as ev
@@ -112,7 +112,7 @@ async def run(events: int, customers: int) -> dict:
             result["rss_mb_peak"] = {s: max(x["rss_mb"][s] for x in result["samples"]) for s in SERVICES}
             await producer.stop()
     finally:
-        await topics.delete_topics(bootstrap, prefix)
+        await clean_up(bootstrap, prefix, env)
     start, end = result["rss_mb_at_start"], result["rss_mb_at_end"]
     result["growth_mb_per_100k_events"] = {s: round((end[s] - start[s]) / events * 100_000, 2) for s in SERVICES}
     return result

@@ -30,7 +30,7 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer
 
-from bench.common import percentile, service_process
+from bench.common import clean_up, percentile, service_process
 from bench.pipeline import CAMPAIGN, SERVICES, fleet_env
 from shared import auth, datakeys, topics
 from shared import events as ev
@@ -208,7 +208,7 @@ async def erasures(n: int, load_rate: int, seconds: float) -> dict:
                                 "invariant_holds": after["spent"] == before["spent"] and
                                 after["reserved"] == active * CAMPAIGN["offer"]["amount"]["amount"]}
     finally:
-        await topics.delete_topics(bootstrap, prefix)
+        await clean_up(bootstrap, prefix, env)
     return result
 
 
