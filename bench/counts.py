@@ -1,7 +1,7 @@
 """Analytics' counts at a campaign's scale: what reading one campaign's counters costs — the
 publisher reads every campaign's once per interval, and the stats endpoint on each request — when
-they were recounted from the state tables (before migration 004) and now that each batch keeps
-them; and how long the migration takes to fill them on an existing schema.
+they were recounted from the state tables (before migration 004) and now that triggers keep them
+as rows are stored; and how long the migration takes to fill them on an existing schema.
 
     python -m bench.counts --vouchers 1000000
 """

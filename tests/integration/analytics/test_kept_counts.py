@@ -162,7 +162,7 @@ async def test_the_migration_counts_what_an_existing_schema_holds(schema):
     rows = [r for b in batches(rng, stream(rng, 200)) for r in (
         *(("voucher_states", x) for x in b.vouchers), *(("voucher_endings", x) for x in b.endings),
         *(("redemption_states", x) for x in b.redemptions), *(("redemption_rollbacks", x) for x in b.rollbacks),
-        *(("denials", (x[0], x[1], x[2], x[3])) for x in b.denials))]
+        *(("denials", x) for x in b.denials))]
     async with pool.acquire() as conn:
         for table, row in rows:
             await conn.execute(f"INSERT INTO {table} VALUES ({', '.join(f'${i + 1}' for i in range(len(row)))})"
