@@ -33,7 +33,7 @@ import asyncpg
 import httpx
 import orjson
 
-from bench.common import analyze, clean_up, found, free_port, service_process
+from bench.common import analyze, clean_up, found, free_port, scratch, service_process
 from bench.pipeline import fleet_env
 from shared import auth, topics
 from shared.settings import KafkaSettings, PostgresSettings
@@ -163,7 +163,7 @@ async def run(rate: int, seconds: float, max_rate: int, workers: int, pg_seconds
     env = {"ISSUANCE_HTTP_PORT": str(port), "ISSUANCE_SCHEMA_NAME": schema, "ISSUANCE_LOG_LEVEL": "WARNING",
            "VOUCHERSTREAM_KAFKA_TOPIC_PREFIX": prefix, "VOUCHERSTREAM_POSTGRES_POOL_MAX": "20", "VOUCHERSTREAM_POSTGRES_POOL_MIN": "20",
            "ISSUANCE_FAILED_ATTEMPTS_BURST": "1000000000", "ISSUANCE_HTTP_WORKERS": str(workers)}
-    workdir = Path(tempfile.mkdtemp(prefix="bench-checkout-"))
+    workdir = scratch("bench-checkout-")
     result: dict = {"benchmark": "checkout", "http_workers": workers,
                     "setting": "issuance alone" if stack_rate is None else
                     f"the stack as make run runs it: four services, the shop simulator at {stack_rate:g} events/s"}

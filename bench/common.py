@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -23,7 +26,28 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 _handed_out: set[int] = set()
+_scratch: list[Path] = []
+_failed = False
 
+
+def scratch(prefix: str) -> Path:
+    """A working folder for one run (service logs, load results), removed when the process ends
+    normally; kept when it ends on an unhandled exception, so the logs it names can be read."""
+    if not _scratch:
+        hook = sys.excepthook
+
+        def failed(*exc) -> None:
+            global _failed
+            _failed = True
+            for path in _scratch:
+                print(f"[bench] kept {path} (the run failed)", file=sys.stderr)
+            hook(*exc)
+
+        sys.excepthook = failed
+        atexit.register(lambda: _failed or [shutil.rmtree(p, ignore_errors=True) for p in _scratch])
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    _scratch.append(path)
+    return path
 
 
 def found(pattern: str, text: str, what: str) -> str:

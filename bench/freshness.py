@@ -14,16 +14,14 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer
 
-from bench.common import clean_up, free_port, percentile, service_process
+from bench.common import clean_up, free_port, percentile, scratch, service_process
 from bench.issuance import consent, entered
 from shared import auth, datakeys, topics
 from shared import events as ev
@@ -46,7 +44,7 @@ async def run(n: int, gap: float) -> dict:
     env = {"VOUCHERSTREAM_KAFKA_TOPIC_PREFIX": prefix, "ISSUANCE_LOG_LEVEL": "WARNING", "ANALYTICS_LOG_LEVEL": "WARNING"}
     for s, p in ports.items():
         env[f"{s.upper()}_HTTP_PORT"], env[f"{s.upper()}_SCHEMA_NAME"] = str(p), schemas[s]
-    tmp = Path(tempfile.mkdtemp(prefix="bench-fresh-"))
+    tmp = scratch("bench-fresh-")
     to_metrics, to_topic = [], []
     try:
         async with service_process("issuance", env, ports["issuance"], tmp / "issuance.log"), \

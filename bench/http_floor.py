@@ -12,14 +12,13 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
 from bench.checkout import vegeta
-from bench.common import cpu_seconds, cpu_share, free_port
+from bench.common import cpu_seconds, cpu_share, free_port, scratch
 
 BODY = b'{"status":"ok"}'
 
@@ -78,7 +77,7 @@ def measure(kind: str, rate: int, seconds: float, workdir: Path) -> dict:
 
 
 def run(rate: int, seconds: float) -> dict:
-    workdir = Path(tempfile.mkdtemp(prefix="bench-http-floor-"))
+    workdir = scratch("bench-http-floor-")
     return {"benchmark": "http_floor", "bare_asgi": measure("asgi", rate, seconds, workdir),
             "fastapi_route": measure("fastapi", rate, seconds, workdir)}
 

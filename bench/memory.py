@@ -13,17 +13,15 @@ import contextlib
 import json
 import re
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer
 
-from bench.common import clean_up, service_process
+from bench.common import clean_up, scratch, service_process
 from bench.pipeline import CAMPAIGN, SERVICES, fleet_env, rss_mb
 from shared import auth, topics
 from shared import events as ev
@@ -42,7 +40,7 @@ async def run(events: int, customers: int) -> dict:
     kafka = KafkaSettings(topic_prefix=prefix)
     await topics.ensure_topics(bootstrap, prefix, report=lambda *_: None)
     ports, env = fleet_env(prefix, "mem")
-    tmp = Path(tempfile.mkdtemp(prefix="bench-memory-"))
+    tmp = scratch("bench-memory-")
     ids = [f"m-{i}" for i in range(customers)]
     result: dict = {"benchmark": "memory", "events": events, "customers": customers, "samples": []}
     try:

@@ -6,7 +6,7 @@ what consent ordering adds to it (the consent marks read by segmentation, the ho
 
     python -m bench.pipeline --saturation 10000 --rate 1000 --seconds 10
     python -m bench.pipeline --saturation 10000 --rate 0 --instances 2    # two workers per service
-    python -m bench.pipeline --saturation 10000 --rate 0 --profile 8      # py-spy each service for 8 s
+    python -m bench.pipeline --saturation 10000 --rate 0 --profile 8      # py-spy each service while saturated (8 s at most)
     python -m bench.pipeline --saturation 10000 --rate 0 --cluster        # on the secured 3-broker cluster
 
 The customer-keyed topics get ``VOUCHERSTREAM_CUSTOMER_PARTITIONS`` partitions (6 by default; set it
@@ -19,8 +19,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import signal
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -41,6 +41,7 @@ from bench.common import (
     histogram_quantile,
     percentile,
     samples,
+    scratch,
     service_process,
 )
 from shared import auth, topics
@@ -144,7 +145,7 @@ async def run(saturation: int, rate: int, seconds: float, instances: int = 1, pr
     ports, env = fleet_env(prefix, "pipe")
     if cluster:
         env = cluster.service_env() | env
-    tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    tmp = scratch("bench-pipeline-")
     paced = int(rate * seconds)
     customers = [f"p-{i}" for i in range(saturation + paced)]
     result: dict = {"benchmark": "pipeline", "events_saturation": saturation, "paced_rate_per_s": rate,
@@ -212,8 +213,10 @@ async def run(saturation: int, rate: int, seconds: float, instances: int = 1, pr
             for cid in customers[:saturation]:
                 await producer.send(kafka.topic("cart-abandoned"), key=cid.encode(), value=cart(cid))
             await producer.flush()
-            profiling = asyncio.create_task(profile_services(procs, profile_s, tmp)) if profile_s else None
+            saturated = asyncio.Event()
+            profiling = asyncio.create_task(profile_services(procs, profile_s, tmp, saturated)) if profile_s else None
             await asyncio.wait_for(collect(saturation), timeout=600)
+            saturated.set()
             result["events_per_s_end_to_end"] = round(saturation / (time.perf_counter() - started), 1)
             result["cores_used_saturated"] = cpu_share(cpu_before, cpu_seconds(names), time.perf_counter() - started)
             if profiling:
@@ -251,12 +254,11 @@ async def run(saturation: int, rate: int, seconds: float, instances: int = 1, pr
                 await asyncio.sleep(max(t0 + i / rate - time.perf_counter(), 0.005))
             result["paced_achieved_per_s"] = round(paced / (time.perf_counter() - t0), 1)
             await asyncio.wait_for(collector, timeout=300)
-            result["cores_used_paced"] = cpu_share(cpu_before, cpu_seconds(names), time.perf_counter() - cpu_t0)
-            result["services_paced"] = service_batches(loops_before, await loop_metrics(ports),
-                                                       time.perf_counter() - cpu_t0)
-            if paced:
+            if paced:  # (with no paced phase there is nothing to divide by)
+                result["cores_used_paced"] = cpu_share(cpu_before, cpu_seconds(names), time.perf_counter() - cpu_t0)
+                result["services_paced"] = service_batches(loops_before, await loop_metrics(ports),
+                                                           time.perf_counter() - cpu_t0)
                 result["consent_ordering"] = ordering_cost(before, await ordering_metrics(ports), consent_share)
-            if paced:
                 lat = [(arrivals[c] - sent[c]) * 1000 for c in customers[saturation:]]
                 result.update(p50_ms=round(percentile(lat, 50), 1), p99_ms=round(percentile(lat, 99), 1),
                               max_ms=round(max(lat), 1))
@@ -311,10 +313,10 @@ async def record_times(kafka: KafkaSettings, topic: str) -> dict[str, int]:
         await reader.stop()
 
 
-async def profile_services(procs: dict[str, list], seconds: float, tmp: Path) -> dict:
-    """Samples every service process with py-spy for ``seconds`` while the pipeline is saturated;
-    returns each service's hottest functions (share of its samples where the function is on top
-    of the stack, i.e. its own time)."""
+async def profile_services(procs: dict[str, list], seconds: float, tmp: Path, over: asyncio.Event) -> dict:
+    """Samples every service process with py-spy while the pipeline is saturated (until ``over`` is
+    set, for at most ``seconds``); returns each service's hottest functions (share of its samples
+    where the function is on top of the stack, i.e. its own time)."""
     exe = Path(sys.executable).with_name("py-spy")
     jobs = {}
     for s, ps in procs.items():
@@ -323,6 +325,11 @@ async def profile_services(procs: dict[str, list], seconds: float, tmp: Path) ->
             str(exe), "record", "--pid", str(ps[0].pid), "--duration", str(int(seconds)), "--rate", "50",
             "--format", "raw", "--nonblocking", "--output", str(out),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(over.wait(), seconds)
+    for _, proc in jobs.values():
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)  # py-spy writes what it has sampled and exits
     report = {}
     for s, (out, proc) in jobs.items():
         await proc.wait()
@@ -354,7 +361,7 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=1, help="processes per service")
     parser.add_argument("--cluster", action="store_true", help="on the secured three-broker cluster "
                         "(deploy/local/cluster.sh, started if down): TLS, SCRAM, ACLs, 3 replicas")
-    parser.add_argument("--profile", type=float, default=0, help="py-spy each service for this many seconds")
+    parser.add_argument("--profile", type=float, default=0, help="py-spy each service while saturated, at most this long")
     parser.add_argument("--consent-share", type=float, default=0.1,
                         help="during the paced phase, one consent change per this many carts' worth (0.1: one per 10)")
     args = parser.parse_args()

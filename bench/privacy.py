@@ -19,18 +19,16 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer
 
-from bench.common import clean_up, percentile, service_process
+from bench.common import clean_up, percentile, scratch, service_process
 from bench.pipeline import CAMPAIGN, SERVICES, fleet_env
 from shared import auth, datakeys, topics
 from shared import events as ev
@@ -103,7 +101,7 @@ async def erasures(n: int, load_rate: int, seconds: float) -> dict:
     kafka = KafkaSettings(topic_prefix=prefix)
     await topics.ensure_topics(bootstrap, prefix, report=lambda *_: None)
     ports, env = fleet_env(prefix, "priv")
-    tmp = Path(tempfile.mkdtemp(prefix="bench-privacy-"))
+    tmp = scratch("bench-privacy-")
     url = {s: f"http://127.0.0.1:{p}" for s, p in ports.items()}
     erased = [f"e-{i}" for i in range(n)]
     load = [f"l-{i}" for i in range(int(load_rate * seconds) + 1)]
