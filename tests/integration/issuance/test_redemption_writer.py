@@ -84,3 +84,28 @@ async def test_redemptions_arriving_together_are_written_together(issuance):
     assert writes == [20]
     assert [w.outcome for w in written] == ["redeemed"] * 20
     assert sorted(w.ledger.seq for w in written) == list(range(written[0].ledger.seq, written[0].ledger.seq + 20))
+
+
+async def test_the_keys_answers_are_written_by_index_however_young_the_table_was_when_planned(issuance):
+    """PL/pgSQL caches a generic plan per statement of the function after five calls, costed with
+    the tables as they were then: planned while ``idempotency_keys`` held a page, the probe of each
+    key's answer was a sequential scan, and stayed one as the table grew (a checkout bench beside
+    the stack once fell to 522 redemptions/s, 300 ms a write)."""
+    vouchers = await partner_vouchers(issuance, "young", 12, budget=100 * DISCOUNT)
+    async with issuance.writer_pool.acquire() as conn:  # one session: the function's cached plans live in it
+        await conn.execute("ALTER TABLE idempotency_keys SET (autovacuum_enabled = false)")  # no ANALYZE of its own
+        await conn.execute("INSERT INTO idempotency_keys (api_key_id, key, request_hash)"
+                           " SELECT 'other', 'y' || g, '\\x00' FROM generate_series(1, 100) g")
+        await conn.execute("ANALYZE idempotency_keys")  # as autovacuum does after its first 50 rows
+        for i, v in enumerate(vouchers[:8]):  # after five calls the statements' generic plans are kept
+            [(outcome, _)] = await checkout_store.redeem_single_use_batch(conn, "young", "voucher-redeemed",
+                                                                          [item("young", v, f"y-young-{i}")])
+            assert outcome == "redeemed"
+        await conn.execute("INSERT INTO idempotency_keys (api_key_id, key, request_hash)"
+                           " SELECT 'other', 'g' || g, '\\x00' FROM generate_series(1, 50000) g")
+        async with conn.transaction():
+            written = await checkout_store.redeem_single_use_batch(
+                conn, "young", "voucher-redeemed", [item("young", v, f"y-grown-{i}") for i, v in enumerate(vouchers[8:])])
+            seq_scans = await conn.fetchval("SELECT pg_stat_get_xact_numscans('idempotency_keys'::regclass)")
+    assert [o for o, _ in written] == ["redeemed"] * 4
+    assert seq_scans == 0
