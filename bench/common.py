@@ -43,8 +43,13 @@ def scratch(prefix: str) -> Path:
                 print(f"[bench] kept {path} (the run failed)", file=sys.stderr)
             hook(*exc)
 
+        def remove() -> None:
+            if not _failed:
+                for path in _scratch:
+                    shutil.rmtree(path, ignore_errors=True)
+
         sys.excepthook = failed
-        atexit.register(lambda: _failed or [shutil.rmtree(p, ignore_errors=True) for p in _scratch])
+        atexit.register(remove)
     path = Path(tempfile.mkdtemp(prefix=prefix))
     _scratch.append(path)
     return path
