@@ -91,12 +91,18 @@ class DataKeys:
         fresh = sorted(set(wanted) - {subjects[s] for s in found})
         if fresh:  # sorted: two writers creating keys for the same customers lock them in one order
             ids = [os.urandom(12).hex() for _ in fresh]
+            raw = dict(zip(ids, (os.urandom(32) for _ in fresh), strict=True))
             current = [self.subjects(c)[0] for c in fresh]
-            await conn.execute(
+            stored = await conn.fetch(
                 f"INSERT INTO {self.table} (key_id, subject, wrapped) SELECT * FROM unnest($1::text[], $2::text[],"
-                " $3::bytea[]) ON CONFLICT (subject) DO NOTHING", ids, current,
-                [sealing.seal(self._wrap[0], os.urandom(32), i.encode()) for i in ids])
-            found |= await self._read(conn, "subject", current)  # ours, or a racer's
+                " $3::bytea[]) ON CONFLICT (subject) DO NOTHING RETURNING key_id, subject", ids, current,
+                [sealing.seal(self._wrap[0], raw[i], i.encode()) for i in ids])
+            # Ours are committed already outside a transaction, and not yet inside the caller's.
+            mine = conn.is_in_transaction()
+            found |= {r["subject"]: (DataKey(r["key_id"], raw[r["key_id"]]), mine) for r in stored}
+            raced = [subject for subject in current if subject not in found]
+            if raced:  # another writer created these customers' keys meanwhile: theirs are the keys
+                found |= await self._read(conn, "subject", raced)
         for subject, (key, mine) in found.items():
             out[subjects[subject]] = key
             if not mine:

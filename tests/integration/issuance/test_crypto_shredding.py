@@ -84,3 +84,22 @@ async def test_new_customers_met_at_once_by_the_checkout_get_one_key_each(issuan
     assert len({k.id for k in by_customer.values()}) == len(customers)
     await keys.load([k.id for k in by_customer.values()])
     assert all(keys.opener(k.id) == k.key for k in by_customer.values())  # committed: another reader opens them
+
+
+async def test_two_writers_meeting_a_new_customer_at_once_agree_on_one_key(issuance):
+    """The second writer's insert waits for the first's transaction, then finds the key taken and
+    uses that one: a customer never has two keys, whichever writer commits first."""
+    keys = issuance.keys
+    customer = unique("c-raced-")
+    async with issuance.pool.acquire() as a, issuance.pool.acquire() as b:
+        first_tx = a.transaction()
+        await first_tx.start()
+        first = (await keys.for_customers(a, [customer]))[customer]
+        async with b.transaction():
+            second = asyncio.create_task(keys.for_customers(b, [customer]))
+            await asyncio.sleep(0.3)
+            assert not second.done()  # waiting on the first writer's uncommitted key
+            await first_tx.commit()
+            got = (await second)[customer]
+    assert got == first
+    assert await keys.for_customer(customer) == first
