@@ -5,8 +5,8 @@
 -- costed with the statistics of that moment: analysed while idempotency_keys held a page or two,
 -- a sequential scan is the cheaper plan, and the session keeps it as the table grows to tens of
 -- thousands of keys, until the table is analysed again — one scan per redemption, inside the
--- campaign's serialised write (a checkout bench beside the stack once fell to 522
--- redemptions/s, 300 ms a write; tests/integration/issuance/test_redemption_writer.py).
+-- campaign's serialised write (docs/benchmarks.md, "Beside the stack, the probe again";
+-- tests/integration/issuance/test_redemption_writer.py).
 -- A later CREATE OR REPLACE of the function must keep this setting.
 ALTER FUNCTION redeem_single_use_batch(text, text, text[], bigint[], bigint[], text[], text[], text[], bigint[],
                                        text[], timestamptz[], text[], text[], bytea[], jsonb[], text[], text[])

@@ -89,8 +89,8 @@ async def test_redemptions_arriving_together_are_written_together(issuance):
 async def test_the_keys_answers_are_written_by_index_however_young_the_table_was_when_planned(issuance):
     """PL/pgSQL caches a generic plan per statement of the function after five calls, costed with
     the tables as they were then: planned while ``idempotency_keys`` held a page, the probe of each
-    key's answer was a sequential scan, and stayed one as the table grew (a checkout bench beside
-    the stack once fell to 522 redemptions/s, 300 ms a write)."""
+    key's answer was a sequential scan, and stayed one as the table grew (docs/benchmarks.md,
+    "Beside the stack, the probe again")."""
     vouchers = await partner_vouchers(issuance, "young", 12, budget=100 * DISCOUNT)
     async with issuance.writer_pool.acquire() as conn:  # one session: the function's cached plans live in it
         await conn.execute("ALTER TABLE idempotency_keys SET (autovacuum_enabled = false)")  # no ANALYZE of its own
