@@ -32,7 +32,8 @@ _failed = False
 
 def scratch(prefix: str) -> Path:
     """A working folder for one run (service logs, load results), removed when the process ends
-    normally; kept when it ends on an unhandled exception, so the logs it names can be read."""
+    normally; kept when it ends on an unhandled exception, so the logs it names can be read, or
+    when ``VOUCHERSTREAM_BENCH_KEEP`` is set (to read a good run's results afterwards)."""
     if not _scratch:
         hook = sys.excepthook
 
@@ -44,8 +45,11 @@ def scratch(prefix: str) -> Path:
             hook(*exc)
 
         def remove() -> None:
-            if not _failed:
-                for path in _scratch:
+            keep = bool(os.environ.get("VOUCHERSTREAM_BENCH_KEEP"))
+            for path in _scratch:
+                if keep and not _failed:
+                    print(f"[bench] kept {path} (VOUCHERSTREAM_BENCH_KEEP)", file=sys.stderr)
+                elif not _failed:
                     shutil.rmtree(path, ignore_errors=True)
 
         sys.excepthook = failed

@@ -85,10 +85,23 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     still rolls back a transaction left open before calling this."""
 
 
+# Sessions for statements that reach every row by key, run per request (a checkout's read): each
+# statement is planned once per connection, not at every run, and never as a sequential scan.
+# PostgreSQL plans a prepared statement anew at every run while its custom plans cost less than the
+# generic one, and a statement over ``unnest`` of an array parameter always does (the generic plan
+# assumes ten elements, a custom plan knows the one or two a request has): the checkout's read
+# spent longer being planned than being run (docs/benchmarks.md, "Planned at every run"). A generic
+# plan is kept until a table it reads is analysed; made while a table was young it would scan that
+# table as it grows ("Young tables"), hence no sequential scans in these sessions.
+KEY_PROBES = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off"}
+
+
 async def create_pool(settings: PostgresSettings, schema: str, *, application_name: str = "voucherstream",
-                      min_size: int | None = None, max_size: int | None = None) -> asyncpg.Pool:
-    """A pool whose connections see ``schema`` first on their search path. Retries while the
-    server is starting (a service may start before its database)."""
+                      min_size: int | None = None, max_size: int | None = None,
+                      session: dict[str, str] | None = None) -> asyncpg.Pool:
+    """A pool whose connections see ``schema`` first on their search path, with the other
+    settings of ``session`` (e.g. :data:`KEY_PROBES`). Retries while the server is starting (a
+    service may start before its database)."""
     check_schema(schema)
     delay = 0.2
     for attempt in range(1, 31):
@@ -100,7 +113,8 @@ async def create_pool(settings: PostgresSettings, schema: str, *, application_na
                 command_timeout=settings.command_timeout_s,
                 init=_init_connection,
                 reset=_keep_session,
-                server_settings={"search_path": f"{schema},public", "application_name": application_name},
+                server_settings={"search_path": f"{schema},public", "application_name": application_name,
+                                 **(session or {})},
             )
         except (OSError, asyncpg.CannotConnectNowError, asyncpg.PostgresConnectionError) as exc:
             if attempt == 30:

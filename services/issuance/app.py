@@ -41,23 +41,28 @@ class IssuanceService(Service):
         self.outbox_seal_key = secrets.outbox_key
         self.outbox_previous_seal_keys = secrets.outbox_keys[1:]
         self.writer_pool: asyncpg.Pool | None = None
-        self.limiter = FailureLimiter(lambda: self.pool, secrets.pseudonym_key,
+        self.reader_pool: asyncpg.Pool | None = None
+        self.limiter = FailureLimiter(lambda: self.reader_pool, secrets.pseudonym_key,
                                       per_minute=settings.failed_attempts_per_minute,
                                       burst=settings.failed_attempts_burst)
-        self.listings = FailureLimiter(lambda: self.pool, secrets.pseudonym_key, purpose="onsite",
+        self.listings = FailureLimiter(lambda: self.reader_pool, secrets.pseudonym_key, purpose="onsite",
                                        per_minute=settings.onsite_listings_per_minute,
                                        burst=settings.onsite_listings_burst)
+        writer = RedemptionWriter(lambda: self.writer_pool, max_batch=settings.redemption_batch_max,
+                                  observe=self.observe_redemption_write)
         self.checkout = CheckoutHandlers(catalogue, secrets, self.keys, self.metrics, lambda: self.pool,
-                                         RedemptionWriter(lambda: self.writer_pool,
-                                                          max_batch=settings.redemption_batch_max,
-                                                          observe=self.observe_redemption_write),
-                                         self.limiter, max_batch=settings.redemption_batch_max)
+                                         lambda: self.reader_pool, writer, self.limiter,
+                                         max_batch=settings.redemption_batch_max)
         self.sessions = CheckoutSessions(self.checkout, lambda: self.pool)
 
     async def on_start(self) -> None:
         s = self.settings
         self.writer_pool = await db.create_pool(s.postgres, s.db_schema, application_name=f"{s.service}-redemptions",
                                                 min_size=1, max_size=s.redemption_write_connections)
+        # The checkout's reads and failure-limit tokens: statements by key, run per request.
+        self.reader_pool = await db.create_pool(s.postgres, s.db_schema, application_name=f"{s.service}-checkout",
+                                                min_size=1, max_size=s.checkout_read_connections,
+                                                session=db.KEY_PROBES)
         # Range assignment gives one instance the same partition of every input, so the consent-state
         # position it reads for a segment entry's partition is its own (see ordering.py).
         self.consume(["consent-state", "segment-entered", "erasure-requested", "export-requested"],
@@ -76,8 +81,9 @@ class IssuanceService(Service):
         await self.limiter.drain()  # (the HTTP server has stopped: no new give-backs)
         await self.listings.drain()
         await super().stop()
-        if self.writer_pool is not None:
-            await self.writer_pool.close()
+        for pool in (self.writer_pool, self.reader_pool):
+            if pool is not None:
+                await pool.close()
 
     async def forget_idempotent_answers(self) -> None:
         while await store.forget_idempotent_answers(self.pool, self.settings.idempotency_retention_days, 10_000) \

@@ -68,13 +68,14 @@ MAX_OPTIMISTIC_ATTEMPTS = 3
 
 class CheckoutHandlers:
     def __init__(self, catalogue: Catalogue, secrets: IssuanceKeys, keys: DataKeys, metrics: IssuanceMetrics,
-                 pool: Callable[[], asyncpg.Pool], writer: RedemptionWriter, limiter: FailureLimiter, *,
-                 max_batch: int = 200) -> None:
+                 pool: Callable[[], asyncpg.Pool], reads: Callable[[], asyncpg.Pool], writer: RedemptionWriter,
+                 limiter: FailureLimiter, *, max_batch: int = 200) -> None:
         self.catalogue = catalogue
         self.secrets = secrets
         self.keys = keys
         self.metrics = metrics
         self._pool = pool
+        self._reads = reads  # sessions planned for probes by key (shared.db.KEY_PROBES)
         self.writer = writer
         self.limiter = limiter
         # Validations and redemptions read their vouchers together: what arrives while one read
@@ -86,7 +87,7 @@ class CheckoutHandlers:
     async def _read(self, _: None, lookups: list[tuple[bytes, str, str, tuple[Subject, ...]]]) -> list[tuple]:
         attempts = [who for *_, who in lookups]
         rows, waits = await checkout_store.redemption_contexts(
-            self._pool(), [lookup[:3] for lookup in lookups], [s.id for who in attempts for s in who],
+            self._reads(), [lookup[:3] for lookup in lookups], [s.id for who in attempts for s in who],
             self.limiter.rate, self.limiter.burst)
         refused, undo = ratelimit.judge(attempts, waits) if waits else ([None] * len(rows), [])
         self.limiter.give_back(undo)

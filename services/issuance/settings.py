@@ -39,6 +39,9 @@ class IssuanceSettings(ServiceSettings):
     onsite_listings_burst: int = Field(60, ge=1)
     redemption_write_connections: int = Field(2, ge=1, description="connections of the redemption writer (batches of "
                                               "different campaigns are written in parallel)")
+    checkout_read_connections: int = Field(4, ge=1, description="connections of the checkout's reads and "
+                                           "failure-limit tokens (what arrives while one read is in flight goes "
+                                           "in the next)")
     redemption_batch_max: int = Field(200, ge=1, description="most checkout reads, or single-use redemptions of one "
                                       "campaign, sent in one statement")
     voucherify_currency: str = Field("USD", pattern=r"^[A-Z]{3}$", description="the currency of amounts on the "
