@@ -92,8 +92,10 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 # assumes ten elements, a custom plan knows the one or two a request has): the checkout's read
 # spent longer being planned than being run (docs/benchmarks.md, "Planned at every run"). A generic
 # plan is kept until a table it reads is analysed; made while a table was young it would scan that
-# table as it grows ("Young tables"), hence no sequential scans in these sessions.
-KEY_PROBES = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off"}
+# table as it grows ("Young tables"), hence no sequential scans in these sessions. A scan left in
+# one anyway is costed past ``jit_above_cost`` and would be compiled to machine code at every run,
+# which takes far longer than running it: no JIT either, and sweeps belong on the service's pool.
+KEY_PROBES = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off", "jit": "off"}
 
 
 async def create_pool(settings: PostgresSettings, schema: str, *, application_name: str = "voucherstream",

@@ -91,8 +91,8 @@ class IssuanceService(Service):
             pass
 
     async def forget_full_buckets(self) -> None:
-        await self.limiter.forget_full()
-        await self.listings.forget_full()
+        await self.limiter.forget_full(self.pool)
+        await self.listings.forget_full(self.pool)
 
     async def release_held(self) -> None:
         while await self.handlers.release_held(self.pool) >= 1000:

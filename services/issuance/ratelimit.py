@@ -122,9 +122,10 @@ class FailureLimiter:
         finally:
             self._returning = None
 
-    async def forget_full(self) -> int:
-        """Removes buckets that have refilled since they were last taken from."""
-        return await checkout_store.forget_full_buckets(self._pool(), self.purpose + "/", self.rate, self.burst)
+    async def forget_full(self, pool: asyncpg.Pool) -> int:
+        """Removes buckets that have refilled since they were last taken from (a sweep of the
+        table: on ``pool``, not the sessions planned for probes by key the takes use)."""
+        return await checkout_store.forget_full_buckets(pool, self.purpose + "/", self.rate, self.burst)
 
     async def _take(self, _: None, requests: list[tuple[Subject, ...]]) -> list[Refused | None]:
         waits = await checkout_store.settle_attempts(self._pool(), [s.id for who in requests for s in who], [],

@@ -68,3 +68,20 @@ async def test_a_guesser_is_stopped_while_honest_shoppers_on_the_same_key_redeem
         for c in workers:
             await c.aclose()
         await second.stop()
+
+
+async def test_the_sweep_forgets_the_buckets_that_refilled_and_keeps_the_others(issuance):
+    key_id = issuance.api_key.split("_")[1]
+    # Failed validations keep their buckets short: one token for "earlier", ten (20 s to refill) for "now".
+    for customer in ["earlier"] + ["now"] * 10:
+        r = await issuance.client.post("/v1/validations", headers={"X-Shopper-Id": f"tab-{customer}"}, json={
+            "code": "NOSUCH2345XY", "customer_id": customer, "order": order(20000)})
+        assert r.json()["reason"] == "unknown_code"
+    subjects = {c: {s.id for s in issuance.limiter.subjects(key_id, c, f"tab-{c}")} for c in ("earlier", "now")}
+    async with issuance.pool.acquire() as conn:
+        assert set(await conn.fetchval("SELECT array_agg(subject) FROM failure_buckets")) == \
+            subjects["earlier"] | subjects["now"]
+        await conn.execute("UPDATE failure_buckets SET updated_at = updated_at - interval '1 hour'"
+                           " WHERE subject = ANY($1::text[])", list(subjects["earlier"]))  # refilled since
+        await issuance.forget_full_buckets()
+        assert set(await conn.fetchval("SELECT array_agg(subject) FROM failure_buckets")) == subjects["now"]
