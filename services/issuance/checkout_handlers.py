@@ -86,9 +86,10 @@ class CheckoutHandlers:
 
     async def _read(self, _: None, lookups: list[tuple[bytes, str, str, tuple[Subject, ...]]]) -> list[tuple]:
         attempts = [who for *_, who in lookups]
-        rows, waits = await checkout_store.redemption_contexts(
-            self._reads(), [lookup[:3] for lookup in lookups], [s.id for who in attempts for s in who],
-            self.limiter.rate, self.limiter.burst)
+        with self.limiter.carried() as returns:
+            rows, waits = await checkout_store.redemption_contexts(
+                self._reads(), [lookup[:3] for lookup in lookups], [s.id for who in attempts for s in who], returns,
+                self.limiter.rate, self.limiter.burst)
         refused, undo = ratelimit.judge(attempts, waits) if waits else ([None] * len(rows), [])
         self.limiter.give_back(undo)
         return [(row, prior, r) for (row, prior), r in zip(rows, refused, strict=True)]

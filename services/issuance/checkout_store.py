@@ -91,21 +91,22 @@ _CONTEXTS = (
 
 
 async def redemption_contexts(conn: asyncpg.Connection | asyncpg.Pool, lookups: Sequence[tuple[bytes, str, str]],
-                              takes: Sequence[str] = (), rate: float = 0.0, burst: float = 0.0
+                              takes: Sequence[str] = (), returns: Sequence[str] = (), rate: float = 0.0,
+                              burst: float = 0.0
                               ) -> tuple[list[tuple[asyncpg.Record | None, asyncpg.Record | None]], list[int]]:
     """For each ``(code hash, API key id, Idempotency-Key)``: the voucher with its campaign and
     ledger (no locks), and the answer already given to that key if any — one round trip for all,
-    which also takes the failure-limit tokens of ``takes`` (``settle_attempts``: the answers, one
-    per take, come second)."""
+    which also takes the failure-limit tokens of ``takes`` and gives back those of ``returns``
+    (``settle_attempts``: the answers, one per take, come second)."""
     cols = [list(c) for c in zip(*lookups, strict=True)]
-    if not takes:
+    if not takes and not returns:
         rows = await conn.fetch(_CONTEXTS.format(attempts="", waits="", join=""), *cols)
         waits: list[int] = []
     else:
         # A CTE runs once (a volatile function in a joined subquery might run per row).
         rows = await conn.fetch(_CONTEXTS.format(
-            attempts="WITH a AS MATERIALIZED (SELECT settle_attempts($4::text[], '{}', $5, $6) AS waits) ",
-            waits=", a.waits", join=" CROSS JOIN a"), *cols, list(takes), rate, burst)
+            attempts="WITH a AS MATERIALIZED (SELECT settle_attempts($4::text[], $5::text[], $6, $7) AS waits) ",
+            waits=", a.waits", join=" CROSS JOIN a"), *cols, list(takes), list(returns), rate, burst)
         waits = list(rows[0]["waits"])
     return [(row if row["id"] is not None else None, row if row["prior_hash"] is not None else None)
             for row in rows], waits

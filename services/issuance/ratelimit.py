@@ -9,16 +9,19 @@ Listings of on-site codes (which reveal codes) are limited the same way, under t
 and always count.
 
 A request takes a token from each of its subjects before it is answered — in the statement that
-reads its voucher — and gives them back, in the background, unless it failed: concurrent
-guesses cannot overdraw a bucket, and a request that would succeed never waits on anyone else's
-failures. The buckets and their rule live in PostgreSQL (migration ``005_failure_limits.sql``).
+reads its voucher — and gives them back unless it failed, in the background: with the next
+statement that takes attempts (a later request's read), or on their own when none comes within
+:data:`LINGER_S`. Concurrent guesses cannot overdraw a bucket, and a request that would succeed
+never waits on anyone else's failures. The buckets and their rule live in PostgreSQL (migration
+``005_failure_limits.sql``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -29,6 +32,10 @@ from shared.erasure import subject_hash
 from shared.kafka import sanitized
 
 log = logging.getLogger(__name__)
+
+# How long give-backs wait for a statement that takes attempts to carry them before they are
+# written on their own: under load a read comes sooner, and one round trip serves both.
+LINGER_S = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +107,22 @@ class FailureLimiter:
 
     def give_back(self, subject_ids: Iterable[str]) -> None:
         """Tokens return (the attempt did not fail, or its request took nothing), in the background:
-        the answer does not wait; what arrives while one give-back is written goes in the next."""
+        the answer does not wait. They go with the next statement that takes attempts
+        (:meth:`carried`), or on their own after :data:`LINGER_S`."""
         self._returns.extend(subject_ids)
         if self._returns and self._returning is None:
             self._returning = asyncio.create_task(self._give_back())
+
+    @contextlib.contextmanager
+    def carried(self) -> Iterator[list[str]]:
+        """The give-backs waiting, for the statement run inside to carry; given back again if it
+        fails (a bucket holds at most its burst, so one returned twice costs nothing)."""
+        due, self._returns = self._returns, []
+        try:
+            yield due
+        except BaseException:
+            self.give_back(due)
+            raise
 
     async def drain(self) -> None:
         """Waits for the give-backs still in flight (before the pool closes)."""
@@ -112,6 +131,7 @@ class FailureLimiter:
 
     async def _give_back(self) -> None:
         try:
+            await asyncio.sleep(LINGER_S)
             while self._returns:
                 batch, self._returns = self._returns[:self.max_batch], self._returns[self.max_batch:]
                 try:
@@ -128,8 +148,9 @@ class FailureLimiter:
         return await checkout_store.forget_full_buckets(pool, self.purpose + "/", self.rate, self.burst)
 
     async def _take(self, _: None, requests: list[tuple[Subject, ...]]) -> list[Refused | None]:
-        waits = await checkout_store.settle_attempts(self._pool(), [s.id for who in requests for s in who], [],
-                                                     self.rate, self.burst)
+        with self.carried() as returns:
+            waits = await checkout_store.settle_attempts(self._pool(), [s.id for who in requests for s in who],
+                                                         returns, self.rate, self.burst)
         answers, undo = judge(requests, waits)
         self.give_back(undo)
         return answers

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
+from services.issuance import checkout_store, ratelimit
 from services.issuance.app import IssuanceService
 from shared import auth
 from tests.integration.issuance.conftest import campaign
@@ -85,3 +87,47 @@ async def test_the_sweep_forgets_the_buckets_that_refilled_and_keeps_the_others(
                            " WHERE subject = ANY($1::text[])", list(subjects["earlier"]))  # refilled since
         await issuance.forget_full_buckets()
         assert set(await conn.fetchval("SELECT array_agg(subject) FROM failure_buckets")) == subjects["now"]
+
+
+async def test_tokens_go_back_with_the_next_read_or_on_their_own_and_survive_a_failed_one(issuance, monkeypatch):
+    alone = []
+    settle, contexts = checkout_store.settle_attempts, checkout_store.redemption_contexts
+
+    async def settle_alone(conn, takes, returns, rate, burst):
+        alone.append(len(returns))
+        return await settle(conn, takes, returns, rate, burst)
+
+    failing = [True]
+
+    async def read_failing_once(*args, **kwargs):
+        if failing.pop() if failing else False:
+            raise ConnectionResetError("the read's connection went away")
+        return await contexts(*args, **kwargs)
+
+    monkeypatch.setattr(checkout_store, "settle_attempts", settle_alone)
+    monkeypatch.setattr(ratelimit, "LINGER_S", 1.0)  # however slow the machine, the next read comes sooner
+
+    async def validate(i: int) -> int:
+        return (await issuance.client.post("/v1/validations", headers={"X-Shopper-Id": f"tab-{i}"}, json={
+            "code": "NOSUCH3456XY", "customer_id": f"c-{i}", "order": order(20000)})).status_code
+
+    async def all_given_back():
+        return await issuance.pool.fetchval("SELECT count(*) FROM failure_buckets") == 0 or None
+
+    # Refusals count, so give back by hand what honest requests would: twenty requests in a row,
+    # each answered before the next is read; their give-backs ride on the next read.
+    limiter = issuance.limiter
+    key_id = issuance.api_key.split("_")[1]
+    for i in range(20):
+        assert await validate(i) == 200
+        limiter.give_back(s.id for s in limiter.subjects(key_id, f"c-{i}", f"tab-{i}"))
+    await wait_for(all_given_back, what="every token back")
+    assert sum(alone) == 2  # the last request's two: no read came after them
+
+    monkeypatch.setattr(checkout_store, "redemption_contexts", read_failing_once)
+    limiter.give_back(s.id for s in limiter.subjects(key_id, "c-0", "tab-0"))
+    limiter.give_back(["failed/none"])  # (a subject with no bucket: nothing to give back to)
+    with pytest.raises(ConnectionResetError):
+        await issuance.client.post("/v1/validations", json={
+            "code": "NOSUCH3456XY", "customer_id": "c-x", "order": order(20000)})
+    await wait_for(all_given_back, what="the tokens a failed read carried, back on their own")
