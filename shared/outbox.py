@@ -23,7 +23,12 @@ to Kafka in id order and marks them sent. Guarantees:
 The relay polls: every ``min_poll_s`` while rows keep coming, slowing down to ``max_poll_s``
 when idle. (LISTEN/NOTIFY would wake it sooner, but PostgreSQL serialises the commits of every
 notifying transaction on one lock held through the WAL flush: it capped the checkout at one
-redemption per flush.)
+redemption per flush.) A round reads the rows above the highest id it relayed, from the index's
+edge: read from the table's start, every round stepped over the entries of the rows deleted since
+the last vacuum. Ids are taken at insert and commits land in any order, so a row may become
+visible below that mark; every ``full_pass_s`` (and after a takeover) a round reads from the
+start. Its connection is planned for probes by key (``shared.db.KEY_PROBES``): a plan made while
+the queue was empty would scan and sort it.
 """
 
 from __future__ import annotations
@@ -156,6 +161,7 @@ class OutboxRelay:
         min_poll_s: float = 0.005,
         max_poll_s: float = 0.05,
         recovery_scan_limit: int = 20_000,
+        full_pass_s: float = 1.0,
         on_published: Callable[[str, dict[str, str], float], None] | None = None,
         seal_key: bytes | None = None,
         previous_seal_keys: Sequence[bytes] = (),
@@ -169,6 +175,9 @@ class OutboxRelay:
         self.min_poll_s = min_poll_s
         self.max_poll_s = max_poll_s
         self.recovery_scan_limit = recovery_scan_limit
+        self.full_pass_s = full_pass_s
+        self._after = 0  # the highest id this relay published since it took the lead
+        self._full_pass_due = 0.0
         self.on_published = on_published  # (registry topic, row headers, ack time) for service metrics
         self.open_keys = [k for k in (seal_key, *previous_seal_keys) if k is not None]  # a rotation: earlier keys
         self.source = f"{schema}"
@@ -245,6 +254,7 @@ class OutboxRelay:
 
     async def _resign(self) -> None:
         conn, self._leader = self._leader, None
+        self._after = 0
         if conn is None:
             return
         try:
@@ -266,9 +276,13 @@ class OutboxRelay:
         conn = await self._lead()
         if conn is None:
             return 0  # another instance of the service relays
+        after = self._after
+        if self._needs_recovery or time.monotonic() >= self._full_pass_due:
+            after = 0  # from the start: rows committed after a later one was relayed are below the mark
+            self._full_pass_due = time.monotonic() + self.full_pass_s
         async with conn.transaction():
             rows = await conn.fetch("SELECT id, topic, key, value, headers, sealed, partition, created_at, traceparent"
-                                    " FROM outbox ORDER BY id LIMIT $1", self.batch_size)
+                                    " FROM outbox WHERE id > $2 ORDER BY id LIMIT $1", self.batch_size, after)
             if not rows:
                 self.metrics.outbox_pending.labels(self.metrics.service).set(0)
                 return 0
@@ -305,6 +319,7 @@ class OutboxRelay:
             # Sent rows are deleted, not kept: Kafka is the log, and a published row would otherwise
             # keep a customer's id (or a sealed code) in the database after an erasure.
             await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", ids)
+            self._after = max(self._after, ids[-1])
             # A short round read every unsent row there was: what is pending is only counted
             # (a round trip more) when the round was full.
             pending = (await conn.fetchval("SELECT count(*) FROM outbox")

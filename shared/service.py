@@ -73,6 +73,7 @@ class Service:
         self.keys = DataKeys(settings.data, lambda: self.pool)
         self._producer: Producer | None = None
         self._relay: OutboxRelay | None = None
+        self._relay_pool: asyncpg.Pool | None = None
         self.consumers: list[BatchConsumer] = []
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
@@ -115,7 +116,10 @@ class Service:
         await db.migrate(pool, s.db_schema, db.discover(*folders))
         await datakeys.migrate(pool, s.data)
         self._producer = producer = await start_producer(s.kafka, s.service)
-        self._relay = OutboxRelay(pool=pool, producer=producer,
+        # The relay's own connection (one at a time holds its lock), planned for probes by key.
+        self._relay_pool = await db.create_pool(s.postgres, s.db_schema, application_name=f"{s.service}-relay",
+                                                min_size=1, max_size=1, session=db.KEY_PROBES)
+        self._relay = OutboxRelay(pool=self._relay_pool, producer=producer,
                                  kafka=s.kafka, schema=s.db_schema, metrics=self.metrics, seal_key=self.outbox_seal_key,
                                  previous_seal_keys=self.outbox_previous_seal_keys)
         self.spawn("outbox-relay", self._relay.run)
@@ -145,8 +149,9 @@ class Service:
             await asyncio.gather(*pending, return_exceptions=True)
         if self._producer is not None:
             await self._producer.stop()
-        if self._pool is not None:
-            await self._pool.close()
+        for pool in (self._relay_pool, self._pool):
+            if pool is not None:
+                await pool.close()
         self.started = False
         log.info("service stopped", extra={"service": self.settings.service})
 

@@ -186,3 +186,32 @@ async def test_only_one_relay_per_schema_publishes_at_a_time(kafka, pg_schema):
         await standby.close()
     finally:
         await producer.stop()
+
+
+async def test_a_row_committed_after_a_later_one_was_relayed_is_published_too(kafka, pg_schema):
+    """A round reads above the highest id relayed; a row with a lower id whose transaction commits
+    later (ids are taken at insert) is found by the next round that reads from the start."""
+    schema, pool = pg_schema
+    producer = await start_producer(kafka, "test")
+    relay = OutboxRelay(pool=pool, producer=producer, kafka=kafka, schema=schema, metrics=Metrics("t"),
+                        full_pass_s=0.5)
+    try:
+        async with pool.acquire() as slow:
+            straggling = slow.transaction()
+            await straggling.start()
+            await enqueue(slow, [OutboxRecord("erasure-requested", "cust-s", b"straggler")])  # the lower id
+            async with pool.acquire() as conn, conn.transaction():
+                await enqueue(conn, [OutboxRecord("erasure-requested", "cust-l", b"later")])
+            assert await relay.publish_once() == 1  # the later row: the first is not committed yet
+            await straggling.commit()
+
+        async def published() -> bool | None:
+            await relay.publish_once()
+            return await pool.fetchval("SELECT count(*) FROM outbox") == 0 or None
+
+        await wait_for(published, what="the straggler relayed")
+        records = await read_topic(kafka, kafka.topic("erasure-requested"), expect=2, raw=True)
+        assert sorted(r.value for r in records) == [b"later", b"straggler"]
+    finally:
+        await relay.close()
+        await producer.stop()
