@@ -32,6 +32,21 @@ from shared.errors import TransientError
 from shared.settings import DataKeySettings, PostgresSettings
 
 MIGRATIONS = Path(__file__).parent / "keystore_migrations"
+
+# Each customer's key under any of their subjects (one per wrapping key: a rotation keeps the
+# earlier ones), and for those with none, the new key offered under the current subject — one
+# round trip. New keys go in subject order, so two writers creating keys for the same customers
+# lock them in one order; one that loses the race inserts nothing and reads the winner's after.
+_FIND_OR_CREATE = (
+    "WITH have AS (SELECT d.key_id, d.subject, d.wrapped, w.c,"
+    " (d.xmin = xid(pg_current_xact_id_if_assigned())) IS TRUE AS mine"
+    " FROM unnest($1::text[], $2::int[]) AS w(subject, c) JOIN {table} d ON d.subject = w.subject),"
+    " made AS (INSERT INTO {table} (key_id, subject, wrapped)"
+    " SELECT n.key_id, n.subject, n.wrapped FROM unnest($3::int[], $4::text[], $5::text[], $6::bytea[])"
+    " AS n(c, key_id, subject, wrapped) WHERE n.c NOT IN (SELECT c FROM have) ORDER BY n.subject"
+    " ON CONFLICT (subject) DO NOTHING RETURNING key_id, subject)"
+    " SELECT key_id, subject, wrapped, mine, false AS made FROM have"
+    " UNION ALL SELECT key_id, subject, NULL, NULL, true FROM made")
 GONE = b""  # a destroyed key, in the cache
 
 
@@ -86,23 +101,23 @@ class DataKeys:
                 wanted.append(cid)
         if not wanted:
             return out
-        subjects = {s: cid for cid in wanted for s in self.subjects(cid)}
-        found = await self._read(conn, "subject", list(subjects))
-        fresh = sorted(set(wanted) - {subjects[s] for s in found})
-        if fresh:  # sorted: two writers creating keys for the same customers lock them in one order
-            ids = [os.urandom(12).hex() for _ in fresh]
-            raw = dict(zip(ids, (os.urandom(32) for _ in fresh), strict=True))
-            current = [self.subjects(c)[0] for c in fresh]
-            stored = await conn.fetch(
-                f"INSERT INTO {self.table} (key_id, subject, wrapped) SELECT * FROM unnest($1::text[], $2::text[],"
-                " $3::bytea[]) ON CONFLICT (subject) DO NOTHING RETURNING key_id, subject", ids, current,
-                [sealing.seal(self._wrap[0], raw[i], i.encode()) for i in ids])
-            # Ours are committed already outside a transaction, and not yet inside the caller's.
-            mine = conn.is_in_transaction()
-            found |= {r["subject"]: (DataKey(r["key_id"], raw[r["key_id"]]), mine) for r in stored}
-            raced = [subject for subject in current if subject not in found]
-            if raced:  # another writer created these customers' keys meanwhile: theirs are the keys
-                found |= await self._read(conn, "subject", raced)
+        theirs = [self.subjects(cid) for cid in wanted]
+        pairs = [(s, i) for i, mine in enumerate(theirs) for s in mine]
+        subjects = {s: wanted[i] for s, i in pairs}
+        ids = [os.urandom(12).hex() for _ in wanted]  # a new key for each, kept for those who have none
+        raw = dict(zip(ids, (os.urandom(32) for _ in wanted), strict=True))
+        rows = await conn.fetch(
+            _FIND_OR_CREATE.format(table=self.table), [s for s, _ in pairs], [i for _, i in pairs],
+            list(range(len(wanted))), ids, [mine[0] for mine in theirs],
+            [sealing.seal(self._wrap[0], raw[i], i.encode()) for i in ids])
+        # Ours are committed already outside a transaction, and not yet inside the caller's.
+        made_mine = conn.is_in_transaction()
+        found = {r["subject"]: (DataKey(r["key_id"], raw[r["key_id"]]), made_mine) if r["made"] else
+                 (DataKey(r["key_id"], self._unwrap(r["key_id"], r["wrapped"])), r["mine"]) for r in rows}
+        keyed = {subjects[s] for s in found}
+        raced = [s for s, cid in subjects.items() if cid not in keyed]
+        if raced:  # another writer created these customers' keys meanwhile: theirs are the keys
+            found |= await self._read(conn, "subject", raced)
         for subject, (key, mine) in found.items():
             out[subjects[subject]] = key
             if not mine:

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from shared import events as ev
+from shared.datakeys import DataKeys
 from tests.integration.issuance.conftest import campaign, consent_state, entered
 from tests.support import read_topic, unique, wait_for
 
@@ -103,3 +105,20 @@ async def test_two_writers_meeting_a_new_customer_at_once_agree_on_one_key(issua
             got = (await second)[customer]
     assert got == first
     assert await keys.for_customer(customer) == first
+
+
+async def test_after_a_rotation_of_the_wrapping_key_a_customer_keeps_the_key_they_had(issuance):
+    """Keys made under the previous wrapping key are found under its subject: the lookup that
+    creates keys for customers who have none never makes a second one for them."""
+    before = issuance.keys
+    settings = issuance.settings.data
+    after = DataKeys(settings.model_copy(update={"key": SecretStr("the-next-data-wrapping-key-0123456789"),
+                                                 "previous_keys": [settings.key]}), lambda: issuance.pool)
+    old, new = unique("c-old-"), unique("c-new-")
+    async with issuance.pool.acquire() as conn:
+        had = (await before.for_customers(conn, [old]))[old]
+        got = await after.for_customers(conn, [old, new])
+        assert got[old] == had
+        assert got[new] != had
+        assert await after.count_of([old, new]) == 2  # one key each
+        assert (await before.for_customers(conn, [old]))[old] == had
