@@ -23,12 +23,14 @@ to Kafka in id order and marks them sent. Guarantees:
 The relay polls: every ``min_poll_s`` while rows keep coming, slowing down to ``max_poll_s``
 when idle. (LISTEN/NOTIFY would wake it sooner, but PostgreSQL serialises the commits of every
 notifying transaction on one lock held through the WAL flush: it capped the checkout at one
-redemption per flush.) A round reads the rows above the highest id it relayed, from the index's
-edge: read from the table's start, every round stepped over the entries of the rows deleted since
-the last vacuum. Ids are taken at insert and commits land in any order, so a row may become
-visible below that mark; every ``full_pass_s`` (and after a takeover) a round reads from the
-start. Its connection is planned for probes by key (``shared.db.KEY_PROBES``): a plan made while
-the queue was empty would scan and sort it.
+redemption per flush.) A round reads the rows above a mark, from the index's edge: read from the
+table's start, every round stepped over the entries of the rows deleted since the last vacuum.
+Ids are taken at insert and commits land in any order, so an id missing above the mark may be a
+transaction still open: the mark moves up through the ids relayed without a gap, and waits at a
+gap for up to ``full_pass_s`` (an id rolled back never comes). Every ``full_pass_s``, and after a
+takeover, a round reads from the start, for a transaction open longer than that. Its connection is
+planned for probes by key (``shared.db.KEY_PROBES``): a plan made while the queue was empty would
+scan and sort it.
 """
 
 from __future__ import annotations
@@ -176,7 +178,8 @@ class OutboxRelay:
         self.max_poll_s = max_poll_s
         self.recovery_scan_limit = recovery_scan_limit
         self.full_pass_s = full_pass_s
-        self._after = 0  # the highest id this relay published since it took the lead
+        self._after = 0  # every id up to it was relayed, or waited for in vain
+        self._gap_since: float | None = None  # when the id after the mark was first missed
         self._full_pass_due = 0.0
         self.on_published = on_published  # (registry topic, row headers, ack time) for service metrics
         self.open_keys = [k for k in (seal_key, *previous_seal_keys) if k is not None]  # a rotation: earlier keys
@@ -254,7 +257,7 @@ class OutboxRelay:
 
     async def _resign(self) -> None:
         conn, self._leader = self._leader, None
-        self._after = 0
+        self._after, self._gap_since = 0, None
         if conn is None:
             return
         try:
@@ -319,7 +322,7 @@ class OutboxRelay:
             # Sent rows are deleted, not kept: Kafka is the log, and a published row would otherwise
             # keep a customer's id (or a sealed code) in the database after an erasure.
             await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", ids)
-            self._after = max(self._after, ids[-1])
+            self._advance(ids)
             # A short round read every unsent row there was: what is pending is only counted
             # (a round trip more) when the round was full.
             pending = (await conn.fetchval("SELECT count(*) FROM outbox")
@@ -341,6 +344,20 @@ class OutboxRelay:
             log.info("outbox recovery: rows already on Kafka were marked sent, not published again",
                      extra={"schema": self.schema, "rows": len(already)})
         return len(placed)
+
+    def _advance(self, relayed: list[int]) -> None:
+        """Moves the mark up through the ids just relayed that follow it without a gap; past a gap
+        only once it was missed for ``full_pass_s``."""
+        now = time.monotonic()
+        for i in sorted(relayed):
+            if i <= self._after:
+                continue  # found by a round from the start
+            if i != self._after + 1:
+                if self._gap_since is None:
+                    self._gap_since = now
+                if now - self._gap_since < self.full_pass_s:
+                    return
+            self._after, self._gap_since = i, None
 
     async def _already_published(self, placed: Iterable[tuple]) -> set[int]:
         """Which of these unsent rows are already on their partition (published by a round that

@@ -188,30 +188,48 @@ async def test_only_one_relay_per_schema_publishes_at_a_time(kafka, pg_schema):
         await producer.stop()
 
 
-async def test_a_row_committed_after_a_later_one_was_relayed_is_published_too(kafka, pg_schema):
-    """A round reads above the highest id relayed; a row with a lower id whose transaction commits
-    later (ids are taken at insert) is found by the next round that reads from the start."""
+async def test_rows_committed_out_of_id_order_are_each_published_once(kafka, pg_schema):
+    """A round reads above a mark. An id missing above it is waited for: a transaction that commits
+    after a later id was relayed is found by the next round; one open longer than ``full_pass_s``
+    (the mark has moved past it) by the next round that reads from the start."""
     schema, pool = pg_schema
     producer = await start_producer(kafka, "test")
     relay = OutboxRelay(pool=pool, producer=producer, kafka=kafka, schema=schema, metrics=Metrics("t"),
-                        full_pass_s=0.5)
+                        full_pass_s=60)
+
+    async def enqueued(conn, value: bytes) -> None:
+        await enqueue(conn, [OutboxRecord("erasure-requested", f"cust-{value.decode()}", value)])
+
     try:
-        async with pool.acquire() as slow:
+        async with pool.acquire() as slow, pool.acquire() as conn:
             straggling = slow.transaction()
             await straggling.start()
-            await enqueue(slow, [OutboxRecord("erasure-requested", "cust-s", b"straggler")])  # the lower id
-            async with pool.acquire() as conn, conn.transaction():
-                await enqueue(conn, [OutboxRecord("erasure-requested", "cust-l", b"later")])
-            assert await relay.publish_once() == 1  # the later row: the first is not committed yet
+            await enqueued(slow, b"brief")  # the lower id, committed second
+            await enqueued(conn, b"first")
+            assert await relay.publish_once() == 1
+            await straggling.commit()
+            assert await relay.publish_once() == 1  # the mark waited at the gap
+
+            await relay.close()
+            relay = OutboxRelay(pool=pool, producer=producer, kafka=kafka, schema=schema, metrics=Metrics("t"),
+                                full_pass_s=0.3)
+            straggling = slow.transaction()
+            await straggling.start()
+            await enqueued(slow, b"long")  # open for longer than full_pass_s
+            await enqueued(conn, b"second")
+            assert await relay.publish_once() == 1
+            await asyncio.sleep(0.4)
+            await enqueued(conn, b"third")
+            assert await relay.publish_once() == 1  # the mark moves past the gap
             await straggling.commit()
 
-        async def published() -> bool | None:
-            await relay.publish_once()
-            return await pool.fetchval("SELECT count(*) FROM outbox") == 0 or None
+            async def published() -> bool | None:
+                await relay.publish_once()
+                return await pool.fetchval("SELECT count(*) FROM outbox") == 0 or None
 
-        await wait_for(published, what="the straggler relayed")
-        records = await read_topic(kafka, kafka.topic("erasure-requested"), expect=2, raw=True)
-        assert sorted(r.value for r in records) == [b"later", b"straggler"]
+            await wait_for(published, what="the long transaction's row relayed")
+        records = await read_topic(kafka, kafka.topic("erasure-requested"), expect=5, raw=True)
+        assert sorted(r.value for r in records) == [b"brief", b"first", b"long", b"second", b"third"]
     finally:
         await relay.close()
         await producer.stop()
