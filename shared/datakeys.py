@@ -32,6 +32,7 @@ from shared.errors import TransientError
 from shared.settings import DataKeySettings, PostgresSettings
 
 MIGRATIONS = Path(__file__).parent / "keystore_migrations"
+GONE = b""  # a destroyed key, in the cache
 
 # Each customer's key under any of their subjects (one per wrapping key: a rotation keeps the
 # earlier ones), and for those with none, the new key offered under the current subject — one
@@ -47,7 +48,6 @@ _FIND_OR_CREATE = (
     " ON CONFLICT (subject) DO NOTHING RETURNING key_id, subject)"
     " SELECT key_id, subject, wrapped, mine, false AS made FROM have"
     " UNION ALL SELECT key_id, subject, NULL, NULL, true FROM made")
-GONE = b""  # a destroyed key, in the cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +74,7 @@ class DataKeys:
         self._by_id: OrderedDict[str, tuple[bytes, float]] = OrderedDict()  # key id -> key (GONE), read at
         self._by_customer: OrderedDict[str, tuple[DataKey, float]] = OrderedDict()
         # for_customer's misses, coalesced: the checkout's requests that meet new customers
-        # together take one read, one insert and one commit, not one each.
+        # together take one statement and one commit, not one each.
         self._misses: Batcher[None, str, DataKey] = Batcher(self._for_missed)
 
     # ------------------------------------------------------------------ subjects
@@ -102,13 +102,13 @@ class DataKeys:
         if not wanted:
             return out
         theirs = [self.subjects(cid) for cid in wanted]
-        pairs = [(s, i) for i, mine in enumerate(theirs) for s in mine]
+        pairs = [(s, i) for i, each in enumerate(theirs) for s in each]
         subjects = {s: wanted[i] for s, i in pairs}
         ids = [os.urandom(12).hex() for _ in wanted]  # a new key for each, kept for those who have none
         raw = dict(zip(ids, (os.urandom(32) for _ in wanted), strict=True))
         rows = await conn.fetch(
             _FIND_OR_CREATE.format(table=self.table), [s for s, _ in pairs], [i for _, i in pairs],
-            list(range(len(wanted))), ids, [mine[0] for mine in theirs],
+            list(range(len(wanted))), ids, [each[0] for each in theirs],
             [sealing.seal(self._wrap[0], raw[i], i.encode()) for i in ids])
         # Ours are committed already outside a transaction, and not yet inside the caller's.
         made_mine = conn.is_in_transaction()
