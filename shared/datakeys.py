@@ -26,7 +26,6 @@ import asyncpg
 from cryptography.exceptions import InvalidTag
 
 from shared import db, events, sealing
-from shared.batching import Batcher
 from shared.erasure import subject_hash
 from shared.errors import TransientError
 from shared.settings import DataKeySettings, PostgresSettings
@@ -73,9 +72,6 @@ class DataKeys:
         self._pool = pool
         self._by_id: OrderedDict[str, tuple[bytes, float]] = OrderedDict()  # key id -> key (GONE), read at
         self._by_customer: OrderedDict[str, tuple[DataKey, float]] = OrderedDict()
-        # for_customer's misses, coalesced: the checkout's requests that meet new customers
-        # together take one statement and one commit, not one each.
-        self._misses: Batcher[None, str, DataKey] = Batcher(self._for_missed)
 
     # ------------------------------------------------------------------ subjects
 
@@ -86,8 +82,9 @@ class DataKeys:
     # ------------------------------------------------------------------ sealing side
 
     async def for_customers(self, conn: asyncpg.Connection, customer_ids: Iterable[str]) -> dict[str, DataKey]:
-        """Each customer's data key, created if they have none, on ``conn`` inside the caller's
-        transaction: a new key becomes visible exactly when the records sealed with it do. Keys
+        """Each customer's data key, created if they have none, on ``conn``: inside the caller's
+        transaction, a new key becomes visible exactly when the records sealed with it do; outside
+        one, it commits at once (before anything is sealed under it). Keys
         another transaction committed are kept in memory for :attr:`ttl_s`; one this transaction
         wrote is not (it may still roll back)."""
         now = time.monotonic()
@@ -126,18 +123,6 @@ class DataKeys:
         while len(self._by_customer) > self._size:
             self._by_customer.popitem(last=False)
         return out
-
-    async def for_customer(self, customer_id: str) -> DataKey:
-        """One customer's key outside any transaction (the checkout's hot path: usually cached)."""
-        hit = self._by_customer.get(customer_id)
-        if hit is not None and time.monotonic() - hit[1] < self.ttl_s:
-            return hit[0]
-        return await self._misses.submit(None, customer_id)
-
-    async def _for_missed(self, _: None, customer_ids: list[str]) -> list[DataKey]:
-        async with self._pool().acquire() as conn:  # (no transaction: a new key commits at once)
-            keys = await self.for_customers(conn, customer_ids)
-        return [keys[c] for c in customer_ids]
 
     # ------------------------------------------------------------------ opening side
 

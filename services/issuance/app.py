@@ -48,7 +48,7 @@ class IssuanceService(Service):
         self.listings = FailureLimiter(lambda: self.reader_pool, secrets.pseudonym_key, purpose="onsite",
                                        per_minute=settings.onsite_listings_per_minute,
                                        burst=settings.onsite_listings_burst)
-        writer = RedemptionWriter(lambda: self.writer_pool, max_batch=settings.redemption_batch_max,
+        writer = RedemptionWriter(lambda: self.writer_pool, self.keys, max_batch=settings.redemption_batch_max,
                                   observe=self.observe_redemption_write)
         self.checkout = CheckoutHandlers(catalogue, secrets, self.keys, self.metrics, lambda: self.pool,
                                          lambda: self.reader_pool, writer, self.limiter,

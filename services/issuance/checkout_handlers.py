@@ -11,6 +11,7 @@ are answered too, and replayed as given.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import uuid
@@ -174,8 +175,8 @@ class CheckoutHandlers:
                     redemption_id=redemption_id, customer_id=customer_id, order_id=order_id,
                     order_amount=order.amount, currency=order.currency, at=now, api_key_id=api_key_id,
                     key=idempotency_key, request_hash=request_hash, response=result.body,
-                    event_template=self._redeemed_template(redemption_id, v, row, customer_id, discount, order, now,
-                                                           await self.keys.for_customer(customer_id)),
+                    event=functools.partial(self._redeemed_template, redemption_id, v, row, customer_id, discount,
+                                            order, now, traceparent=tracing.current()),
                     session=session))
                 if written.outcome in ("stale", "key_used"):
                     continue  # redeemed, rolled back or the key answered since it was read: read again
@@ -223,16 +224,16 @@ class CheckoutHandlers:
         return Answer(status, refusal(outcome))
 
     def _redeemed_template(self, redemption_id: str, v: VoucherView, row: asyncpg.Record, customer_id: str,
-                           discount: int, order: ev.Money, now, data_key: DataKey) -> bytes:
+                           discount: int, order: ev.Money, now, data_key: DataKey, *, traceparent: str | None) -> bytes:
         """The event, encoded with a placeholder ledger: the statement that moves the budget writes
         it to the outbox with the ledger it produced. Its id is the redemption's (one event each);
-        the order's amount is sealed under the customer's data key."""
+        the order's amount is sealed under the customer's data key; ``traceparent``: the request's."""
         placeholder = ev.LedgerSnapshot(currency=v.currency, limit=0, reserved=0, spent=0, seq=0)
         return ev.encode(ev.VoucherRedeemed(
             redemption_id=redemption_id, voucher_id=v.id, campaign_id=v.campaign_id, customer_id=customer_id,
             variant=v.variant, channel=row_channel(row), discount=ev.Money(amount=discount, currency=v.currency),
             order_amount=order, redeemed_at=now, ledger=placeholder), source=SOURCE, event_id=redemption_id,
-            data_key=data_key, traceparent=tracing.current())
+            data_key=data_key, traceparent=traceparent)
 
     async def _redeem_locked(self, conn: asyncpg.Connection, *, api_key_id: str, idempotency_key: str,
                              request_hash: bytes, code_hash: bytes, customer_id: str, order: ev.Money,
@@ -284,7 +285,8 @@ class CheckoutHandlers:
         if session is not None and row["session"] == session:  # the session's hold ends with its redemption
             await checkout_store.release_hold(conn, v.id, new_reserved)
         data_key = (await self.keys.for_customers(conn, [customer_id]))[customer_id]
-        template = self._redeemed_template(redemption_id, v, row, customer_id, discount, order, now, data_key)
+        template = self._redeemed_template(redemption_id, v, row, customer_id, discount, order, now, data_key,
+                                           traceparent=tracing.current())
         moved = await checkout_store.move_budget_and_announce(conn, v.campaign_id, -reserved_used, discount, "redeemed",
                                                               v.id, "voucher-redeemed", customer_id, template)
         if moved is None:

@@ -4,7 +4,7 @@ statement, Idempotency-Keys, failure-limit buckets, rollbacks and on-site offers
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -12,6 +12,7 @@ import asyncpg
 
 from services.issuance.budget import Ledger
 from services.issuance.store import ledger_of
+from shared.datakeys import DataKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +33,7 @@ class SingleUse:
     key: str
     request_hash: bytes
     response: dict
-    event_template: bytes  # voucher-redeemed with a placeholder ledger
+    event: Callable[[DataKey], bytes]  # voucher-redeemed with a placeholder ledger, sealed under this key
     session: str | None = None  # the checkout session of the request: a voucher another holds is stale
 
 
@@ -136,13 +137,14 @@ _MOVE = "WITH l AS (SELECT * FROM budget_move($1, $2, $3, $4, $5))"
 
 
 async def redeem_single_use_batch(conn: asyncpg.Connection, campaign_id: str, topic: str,
-                                  items: Sequence[SingleUse]) -> list[tuple[str, Ledger | None]]:
+                                  items: Sequence[SingleUse], events: Sequence[bytes]) -> list[tuple[str, Ledger | None]]:
     """Writes single-use redemptions of one campaign in one call of ``redeem_single_use_batch``
     (migrations 003, 007 and 008), run outside any explicit transaction: each item is decided as if alone, in
-    order. Returns each item's outcome, with the ledger right after it when it was redeemed."""
+    order. ``events``: each item's event, sealed. Returns each item's outcome, with the ledger right
+    after it when it was redeemed."""
     cols = list(zip(*[(i.voucher_id, i.reserved, i.discount, i.redemption_id, i.customer_id, i.order_id,
                        i.order_amount, i.currency, i.at, i.api_key_id, i.key, i.request_hash, i.response,
-                       i.event_template.decode(), i.session) for i in items], strict=True))
+                       event.decode(), i.session) for i, event in zip(items, events, strict=True)], strict=True))
     rows = await conn.fetch(
         "SELECT * FROM redeem_single_use_batch($1, $2, $3::text[], $4::bigint[], $5::bigint[], $6::text[],"
         " $7::text[], $8::text[], $9::bigint[], $10::text[], $11::timestamptz[], $12::text[], $13::text[],"

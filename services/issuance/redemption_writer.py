@@ -9,7 +9,9 @@ of the ``redeem_single_use_batch`` function (migration 003): one ledger lock, on
 redemption decided as if it were alone, in arrival order.
 
 The writer has its own small pool, so that it never waits for a connection behind the requests
-it serves.
+it serves. It also finds the data keys its customers' events are sealed under, on the same
+connection just before, creating those of customers met for the first time: a new customer's
+redemption waits for one write, not for a key store round of its own first.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from services.issuance import checkout_store
 from services.issuance.budget import Ledger
 from services.issuance.checkout_store import SingleUse
 from shared.batching import Batcher
+from shared.datakeys import DataKeys
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +40,10 @@ class Written:
 
 
 class RedemptionWriter:
-    def __init__(self, pool: Callable[[], asyncpg.Pool], *, max_batch: int = 200,
+    def __init__(self, pool: Callable[[], asyncpg.Pool], keys: DataKeys, *, max_batch: int = 200,
                  observe: Callable[[int, float], None] = lambda size, seconds: None) -> None:
         self._pool = pool
+        self._keys = keys
         self._observe = observe
         self._batcher: Batcher[str, SingleUse, Written] = Batcher(self._write, max_batch=max_batch)
 
@@ -49,6 +53,9 @@ class RedemptionWriter:
     async def _write(self, campaign_id: str, items: list[SingleUse]) -> list[Written]:
         started = time.perf_counter()
         async with self._pool().acquire() as conn:
-            written = await checkout_store.redeem_single_use_batch(conn, campaign_id, "voucher-redeemed", items)
+            # Outside a transaction a new key commits at once, before anything is sealed under it.
+            keys = await self._keys.for_customers(conn, [i.customer_id for i in items])
+            events = [i.event(keys[i.customer_id]) for i in items]
+            written = await checkout_store.redeem_single_use_batch(conn, campaign_id, "voucher-redeemed", items, events)
         self._observe(len(items), time.perf_counter() - started)
         return [Written(outcome, ledger) for outcome, ledger in written]

@@ -5,14 +5,22 @@ skipped as erased — not dead-lettered, not acted on."""
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from shared import events as ev
-from shared.datakeys import DataKeys
+from shared.datakeys import DataKey, DataKeys
 from tests.integration.issuance.conftest import campaign, consent_state, entered
 from tests.support import read_topic, unique, wait_for
+
+
+async def key_now(issuance, customer: str) -> DataKey:
+    """The customer's key as a lookup outside any transaction finds it."""
+    async with issuance.pool.acquire() as conn:
+        return (await issuance.keys.for_customers(conn, [customer]))[customer]
 
 
 async def test_sealed_entries_open_and_an_erased_customer_s_entry_is_skipped(issuance, kafka):
@@ -69,23 +77,39 @@ async def test_a_key_created_by_a_transaction_that_rolls_back_is_never_used_agai
         async with conn.transaction():
             kept = (await keys.for_customers(conn, [customer]))[customer]
     assert kept.id != lost.id  # nothing sealed under the rolled-back key can exist
-    assert await keys.for_customer(customer) == kept  # committed: read, then kept in memory
+    assert await key_now(issuance, customer) == kept  # committed: read, then kept in memory
     await keys.load([kept.id, lost.id])
     assert keys.opener(kept.id) == kept.key and keys.opener(lost.id) is None
 
 
-async def test_new_customers_met_at_once_by_the_checkout_get_one_key_each(issuance):
-    """``for_customer`` outside a transaction (the checkout's path): concurrent misses go to the
-    key store together; each customer gets one key, the same for every caller, stored and committed."""
-    keys = issuance.keys
-    customers = [unique("c-new-") for _ in range(40)]
-    asked = customers + customers[:10]  # some asked twice at the same moment
-    got = await asyncio.gather(*(keys.for_customer(c) for c in asked))
-    by_customer = dict(zip(asked, got, strict=True))
-    assert all(by_customer[c] == g for c, g in zip(asked, got, strict=True))
-    assert len({k.id for k in by_customer.values()}) == len(customers)
-    await keys.load([k.id for k in by_customer.values()])
-    assert all(keys.opener(k.id) == k.key for k in by_customer.values())  # committed: another reader opens them
+async def test_new_customers_redeeming_at_once_get_one_key_each_stored_before_their_events(issuance, kafka):
+    """The checkout's redemptions find their customers' keys in the redemption writer's batch:
+    redemptions arriving together for customers never seen before each seal their event under
+    the one key their customer gets, stored and committed (a reader with a cold cache opens all)."""
+    spec = campaign(id="new-faces", budget={"limit": {"amount": 10**9, "currency": "USD"}})
+    assert (await issuance.client.post("/v1/campaigns", json=spec)).status_code == 201
+    r = await issuance.client.post("/v1/campaigns/new-faces/partner-codes", json={"partner": "p", "count": 50})
+    codes = [row["code"] for row in csv.DictReader(io.StringIO(r.text))]
+    customers = [unique("c-new-") for _ in range(25)]
+    asked = customers + customers  # each customer redeems two codes at the same moment
+    order = {"amount": {"amount": 9000, "currency": "USD"}}
+    answers = await asyncio.gather(*(issuance.client.post(
+        "/v1/redemptions", json={"code": code, "customer_id": who, "order": order}, headers={"Idempotency-Key": code})
+        for code, who in zip(codes, asked, strict=True)))
+    assert [a.status_code for a in answers] == [201] * 50
+
+    values = [m.value for m in await read_topic(kafka.bootstrap, kafka.topic("voucher-redeemed"), expect=50, raw=True)]
+    ids = [ev.data_key_id(v) for v in values]
+    cold = DataKeys(issuance.settings.data, lambda: issuance.pool)  # reads committed keys only
+    await cold.load(ids)
+    redeemed = [ev.decode(v, keys=cold.opener)[1] for v in values]  # a key not stored: Erased
+    assert sorted(r.redemption_id for r in redeemed) == sorted(a.json()["redemption_id"] for a in answers)
+    assert all(r.order_amount.amount == 9000 for r in redeemed)
+    key_of: dict[str, set[str | None]] = {}
+    for r, key_id in zip(redeemed, ids, strict=True):
+        key_of.setdefault(r.customer_id, set()).add(key_id)
+    assert sorted(key_of) == sorted(customers) and all(len(k) == 1 for k in key_of.values())
+    assert len(set(ids)) == 25 and await cold.count_of(customers) == 25
 
 
 async def test_two_writers_meeting_a_new_customer_at_once_agree_on_one_key(issuance):
@@ -104,7 +128,7 @@ async def test_two_writers_meeting_a_new_customer_at_once_agree_on_one_key(issua
             await first_tx.commit()
             got = (await second)[customer]
     assert got == first
-    assert await keys.for_customer(customer) == first
+    assert await key_now(issuance, customer) == first
 
 
 async def test_after_a_rotation_of_the_wrapping_key_a_customer_keeps_the_key_they_had(issuance):

@@ -32,8 +32,11 @@ def item(campaign_id: str, voucher_id: str, key: str, reserved: int = 0) -> Sing
     return SingleUse(campaign_id=campaign_id, voucher_id=voucher_id, reserved=reserved, discount=DISCOUNT,
                      redemption_id=redemption_id, customer_id=f"c-{key}", order_id=None, order_amount=9000,
                      currency=USD, at=ev.now_utc(), api_key_id="tests", key=key, request_hash=key.encode(),
-                     response={"valid": True, "redemption_id": redemption_id},
-                     event_template=json.dumps({"type": "voucher-redeemed", "data": {"voucher_id": voucher_id}}).encode())
+                     response={"valid": True, "redemption_id": redemption_id}, event=lambda _: event(voucher_id))
+
+
+def event(voucher_id: str) -> bytes:
+    return json.dumps({"type": "voucher-redeemed", "data": {"voucher_id": voucher_id}}).encode()
 
 
 async def test_one_batch_decides_each_redemption_as_if_alone_in_order(issuance):
@@ -49,7 +52,8 @@ async def test_one_batch_decides_each_redemption_as_if_alone_in_order(issuance):
     ]
     async with issuance.writer_pool.acquire() as conn:
         before = await store.ledger(conn, "batch")
-        written = await checkout_store.redeem_single_use_batch(conn, "batch", "voucher-redeemed", batch)
+        written = await checkout_store.redeem_single_use_batch(conn, "batch", "voucher-redeemed", batch,
+                                                               [event(i.voucher_id) for i in batch])
         after = await store.ledger(conn, "batch")
         history = await conn.fetch("SELECT seq, reserved, spent, voucher_id FROM budget_ledger_history"
                                    " WHERE campaign_id = 'batch' AND cause = 'redeemed' ORDER BY seq")
@@ -79,7 +83,7 @@ async def test_one_batch_decides_each_redemption_as_if_alone_in_order(issuance):
 async def test_redemptions_arriving_together_are_written_together(issuance):
     vouchers = await partner_vouchers(issuance, "together", 20, budget=100 * DISCOUNT)
     writes: list[int] = []
-    writer = RedemptionWriter(lambda: issuance.writer_pool, observe=lambda size, _: writes.append(size))
+    writer = RedemptionWriter(lambda: issuance.writer_pool, issuance.keys, observe=lambda size, _: writes.append(size))
     written = await asyncio.gather(*(writer.write(item("together", v, f"t{i}")) for i, v in enumerate(vouchers)))
     assert writes == [20]
     assert [w.outcome for w in written] == ["redeemed"] * 20
@@ -98,14 +102,15 @@ async def test_the_keys_answers_are_written_by_index_however_young_the_table_was
                            " SELECT 'other', 'y' || g, '\\x00' FROM generate_series(1, 100) g")
         await conn.execute("ANALYZE idempotency_keys")  # as autovacuum does after its first 50 rows
         for i, v in enumerate(vouchers[:8]):  # after five calls the statements' generic plans are kept
-            [(outcome, _)] = await checkout_store.redeem_single_use_batch(conn, "young", "voucher-redeemed",
-                                                                          [item("young", v, f"y-young-{i}")])
+            [(outcome, _)] = await checkout_store.redeem_single_use_batch(
+                conn, "young", "voucher-redeemed", [item("young", v, f"y-young-{i}")], [event(v)])
             assert outcome == "redeemed"
         await conn.execute("INSERT INTO idempotency_keys (api_key_id, key, request_hash)"
                            " SELECT 'other', 'g' || g, '\\x00' FROM generate_series(1, 50000) g")
         async with conn.transaction():
             written = await checkout_store.redeem_single_use_batch(
-                conn, "young", "voucher-redeemed", [item("young", v, f"y-grown-{i}") for i, v in enumerate(vouchers[8:])])
+                conn, "young", "voucher-redeemed", [item("young", v, f"y-grown-{i}") for i, v in enumerate(vouchers[8:])],
+                [event(v) for v in vouchers[8:]])
             seq_scans = await conn.fetchval("SELECT pg_stat_get_xact_numscans('idempotency_keys'::regclass)")
     assert [o for o, _ in written] == ["redeemed"] * 4
     assert seq_scans == 0
