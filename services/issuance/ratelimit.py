@@ -90,6 +90,7 @@ class FailureLimiter:
         self.max_batch = max_batch
         self._returns: list[str] = []
         self._returning: asyncio.Task | None = None
+        self._draining = asyncio.Event()  # set at stop: no linger
 
     def subjects(self, key_id: str, customer_id: str, shopper: str | None) -> tuple[Subject, ...]:
         """Whose budget a checkout request counts against."""
@@ -125,13 +126,16 @@ class FailureLimiter:
             raise
 
     async def drain(self) -> None:
-        """Waits for the give-backs still in flight (before the pool closes)."""
+        """Writes the give-backs still waiting for a read at once, and waits for them (before the
+        pool closes)."""
+        self._draining.set()
         if self._returning is not None:
             await self._returning
 
     async def _give_back(self) -> None:
         try:
-            await asyncio.sleep(LINGER_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._draining.wait(), LINGER_S)
             while self._returns:
                 batch, self._returns = self._returns[:self.max_batch], self._returns[self.max_batch:]
                 try:

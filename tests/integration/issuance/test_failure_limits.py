@@ -135,3 +135,15 @@ async def test_tokens_go_back_with_the_next_read_or_on_their_own_and_survive_a_f
         await issuance.client.post("/v1/validations", json={
             "code": "NOSUCH3456XY", "customer_id": "c-x", "order": order(20000)})
     await wait_for(all_given_back, what="the tokens a failed read carried, back on their own")
+
+
+async def test_at_stop_the_waiting_give_backs_are_written_at_once(issuance, monkeypatch):
+    """``drain`` does not wait out the linger: a stopping service writes what it owes at once."""
+    monkeypatch.setattr(ratelimit, "LINGER_S", 60.0)
+    assert (await issuance.client.post("/v1/validations", headers={"X-Shopper-Id": "tab-stop"}, json={
+        "code": "NOSUCH3456XY", "customer_id": "c-stop", "order": order(20000)})).status_code == 200
+    assert await issuance.pool.fetchval("SELECT count(*) FROM failure_buckets") > 0  # the refusal's tokens
+    limiter = issuance.limiter
+    limiter.give_back(s.id for s in limiter.subjects(issuance.api_key.split("_")[1], "c-stop", "tab-stop"))
+    await asyncio.wait_for(limiter.drain(), timeout=5)
+    assert await issuance.pool.fetchval("SELECT count(*) FROM failure_buckets") == 0
