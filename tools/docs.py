@@ -9,7 +9,7 @@ from shared.topics import DAY_MS, TOPICS
 
 HEADER = """# The event contract
 
-Generated from `shared/events.py` and `shared/topics.py` by `python -m tools.docs --write`
+Generated from `shared/events/` and `shared/topics.py` by `python -m tools.docs --write`
 (with the AsyncAPI 3 document `docs/asyncapi.json`); do not edit.
 
 Every message: key = the customer id (the campaign id on campaign topics; partition key on
