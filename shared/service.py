@@ -28,7 +28,7 @@ from shared.fastpath import FastRoutes
 from shared.http_limits import DEFAULT_LIMIT, BodyLimit
 from shared.kafka import Producer, start_producer
 from shared.metrics import Metrics, metrics_endpoint
-from shared.outbox import OutboxRelay
+from shared.relay import OutboxRelay
 from shared.settings import InsecureSettings, ServiceSettings, require_safe_settings
 
 log = logging.getLogger(__name__)

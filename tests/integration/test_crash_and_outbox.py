@@ -14,7 +14,8 @@ from pathlib import Path
 from shared import events as ev
 from shared.kafka import send_all, start_producer
 from shared.metrics import Metrics
-from shared.outbox import OutboxRecord, OutboxRelay, enqueue
+from shared.outbox import OutboxRecord, enqueue
+from shared.relay import OutboxRelay
 from tests.support import read_topic, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -128,7 +128,7 @@ async def test_an_erased_customer_keeps_amounts_but_loses_identity(issuance, kaf
 
 
 async def test_a_channel_withdrawn_before_the_delivery_left_revokes_the_voucher_and_cancels_the_delivery(issuance, kafka):
-    from shared.outbox import OutboxRelay
+    from shared.relay import OutboxRelay
 
     assert (await issuance.client.post("/v1/campaigns", json=campaign(channels=["email"]))).status_code == 201
     await publish(kafka, "consent-state", [consent_state("c-late", "personalized_offers", "email")])
