@@ -22,6 +22,7 @@ commit redelivers the batch (exactly-once lives in PostgreSQL, see ``shared.outb
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -36,9 +37,10 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from shared import tracing
 from shared.deadletters import DeadLetter, DeadLetters
 from shared.events import ContractError, Erased, data_key_id, decode
-from shared.kafka import Message, Producer, client_id, is_transient
+from shared.kafka import Message, Producer, client_id
 from shared.metrics import Metrics
 from shared.placement import Placement, StartPositions
+from shared.retrying import Abandoned, NotTransient, Retrying
 from shared.settings import KafkaSettings
 from shared.topics import Topic
 from shared.topics import topic as registry_topic
@@ -93,6 +95,8 @@ class BatchConsumer:
         self._offsets: AIOKafkaConsumer | None = None  # asks log-end offsets (end_offsets), never fetches
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
+        self._retrying = Retrying(metrics=metrics, group_id=group_id, max_backoff_s=max_backoff_s,
+                                  stopping=self._stopping)
         self._last_lag = 0.0
         self._committed: dict[TopicPartition, int] = {}  # what this member last committed, per partition
         self.batches_committed = 0
@@ -177,7 +181,7 @@ class BatchConsumer:
                                 continue
                         try:
                             await self._process(consumer, batch)
-                        except _Abandoned:
+                        except Abandoned:
                             log.info("stopping while a batch was being retried; it will be redelivered",
                                      extra={"group": self.group_id})
                             break
@@ -328,7 +332,7 @@ class BatchConsumer:
         try:
             await self._retrying(lambda: self.handler(messages))
             return
-        except _NotTransient as failure:
+        except NotTransient as failure:
             if len(messages) == 1:
                 await self._dead_letter_handled(messages[0], failure.__cause__)
                 return
@@ -337,29 +341,8 @@ class BatchConsumer:
         for message in messages:
             try:
                 await self._retrying(functools.partial(self.handler, [message]))
-            except _NotTransient as failure:
+            except NotTransient as failure:
                 await self._dead_letter_handled(message, failure.__cause__)
-
-    async def _retrying(self, attempt: Callable[[], Awaitable[None]]) -> None:
-        """Runs ``attempt`` until it succeeds; transient failures back off and retry, anything else
-        is raised as :class:`_NotTransient`."""
-        delay = 0.1
-        while True:
-            try:
-                await attempt()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise _NotTransient() from exc
-                if self._stopping.is_set():
-                    raise _Abandoned() from exc
-                self.metrics.handler_retries.labels(self.metrics.service, type(exc).__name__).inc()
-                log.warning("transient failure, retrying the batch",
-                            extra={"group": self.group_id, "error": repr(exc), "retry_in_s": round(delay, 2)})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_backoff_s)
 
     async def _dead_letter_handled(self, message: Message, exc: BaseException | None) -> None:
         dead = self.dead_letters.of_handled(message, exc)
@@ -398,18 +381,8 @@ class BatchConsumer:
                 self._committed.pop(tp, None)
                 spec = self.topics.get(tp.topic)
                 if spec is not None:
-                    try:
+                    with contextlib.suppress(KeyError):  # no gauge yet
                         self.metrics.consumer_lag.remove(self.metrics.service, spec.name, str(tp.partition))
-                    except KeyError:
-                        pass
-
-
-class _NotTransient(Exception):
-    """Internal: wraps a handler failure that retrying will not fix."""
-
-
-class _Abandoned(Exception):
-    """Internal: a stop was requested while a batch was failing transiently; nothing is committed."""
 
 
 class _CommitBeforeRevoke(ConsumerRebalanceListener):
