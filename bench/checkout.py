@@ -276,9 +276,11 @@ def main() -> int:
                              "rates and pgbench are left to the run without it")
     args = parser.parse_args()
     r = asyncio.run(run(args.rate, args.seconds, args.max_rate, args.workers, args.pg_seconds, args.stack))
+    # The checkout's targets hold only if they hold on both routes: native and Voucherify-compatible.
     r["targets"] = {"validate_p99_ms": "< 15", "redeem_p99_ms": "< 40"}
-    r["targets_met"] = (r["validate_at_rate"]["p99_ms"] < 15 and r["redeem_at_rate"]["p99_ms"] < 40
-                        and r["validate_at_rate"]["success_ratio"] == 1 and r["redeem_at_rate"]["success_ratio"] == 1)
+    r["targets_met"] = all(r[f"{route}validate_at_rate"]["p99_ms"] < 15 and r[f"{route}redeem_at_rate"]["p99_ms"] < 40
+                           and r[f"{route}validate_at_rate"]["success_ratio"] == 1
+                           and r[f"{route}redeem_at_rate"]["success_ratio"] == 1 for route in ("", "voucherify_"))
     print(json.dumps(r, indent=2))
     return 0 if r["targets_met"] else 1
 
