@@ -6,9 +6,8 @@ sent. Guarantees:
 - **nothing lost**: a row is deleted (marked sent for good) only after the broker acknowledged it
   (acks=all), in the transaction that read it;
 - **in order per key**: rows are published in id order, with an explicit partition (Kafka's
-  murmur2 of the key) through an idempotent producer. Writers of one key serialise on that key's
-  state row before they enqueue (every service's state change does), so ids follow commit order
-  per key;
+  murmur2 of the key) through an idempotent producer; ids follow commit order per key (how the
+  writers ensure it: ``shared.outbox``);
 - **once**: every record carries ``outbox.source`` and ``outbox.id`` headers. After a crash or a
   failed round (published, not yet marked sent), the relay reads back the tail of the partitions
   its unsent rows map to and marks the ones already there as sent instead of publishing them
