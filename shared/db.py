@@ -7,6 +7,11 @@ outbox), then the service's own (``services/<name>/migrations``). Each is record
 error, not a silent drift. Concurrent instances serialise on an advisory lock, so two replicas
 starting together apply each migration once.
 
+A function that changes over time is defined once, in a repeatable file ``R__name.sql`` (Flyway's
+convention) of ``CREATE OR REPLACE`` statements: it runs after every numbered migration of every
+folder, again whenever its checksum changes, so the function's one definition is the file as it
+is now rather than a full copy in each migration that changed it.
+
 (Why not a library: the well-kept migration tools — alembic, yoyo, dbmate — drive psycopg or a
 binary of their own; the services talk asyncpg only, and this file is the whole need.)
 """
@@ -32,12 +37,14 @@ log = logging.getLogger(__name__)
 SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _FILE_RE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+_REPEATABLE_RE = re.compile(r"^R__[a-z0-9_]+\.sql$")
 
 
 @dataclass(frozen=True)
 class Migration:
-    id: str  # "shared/001_outbox" or "consent/001_ledger"
+    id: str  # "shared/001_outbox", "consent/001_ledger" or "issuance/R__redeem_single_use_batch"
     sql: str
+    repeatable: bool = False
 
     @property
     def checksum(self) -> str:
@@ -51,20 +58,25 @@ def check_schema(schema: str) -> str:
 
 
 def discover(*folders: tuple[str, Path]) -> list[Migration]:
-    """Reads ``(label, folder)`` pairs in order; within a folder, files sort by their number."""
+    """Reads ``(label, folder)`` pairs in order; within a folder, files sort by their number. The
+    repeatable files of all folders come last, in the same order."""
     found: list[Migration] = []
+    repeatable: list[Migration] = []
     for label, folder in folders:
         files = sorted(p for p in folder.glob("*.sql"))
         seen: set[str] = set()
         for path in files:
+            if _REPEATABLE_RE.match(path.name):
+                repeatable.append(Migration(f"{label}/{path.stem}", path.read_text(), repeatable=True))
+                continue
             m = _FILE_RE.match(path.name)
             if not m:
-                raise ValueError(f"migration file {path} is not named NNN_name.sql")
+                raise ValueError(f"migration file {path} is not named NNN_name.sql or R__name.sql")
             if m.group(1) in seen:
                 raise ValueError(f"two migrations numbered {m.group(1)} in {folder}")
             seen.add(m.group(1))
             found.append(Migration(f"{label}/{path.stem}", path.read_text()))
-    return found
+    return found + repeatable
 
 
 def _json_text(value) -> str:
@@ -181,16 +193,17 @@ async def _apply(conn: asyncpg.Connection, schema: str, migrations: list[Migrati
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"migrate:{schema}")
             done = await conn.fetchval(
                 f'SELECT checksum FROM "{schema}".schema_migrations WHERE id = $1', migration.id)
-            if done is not None:
-                if done != migration.checksum:
-                    raise RuntimeError(
-                        f"migration {migration.id} was edited after it was applied to schema {schema}; "
-                        "add a new migration instead")
+            if done == migration.checksum:
                 continue
+            if done is not None and not migration.repeatable:
+                raise RuntimeError(
+                    f"migration {migration.id} was edited after it was applied to schema {schema}; "
+                    "add a new migration instead")
             await conn.execute(f'SET LOCAL search_path TO "{schema}", public')
             await conn.execute(migration.sql)
             await conn.execute(
-                f'INSERT INTO "{schema}".schema_migrations (id, checksum) VALUES ($1, $2)',
+                f'INSERT INTO "{schema}".schema_migrations (id, checksum) VALUES ($1, $2)'
+                " ON CONFLICT (id) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now()",
                 migration.id, migration.checksum)
             applied_now.append(migration.id)
 

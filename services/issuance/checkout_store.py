@@ -139,9 +139,9 @@ _MOVE = "WITH l AS (SELECT * FROM budget_move($1, $2, $3, $4, $5))"
 async def redeem_single_use_batch(conn: asyncpg.Connection, campaign_id: str, topic: str,
                                   items: Sequence[SingleUse], events: Sequence[bytes]) -> list[tuple[str, Ledger | None]]:
     """Writes single-use redemptions of one campaign in one call of ``redeem_single_use_batch``
-    (migrations 003, 007 and 008), run outside any explicit transaction: each item is decided as if alone, in
-    order. ``events``: each item's event, sealed. Returns each item's outcome, with the ledger right
-    after it when it was redeemed."""
+    (``migrations/R__redeem_single_use_batch.sql``), run outside any explicit transaction: each
+    item is decided as if alone, in order. ``events``: each item's event, sealed. Returns each
+    item's outcome, with the ledger right after it when it was redeemed."""
     cols = list(zip(*[(i.voucher_id, i.reserved, i.discount, i.redemption_id, i.customer_id, i.order_id,
                        i.order_amount, i.currency, i.at, i.api_key_id, i.key, i.request_hash, i.response,
                        event.decode(), i.session) for i, event in zip(items, events, strict=True)], strict=True))
