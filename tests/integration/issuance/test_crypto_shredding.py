@@ -146,3 +146,47 @@ async def test_after_a_rotation_of_the_wrapping_key_a_customer_keeps_the_key_the
         assert got[new] != had
         assert await after.count_of([old, new]) == 2  # one key each
         assert (await before.for_customers(conn, [old]))[old] == had
+
+
+async def test_warming_reads_the_keys_customers_have_into_memory_and_makes_none(issuance):
+    """``warm`` (the checkout's read of a redeeming customer's key, beside the voucher's) keeps
+    the keys it finds for the next lookup, and creates none for a customer who has none."""
+    known, stranger = unique("c-known-"), unique("c-stranger-")
+    elsewhere = DataKeys(issuance.settings.data, lambda: issuance.pool)  # another process's store
+    async with issuance.pool.acquire() as conn:
+        had = (await elsewhere.for_customers(conn, [known]))[known]
+    warmed = DataKeys(issuance.settings.data, lambda: issuance.pool)
+    await warmed.warm([known, stranger])
+    assert await warmed.count_of([stranger]) == 0
+    async with issuance.pool.acquire() as conn:
+        await elsewhere.destroy(conn, [known])  # gone from the store: only the warmed memory still has it
+        assert (await warmed.for_customers(conn, [known]))[known] == had
+
+
+async def test_a_redemption_reads_its_customer_s_key_beside_the_voucher(issuance, monkeypatch):
+    """Every redemption's first read hands its customer to ``warm``: the redeeming customer keeps
+    the key they had, and a refused redemption leaves its customer without one."""
+    spec = campaign(id="warm-keys", budget={"limit": {"amount": 10**9, "currency": "USD"}})
+    assert (await issuance.client.post("/v1/campaigns", json=spec)).status_code == 201
+    r = await issuance.client.post("/v1/campaigns/warm-keys/partner-codes", json={"partner": "p", "count": 1})
+    [code] = [row["code"] for row in csv.DictReader(io.StringIO(r.text))]
+    known, stranger = unique("c-known-"), unique("c-stranger-")
+    had = await key_now(issuance, known)
+    issuance.keys.forget([known])  # as if this process had never met them
+    warmed: list[list[str]] = []
+    warm = issuance.keys.warm
+
+    async def recorded(customer_ids):
+        warmed.append(list(customer_ids))
+        await warm(customer_ids)
+
+    monkeypatch.setattr(issuance.keys, "warm", recorded)
+    order = {"amount": {"amount": 9000, "currency": "USD"}}
+    ok = await issuance.client.post("/v1/redemptions", json={"code": code, "customer_id": known, "order": order},
+                                    headers={"Idempotency-Key": unique("k-")})
+    refused = await issuance.client.post("/v1/redemptions", json={"code": "NO-SUCH-CODE", "customer_id": stranger,
+                                                                  "order": order}, headers={"Idempotency-Key": unique("k-")})
+    assert (ok.status_code, refused.status_code) == (201, 422)
+    assert warmed == [[known], [stranger]]
+    assert await key_now(issuance, known) == had
+    assert await issuance.keys.count_of([stranger]) == 0
