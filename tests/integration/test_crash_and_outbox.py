@@ -164,23 +164,28 @@ async def test_migrations_apply_once_and_an_edited_one_is_refused(postgres_setti
         raise AssertionError("an edited migration was accepted")
 
 
-async def test_a_repeatable_migration_runs_after_the_numbered_ones_and_again_when_it_changes(pg_schema, tmp_path):
+async def test_a_repeatable_migration_runs_after_every_numbered_one_and_again_when_it_changes(pg_schema, tmp_path):
     from shared import db
 
     schema, pool = pg_schema
-    (tmp_path / "R__answer.sql").write_text(
+    lib, svc = tmp_path / "lib", tmp_path / "svc"
+    lib.mkdir()
+    svc.mkdir()
+    # A SQL function's body is checked when it is created: the table must exist by then.
+    (lib / "R__answer.sql").write_text(
         "CREATE OR REPLACE FUNCTION answer() RETURNS bigint LANGUAGE sql AS $$ SELECT count(*) FROM things $$;")
-    (tmp_path / "001_things.sql").write_text("CREATE TABLE things (id int PRIMARY KEY); INSERT INTO things VALUES (1);")
-    assert await db.migrate(pool, schema, db.discover(("svc", tmp_path))) == ["svc/001_things", "svc/R__answer"]
-    assert await db.migrate(pool, schema, db.discover(("svc", tmp_path))) == []
+    (svc / "001_things.sql").write_text("CREATE TABLE things (id int PRIMARY KEY); INSERT INTO things VALUES (1);")
+    folders = (("lib", lib), ("svc", svc))
+    assert await db.migrate(pool, schema, db.discover(*folders)) == ["svc/001_things", "lib/R__answer"]
+    assert await db.migrate(pool, schema, db.discover(*folders)) == []
     assert await pool.fetchval("SELECT answer()") == 1
-    (tmp_path / "002_more.sql").write_text("INSERT INTO things VALUES (2);")
-    assert await db.migrate(pool, schema, db.discover(("svc", tmp_path))) == ["svc/002_more"]
-    (tmp_path / "R__answer.sql").write_text(
+    (svc / "002_more.sql").write_text("INSERT INTO things VALUES (2);")
+    assert await db.migrate(pool, schema, db.discover(*folders)) == ["svc/002_more"]
+    (lib / "R__answer.sql").write_text(
         "CREATE OR REPLACE FUNCTION answer() RETURNS bigint LANGUAGE sql AS $$ SELECT sum(id) FROM things $$;")
-    migrations = db.discover(("svc", tmp_path))
+    migrations = db.discover(*folders)
     results = await asyncio.gather(db.migrate(pool, schema, migrations), db.migrate(pool, schema, migrations))
-    assert sorted(results, key=len) == [[], ["svc/R__answer"]]
+    assert sorted(results, key=len) == [[], ["lib/R__answer"]]
     assert await pool.fetchval("SELECT answer()") == 3
 
 
