@@ -45,6 +45,7 @@ STEPS: dict[str, tuple[str, list[str], list[str], dict[str, str]]] = {
     "consent": ("bench.consent_propagation", ["--rate", "500", "--seconds", "15"], ["--rate", "50", "--seconds", "2"], {}),
     "freshness": ("bench.freshness", ["--redemptions", "20"], ["--redemptions", "3"], {}),
     "counts": ("bench.counts", ["--vouchers", "1000000"], ["--vouchers", "2000", "--repeat", "3"], {}),
+    "redeem_batch": ("bench.redeem_batch", ["--sizes", "1,5,20,50"], ["--sizes", "1,5", "--redemptions", "50"], {}),
     "privacy": ("bench.privacy", ["--codec-events", "20000", "--erasures", "100", "--load-rate", "200", "--seconds", "20"],
                 ["--codec-events", "1000", "--erasures", "5", "--load-rate", "20", "--seconds", "2"], {}),
     "memory": ("bench.memory", ["--events", "200000", "--customers", "20000"], ["--events", "3000", "--customers", "300"], {}),
@@ -213,6 +214,13 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str]]:
         out.append((f"Reading a campaign's counters ({cn['vouchers_of_the_campaign']:,} vouchers; every campaign's, "
                     "every interval)", num(cn.get("kept_ms"), " ms"), num(cn.get("recounted_ms"), " ms recounted"),
                     ratio(cn.get("kept_ms"), cn.get("recounted_ms")), ""))
+    rb = r.get("redeem_batch", {})
+    if rb:
+        five = rb.get("batch_5", {})
+        out.append(("Redemption writer's statement, a batch of 5 (idle database): per call / per redemption",
+                    f"{num(five.get('ms_per_call'), ' ms')} / {num(five.get('ms_per_redemption'), ' ms')}",
+                    num(rb.get("floor_ms"), " ms a logged one-row INSERT"), ratio(five.get("ms_per_call"), rb.get("floor_ms")),
+                    ""))
     pv = r.get("privacy", {})
     if pv:
         cd, er = pv["codec"], pv["erasure"]
