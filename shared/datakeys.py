@@ -91,8 +91,9 @@ class DataKeys:
         out: dict[str, DataKey] = {}
         wanted = []
         for cid in dict.fromkeys(customer_ids):
-            if self._cached(cid, now):
-                out[cid] = self._by_customer[cid][0]
+            hit = self._by_customer.get(cid)
+            if hit is not None and now - hit[1] < self.ttl_s:
+                out[cid] = hit[0]
             else:
                 wanted.append(cid)
         if not wanted:
@@ -117,21 +118,11 @@ class DataKeys:
         for subject, (key, mine) in found.items():
             out[subjects[subject]] = key
             if not mine:
-                self._remember(subjects[subject], key, now)
+                self._by_customer[subjects[subject]] = (key, now)
+                self._by_customer.move_to_end(subjects[subject])
+        while len(self._by_customer) > self._size:
+            self._by_customer.popitem(last=False)
         return out
-
-    async def warm(self, customer_ids: Iterable[str]) -> None:
-        """Reads into memory the keys these customers already have (one query, committed rows
-        only; none is created), so that a later :meth:`for_customers` finds them there."""
-        now = time.monotonic()
-        wanted = {s: cid for cid in dict.fromkeys(customer_ids) if not self._cached(cid, now)
-                  for s in self.subjects(cid)}
-        if not wanted:
-            return
-        async with self._pool().acquire() as conn:
-            found = await self._read(conn, "subject", list(wanted))
-        for subject, (key, _) in found.items():
-            self._remember(wanted[subject], key, now)
 
     # ------------------------------------------------------------------ opening side
 
@@ -222,16 +213,6 @@ class DataKeys:
         except InvalidTag:
             raise KeyUnreadable(f"data key {key_id} opens under none of VOUCHERSTREAM_DATA_KEY and "
                                 "VOUCHERSTREAM_DATA_PREVIOUS_KEYS") from None
-
-    def _cached(self, customer_id: str, now: float) -> bool:
-        hit = self._by_customer.get(customer_id)
-        return hit is not None and now - hit[1] < self.ttl_s
-
-    def _remember(self, customer_id: str, key: DataKey, now: float) -> None:
-        self._by_customer[customer_id] = (key, now)
-        self._by_customer.move_to_end(customer_id)
-        while len(self._by_customer) > self._size:
-            self._by_customer.popitem(last=False)
 
     def _fresh(self, key_id: str, now: float) -> bool:
         entry = self._by_id.get(key_id)

@@ -11,7 +11,6 @@ are answered too, and replayed as given.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import logging
@@ -83,35 +82,24 @@ class CheckoutHandlers:
         # Validations and redemptions read their vouchers together: what arrives while one read
         # is in flight goes in the next (one round trip for many; each request alone when idle).
         # The same statement takes their failure-limit attempts.
-        self._reader: Batcher[None, tuple[bytes, str, str, tuple[Subject, ...], str | None], tuple] = Batcher(
+        self._reader: Batcher[None, tuple[bytes, str, str, tuple[Subject, ...]], tuple] = Batcher(
             self._read, max_batch=max_batch)
 
-    async def _read(self, _: None, lookups: list[tuple[bytes, str, str, tuple[Subject, ...], str | None]]
-                    ) -> list[tuple]:
-        attempts = [lookup[3] for lookup in lookups]
-        redeeming = [c for *_, c in lookups if c is not None]
+    async def _read(self, _: None, lookups: list[tuple[bytes, str, str, tuple[Subject, ...]]]) -> list[tuple]:
+        attempts = [who for *_, who in lookups]
         with self.limiter.carried() as returns:
-            contexts = checkout_store.redemption_contexts(
+            rows, waits = await checkout_store.redemption_contexts(
                 self._reads(), [lookup[:3] for lookup in lookups], [s.id for who in attempts for s in who], returns,
                 self.limiter.rate, self.limiter.burst)
-            if redeeming:
-                # The redeeming customers' data keys are read meanwhile, so the redemption writer
-                # seals their events without a key-store round inside the campaign's serialised
-                # write (it creates only the keys still missing).
-                (rows, waits), _ = await asyncio.gather(contexts, self.keys.warm(redeeming))
-            else:
-                rows, waits = await contexts
         refused, undo = ratelimit.judge(attempts, waits) if waits else ([None] * len(rows), [])
         self.limiter.give_back(undo)
         return [(row, prior, r) for (row, prior), r in zip(rows, refused, strict=True)]
 
-    async def _context(self, code_hash: bytes, api_key_id: str = "", key: str = "", who: tuple[Subject, ...] = (),
-                       redeeming: str | None = None):
+    async def _context(self, code_hash: bytes, api_key_id: str = "", key: str = "", who: tuple[Subject, ...] = ()):
         """The voucher with its campaign and ledger, and the answer already given to this
         Idempotency-Key (none when no key is given); with ``who``, one attempt taken from each of
-        those subjects, or :class:`ratelimit.Limited` (then nothing was taken). ``redeeming``: the
-        customer about to redeem it, whose data key is read meanwhile."""
-        row, prior, refused = await self._reader.submit(None, (code_hash, api_key_id, key, who, redeeming))
+        those subjects, or :class:`ratelimit.Limited` (then nothing was taken)."""
+        row, prior, refused = await self._reader.submit(None, (code_hash, api_key_id, key, who))
         if refused is not None:
             raise ratelimit.Limited(refused)
         return row, prior
@@ -167,8 +155,7 @@ class CheckoutHandlers:
         request_hash = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
         code_hash = await self.code_hash(code)
         for attempt in range(MAX_OPTIMISTIC_ATTEMPTS):
-            row, prior = await self._context(code_hash, api_key_id, idempotency_key, who if attempt == 0 else (),
-                                             customer_id if attempt == 0 else None)
+            row, prior = await self._context(code_hash, api_key_id, idempotency_key, who if attempt == 0 else ())
             if prior is not None and (prior["prior_status"] is not None or prior["prior_hash"] != request_hash):
                 return self._replay(prior["prior_hash"], prior["prior_status"], prior["prior_response"],
                                     request_hash), True

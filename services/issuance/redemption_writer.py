@@ -9,9 +9,8 @@ of the ``redeem_single_use_batch`` function (``migrations/R__redeem_single_use_b
 ledger lock, one flush, each redemption decided as if it were alone, in arrival order.
 
 The writer has its own small pool, so that it never waits for a connection behind the requests
-it serves. It also finds the data keys its customers' events are sealed under — in memory when
-the checkout's read of the voucher brought them (``DataKeys.warm``), else on the same connection
-just before the write — and creates those of customers met for the first time: a new customer's
+it serves. It also finds the data keys its customers' events are sealed under, on the same
+connection just before, creating those of customers met for the first time: a new customer's
 redemption waits for one write, not for a key store round of its own first.
 """
 
