@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -189,6 +191,20 @@ async def analyze(schemas: list[str]) -> None:
                 await conn.execute(f"ANALYZE {name}")
     finally:
         await conn.close()
+
+
+@asynccontextmanager
+async def scratch_schema(prefix: str) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
+    """A new schema of the bench's own and a one-connection pool on it; both go at the end."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    pool = await db.create_pool(PostgresSettings(), schema, min_size=1, max_size=1)
+    try:
+        yield schema, pool
+    finally:
+        try:
+            await db.drop_schema(pool, schema)
+        finally:
+            await pool.close()
 
 
 async def drop_schemas(schemas: list[str]) -> None:

@@ -14,12 +14,11 @@ import json
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 
+from bench.common import scratch_schema
 from services.analytics import store
 from shared import db
-from shared.settings import PostgresSettings
 
 MIGRATIONS = Path(store.__file__).parent / "migrations"
 # What store.counters read before migration 004, per campaign.
@@ -61,12 +60,10 @@ async def timed(call, repeat: int) -> float:
 
 
 async def run(vouchers: int, repeat: int) -> dict:
-    schema = f"bench_counts_{uuid.uuid4().hex[:8]}"
-    pool = await db.create_pool(PostgresSettings(), schema, min_size=1, max_size=1)
     migrations = db.discover(("analytics", MIGRATIONS))
     before = [m for m in migrations if m.id.split("/")[1][:3] < "004"]
     result: dict = {"benchmark": "counts", "vouchers_of_the_campaign": vouchers}
-    try:
+    async with scratch_schema("bench_counts") as (schema, pool):
         await db.migrate(pool, schema, before)
         async with pool.acquire() as conn:
             t = time.perf_counter()
@@ -92,9 +89,6 @@ async def run(vouchers: int, repeat: int) -> dict:
             kept = await store.counters(conn, "c1")
             assert kept is not None and kept.issued() == vouchers, "the kept counts do not add up"
         result["ratio"] = round(result["recounted_ms"] / result["kept_ms"], 1)
-    finally:
-        await db.drop_schema(pool, schema)
-        await pool.close()
     return result
 
 

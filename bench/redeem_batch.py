@@ -18,12 +18,12 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.common import scratch_schema
 from services.issuance import checkout_store
 from services.issuance.checkout_store import SingleUse
 from shared import db
 from shared import events as ev
 from shared.datakeys import DataKey
-from shared.settings import PostgresSettings
 
 MIGRATIONS = Path(checkout_store.__file__).parent / "migrations"
 CAMPAIGN = ("INSERT INTO campaigns (id, segment, status, definition) VALUES ('bench', 'none', 'active', '{}');"
@@ -51,10 +51,8 @@ def redemption(voucher_id: str) -> SingleUse:
 
 
 async def run(sizes: list[int], redemptions: int) -> dict:
-    schema = f"bench_redeem_{uuid.uuid4().hex[:8]}"
-    pool = await db.create_pool(PostgresSettings(), schema, min_size=1, max_size=1)
     result: dict = {"benchmark": "redeem_batch", "redemptions_per_size": redemptions}
-    try:
+    async with scratch_schema("bench_redeem") as (schema, pool):
         await db.migrate(pool, schema, db.discover(("shared", db.SHARED_MIGRATIONS), ("issuance", MIGRATIONS)))
         warm = 10
         async with pool.acquire() as conn:
@@ -84,9 +82,6 @@ async def run(sizes: list[int], redemptions: int) -> dict:
                 median = statistics.median(times)
                 result[f"batch_{n}"] = {"ms_per_call": round(median, 3), "ms_per_redemption": round(median / n, 3),
                                         "calls": len(times), "floor_ratio": round(median / floor, 1)}
-    finally:
-        await db.drop_schema(pool, schema)
-        await pool.close()
     return result
 
 
