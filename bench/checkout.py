@@ -33,7 +33,7 @@ import asyncpg
 import httpx
 import orjson
 
-from bench.common import analyze, clean_up, found, free_port, scratch, service_process
+from bench.common import analyze, clean_up, found, free_port, local_broker_age_s, scratch, service_process
 from bench.pipeline import fleet_env
 from shared import auth, topics
 from shared.settings import KafkaSettings, PostgresSettings
@@ -239,6 +239,7 @@ async def run(rate: int, seconds: float, max_rate: int, workers: int, pg_seconds
                 if workers == 1:
                     result["redeem_at_rate"]["writer"] = writer_stats(before, middle)
                 if stack_rate is not None:  # the maximum rates and PostgreSQL's are the other setting's
+                    result["broker_age_s"] = local_broker_age_s()
                     return result
                 result["trivial_endpoint_max"] = await attack(health, max_rate, 5)
                 result["validate_max"] = await attack(validate, max_rate, 5)

@@ -98,6 +98,21 @@ def kafka_libs() -> Path:
     return libs
 
 
+def local_broker_age_s() -> float | None:
+    """How long the local stack's broker (``deploy/local/stack.sh``) has run, in seconds; ``None``
+    when it is not ours
+    (another broker answers, or this is not Linux). A young JVM is still compiling its hot code,
+    which takes CPU from everything beside it (docs/benchmarks.md)."""
+    try:
+        state = Path(os.environ.get("VOUCHERSTREAM_STATE_DIR") or ROOT / ".local")
+        pid = (state / "kafka" / "pid").read_text().strip()
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(uptime - ticks / os.sysconf("SC_CLK_TCK"), 1)
+
+
 def kafka_tool(main: str, *args: str, timeout: float = 120) -> str:
     """Runs one of Kafka's own tools (a class in the jars) and returns what it printed."""
     cmd = ["java", "-Xmx512m", f"-Dlog4j2.configurationFile={ROOT / 'deploy/local/kafka/log4j2.yaml'}",
