@@ -100,9 +100,8 @@ def kafka_libs() -> Path:
 
 def local_broker_age_s() -> float | None:
     """How long the local stack's broker (``deploy/local/stack.sh``) has run, in seconds; ``None``
-    when it is not ours
-    (another broker answers, or this is not Linux). A young JVM is still compiling its hot code,
-    which takes CPU from everything beside it (docs/benchmarks.md)."""
+    when it is not ours (another broker answers, or this is not Linux). A young JVM is still
+    compiling its hot code, which takes CPU from everything beside it (docs/benchmarks.md)."""
     try:
         state = Path(os.environ.get("VOUCHERSTREAM_STATE_DIR") or ROOT / ".local")
         pid = (state / "kafka" / "pid").read_text().strip()

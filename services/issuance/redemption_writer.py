@@ -3,10 +3,11 @@
 Every redemption of a campaign moves the campaign's ledger row, and PostgreSQL holds that row's
 lock until the commit has flushed the WAL: one statement per redemption let a campaign redeem
 only as fast as one lock hand-over plus one flush, however many cores served HTTP (the rate
-measured is in docs/benchmarks.md). The writer keeps at most one write per campaign in flight from this process;
-the redemptions that arrive meanwhile go together in the next one (``shared.batching``), a call
-of the ``redeem_single_use_batch`` function (``migrations/R__redeem_single_use_batch.sql``): one
-ledger lock, one flush, each redemption decided as if it were alone, in arrival order.
+measured is in docs/benchmarks.md). The writer keeps at most one write per campaign in flight
+from this process; the redemptions that arrive meanwhile go together in the next one
+(``shared.batching``), a call of the ``redeem_single_use_batch`` function
+(``migrations/R__redeem_single_use_batch.sql``): one ledger lock, one flush, each redemption
+decided as if it were alone, in arrival order.
 
 The writer has its own small pool, so that it never waits for a connection behind the requests
 it serves. It also finds the data keys its customers' events are sealed under, on the same
